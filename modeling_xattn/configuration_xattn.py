@@ -1,0 +1,386 @@
+"""Configuration of the cross-attention visual-language fusion model (`XAttnConfig`).
+
+The model follows "Cross-Attention Transformer-Based Visual-Language Fusion for Multimodal Image Analysis" (2025):
+DenseNet121 + CBAM image features, ALBERT text features, bidirectional multi-head cross-attention, a linear fusion
+layer, and heads for classification, image-text matching and captioning.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import AlbertConfig, BertConfig, PretrainedConfig
+
+# Size presets. "tiny" is for tests and laptops (well under 1M parameters, 64 px images, an 8x8 region grid);
+# "small" is the size the no-argument training job uses on CPUs; "base" is the paper's: DenseNet121 at 224 px
+# (a 7x7 grid of 1024-channel regions) and albert-base-v2's shape.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        image_size=64,
+        growth_rate=8,
+        block_config=(2, 2),  # two dense blocks -> stride 8 -> an 8x8 grid at 64 px
+        num_init_features=16,
+        bn_size=2,
+        cbam_reduction=4,
+        text_config=dict(
+            vocab_size=1000,
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        hidden_size=32,
+        num_fusion_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        projection_dim=32,
+        decoder_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+    ),
+    "small": dict(
+        image_size=64,
+        growth_rate=16,
+        block_config=(3, 3),
+        num_init_features=32,
+        bn_size=2,
+        cbam_reduction=8,
+        text_config=dict(
+            vocab_size=1000,
+            embedding_size=32,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+        ),
+        hidden_size=64,
+        num_fusion_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        projection_dim=64,
+        decoder_config=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+        ),
+    ),
+    "base": dict(),  # the defaults below are the paper's sizes
+}
+
+FUSION_TYPES = ("cross_attention", "concat")
+MODALITIES = ("both", "image", "text")
+CONTRASTIVE_LOSSES = ("margin", "infonce")
+DISTANCES = ("euclidean", "cosine")
+
+# albert-base-v2's shape; the vocabulary is albert-base-v2's 30000 SentencePiece pieces.
+ALBERT_BASE = dict(
+    vocab_size=30000,
+    embedding_size=128,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=3,
+)
+
+# The caption decoder: a causal BERT with cross-attention (BLIP's text decoder design), 4 layers at the fusion width.
+DECODER_BASE = dict(
+    hidden_size=768,
+    num_hidden_layers=4,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=128,
+)
+
+
+def densenet_grid_size(image_size: int, num_blocks: int) -> int:
+    """Side of the feature grid torchvision's DenseNet produces for a square image.
+
+    conv0 (7x7, stride 2, pad 3) and pool0 (3x3, stride 2, pad 1) halve the side twice; each transition between
+    dense blocks halves it again with a 2x2 average pool.
+    """
+    side = (image_size - 1) // 2 + 1  # conv0
+    side = (side - 1) // 2 + 1  # pool0
+    for _ in range(num_blocks - 1):
+        side //= 2  # transition avg-pool
+    return side
+
+
+class XAttnConfig(PretrainedConfig):
+    r"""Configuration of [`XAttnModel`] and its heads.
+
+    Vision tower (DenseNet + CBAM):
+        image_size (`int`, defaults to 224): side of the square input image in pixels.
+        num_channels (`int`, defaults to 3): input image channels.
+        growth_rate (`int`, defaults to 32): DenseNet growth rate (DenseNet121: 32).
+        block_config (`tuple[int]`, defaults to `(6, 12, 24, 16)`): layers per dense block (DenseNet121). Each
+            block after the first halves the grid, so `(2, 2)` at 64 px gives an 8x8 grid of regions.
+        num_init_features (`int`, defaults to 64): channels of DenseNet's stem convolution (DenseNet121: 64).
+        bn_size (`int`, defaults to 4): DenseNet bottleneck width multiplier.
+        vision_dropout (`float`, defaults to 0.0): DenseNet's dropout after each dense layer.
+        memory_efficient (`bool`, defaults to False): DenseNet's checkpointed dense layers (less memory, slower).
+        use_cbam (`bool`, defaults to True): refine the DenseNet feature map with CBAM (channel, then spatial
+            attention; Woo et al. 2018). False is the paper's "without CBAM" ablation.
+        cbam_reduction (`int`, defaults to 16): reduction ratio of CBAM's channel-attention MLP.
+        cbam_kernel_size (`int`, defaults to 7): kernel of CBAM's spatial-attention convolution (odd).
+
+    Text tower:
+        text_config (`AlbertConfig` or `dict`, defaults to albert-base-v2's shape): the ALBERT encoder.
+
+    Fusion:
+        hidden_size (`int`, defaults to 768): width of the fusion layers; both towers are projected to it.
+        num_fusion_layers (`int`, defaults to 4): number of [`XAttnFusionLayer`]s.
+        num_attention_heads (`int`, defaults to 12): heads of every fusion attention; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 3072): width of the fusion feed-forward layers.
+        hidden_dropout_prob (`float`, defaults to 0.1): dropout on every fusion sub-layer's output.
+        attention_dropout_prob (`float`, defaults to 0.1): dropout on the fusion attention probabilities.
+        layer_norm_eps (`float`, defaults to 1e-12): epsilon of the fusion LayerNorms.
+        fusion_type (`str`, defaults to `"cross_attention"`): `"cross_attention"` (text attends to image regions and
+            image regions attend to text in every fusion layer) or `"concat"` (the paper's "without cross-attention"
+            ablation: the same layers minus the cross-attention sub-layers, pooled streams concatenated).
+        modalities (`str`, defaults to `"both"`): `"both"`, `"image"` (visual features only) or `"text"` (text
+            features only). With one modality there is no other stream to attend to, so no cross-attention.
+        fusion_self_attention (`bool`, defaults to True): per-stream self-attention after the cross-attention in
+            every fusion layer (as LXMERT does); without it the words' look-ups into the image cannot be combined.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear and embedding weights.
+
+    Heads:
+        num_labels / id2label (defaults to 3 labels: positive, neutral, negative): classification head outputs.
+        problem_type (`str`, optional): `"single_label_classification"` (cross-entropy, Formula 1) or
+            `"multi_label_classification"` (VQA soft scores, binary cross-entropy); inferred from labels if unset.
+        classifier_dropout (`float`, defaults to 0.1): dropout in the classification MLP.
+        projection_dim (`int`, defaults to 256): width of the retrieval embeddings.
+        contrastive_loss (`str`, defaults to `"margin"`): `"margin"` (the paper's Formula 2 with in-batch
+            negatives) or `"infonce"` (symmetric cross-entropy over in-batch similarities).
+        contrastive_margin (`float`, defaults to 1.0): margin m of Formula 2 (embeddings are L2-normalised, so the
+            Euclidean distance lies in [0, 2]).
+        contrastive_distance (`str`, defaults to `"euclidean"`): distance of Formula 2, `"euclidean"` or `"cosine"`
+            (1 - cosine similarity).
+        contrastive_temperature (`float`, defaults to 0.07): temperature of the InfoNCE option.
+        lambda_ce (`float`, defaults to 1.0), lambda_cl (`float`, defaults to 1.0), lambda_seq (`float`, defaults
+            to 1.0): the weights of Formula 4, L = λCE·LCE + λCL·LCL + λSEQ·LSEQ.
+        decoder_config (`BertConfig` or `dict`): the causal caption decoder (vocabulary = the text vocabulary).
+        max_caption_length (`int`, defaults to 40): longest caption (tokens) the data pipeline prepares.
+        pad_token_id (`int`, defaults to 0), bos_token_id (`int`, defaults to 2, ALBERT's `[CLS]`), eos_token_id
+            (`int`, defaults to 3, ALBERT's `[SEP]`): special tokens used by generation.
+    """
+
+    model_type = "xattn"
+    sub_configs_defaults = {"text_config": AlbertConfig, "decoder_config": BertConfig}
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        num_channels: int = 3,
+        growth_rate: int = 32,
+        block_config=(6, 12, 24, 16),
+        num_init_features: int = 64,
+        bn_size: int = 4,
+        vision_dropout: float = 0.0,
+        memory_efficient: bool = False,
+        use_cbam: bool = True,
+        cbam_reduction: int = 16,
+        cbam_kernel_size: int = 7,
+        text_config=None,
+        hidden_size: int = 768,
+        num_fusion_layers: int = 4,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_dropout_prob: float = 0.1,
+        attention_dropout_prob: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        fusion_type: str = "cross_attention",
+        modalities: str = "both",
+        fusion_self_attention: bool = True,
+        initializer_range: float = 0.02,
+        classifier_dropout: float = 0.1,
+        projection_dim: int = 256,
+        contrastive_loss: str = "margin",
+        contrastive_margin: float = 1.0,
+        contrastive_distance: str = "euclidean",
+        contrastive_temperature: float = 0.07,
+        lambda_ce: float = 1.0,
+        lambda_cl: float = 1.0,
+        lambda_seq: float = 1.0,
+        decoder_config=None,
+        max_caption_length: int = 40,
+        pad_token_id: int = 0,
+        bos_token_id: int = 2,
+        eos_token_id: int = 3,
+        **kwargs,
+    ):
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.growth_rate = growth_rate
+        self.block_config = tuple(block_config)
+        self.num_init_features = num_init_features
+        self.bn_size = bn_size
+        self.vision_dropout = vision_dropout
+        self.memory_efficient = memory_efficient
+        self.use_cbam = use_cbam
+        self.cbam_reduction = cbam_reduction
+        self.cbam_kernel_size = cbam_kernel_size
+
+        text_kwargs = {**ALBERT_BASE, **_as_dict(text_config)}
+        self.text_config = AlbertConfig(**text_kwargs)
+
+        self.hidden_size = hidden_size
+        self.num_fusion_layers = num_fusion_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_dropout_prob = attention_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.fusion_type = fusion_type
+        self.modalities = modalities
+        self.fusion_self_attention = fusion_self_attention
+        self.initializer_range = initializer_range
+
+        self.classifier_dropout = classifier_dropout
+        self.projection_dim = projection_dim
+        self.contrastive_loss = contrastive_loss
+        self.contrastive_margin = contrastive_margin
+        self.contrastive_distance = contrastive_distance
+        self.contrastive_temperature = contrastive_temperature
+        self.lambda_ce = lambda_ce
+        self.lambda_cl = lambda_cl
+        self.lambda_seq = lambda_seq
+        self.max_caption_length = max_caption_length
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+
+        # The decoder shares the text vocabulary and special tokens; it is causal and cross-attends to the fusion.
+        decoder_kwargs = {**DECODER_BASE, **_as_dict(decoder_config)}
+        decoder_kwargs.update(
+            vocab_size=self.text_config.vocab_size,
+            is_decoder=True,
+            add_cross_attention=True,
+            loss_type="ForCausalLM",
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+        )
+        self.decoder_config = BertConfig(**decoder_kwargs)
+
+        if kwargs.get("id2label") is None and kwargs.get("num_labels") is None:
+            kwargs["id2label"] = {0: "positive", 1: "neutral", 2: "negative"}
+            kwargs["label2id"] = {"positive": 0, "neutral": 1, "negative": 2}
+        kwargs.setdefault("tie_word_embeddings", True)  # the caption decoder's output layer is its input embedding
+        super().__init__(**kwargs)
+        self.validate_fields()
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def grid_size(self) -> int:
+        """Side of the square grid of image regions that the vision tower produces."""
+        return densenet_grid_size(self.image_size, len(self.block_config))
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def use_image(self) -> bool:
+        return self.modalities in ("both", "image")
+
+    @property
+    def use_text(self) -> bool:
+        return self.modalities in ("both", "text")
+
+    @property
+    def use_cross_attention(self) -> bool:
+        return self.fusion_type == "cross_attention" and self.modalities == "both"
+
+    # ------------------------------------------------------------------ validation
+    def validate_fields(self):
+        """Raise `ValueError` naming the first invalid field."""
+
+        def fail(field, message):
+            raise ValueError(f"XAttnConfig.{field}: {message}")
+
+        if self.fusion_type not in FUSION_TYPES:
+            fail("fusion_type", f"must be one of {FUSION_TYPES}, got {self.fusion_type!r}")
+        if self.modalities not in MODALITIES:
+            fail("modalities", f"must be one of {MODALITIES}, got {self.modalities!r}")
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            fail("contrastive_loss", f"must be one of {CONTRASTIVE_LOSSES}, got {self.contrastive_loss!r}")
+        if self.contrastive_distance not in DISTANCES:
+            fail("contrastive_distance", f"must be one of {DISTANCES}, got {self.contrastive_distance!r}")
+        for field in ("hidden_size", "num_attention_heads", "intermediate_size", "projection_dim", "growth_rate",
+                      "num_init_features", "bn_size", "cbam_reduction", "image_size", "num_channels",
+                      "max_caption_length"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                fail(field, f"must be a positive integer, got {value!r}")
+        if not isinstance(self.num_fusion_layers, int) or self.num_fusion_layers < 0:
+            fail("num_fusion_layers", f"must be a non-negative integer, got {self.num_fusion_layers!r}")
+        if self.hidden_size % self.num_attention_heads:
+            fail("hidden_size", f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        if not self.block_config or any((not isinstance(b, int)) or b < 1 for b in self.block_config):
+            fail("block_config", f"must be a non-empty sequence of positive integers, got {self.block_config!r}")
+        if self.cbam_kernel_size < 1 or self.cbam_kernel_size % 2 == 0:
+            fail("cbam_kernel_size", f"must be a positive odd integer, got {self.cbam_kernel_size!r}")
+        if self.grid_size < 1:
+            fail("image_size", f"{self.image_size} px is too small for {len(self.block_config)} dense blocks")
+        for field in ("hidden_dropout_prob", "attention_dropout_prob", "vision_dropout", "classifier_dropout"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                fail(field, f"must lie in [0, 1), got {value!r}")
+        for field in ("lambda_ce", "lambda_cl", "lambda_seq", "contrastive_margin"):
+            if getattr(self, field) < 0:
+                fail(field, f"must be >= 0, got {getattr(self, field)!r}")
+        if self.contrastive_temperature <= 0:
+            fail("contrastive_temperature", f"must be > 0, got {self.contrastive_temperature!r}")
+        vocab = self.text_config.vocab_size
+        for field in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, field)
+            if not 0 <= value < vocab:
+                fail(field, f"{value} is outside the text vocabulary (text_config.vocab_size={vocab})")
+        if self.decoder_config.hidden_size % self.decoder_config.num_attention_heads:
+            fail("decoder_config", "hidden_size is not divisible by num_attention_heads")
+        if self.max_caption_length > self.decoder_config.max_position_embeddings:
+            fail("max_caption_length", f"{self.max_caption_length} exceeds decoder_config.max_position_embeddings="
+                 f"{self.decoder_config.max_position_embeddings}")
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "XAttnConfig":
+        """Build a config from a named size preset (`"tiny"`, `"small"`, `"base"`), with keyword overrides.
+
+        `text_config` / `decoder_config` overrides given as dicts are merged into the preset's, so
+        `from_preset("tiny", text_config={"vocab_size": 500})` keeps the tiny ALBERT's other sizes.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"XAttnConfig.from_preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        kwargs = copy.deepcopy(PRESETS[name])
+        for key in ("text_config", "decoder_config"):
+            if key in overrides and isinstance(overrides[key], dict):
+                overrides[key] = {**kwargs.get(key, {}), **overrides[key]}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def _as_dict(config) -> dict:
+    if config is None:
+        return {}
+    if isinstance(config, PretrainedConfig):
+        return config.to_dict()
+    return dict(config)
+
+
+XAttnConfig.register_for_auto_class()
+
+__all__ = ["XAttnConfig", "PRESETS", "densenet_grid_size"]

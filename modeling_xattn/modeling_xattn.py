@@ -1,0 +1,981 @@
+"""Cross-attention visual-language fusion model ("Cross-Attention Transformer-Based Visual-Language Fusion for
+Multimodal Image Analysis", 2025), as a transformers custom-code model.
+
+Data flow (one model, one file; read top to bottom):
+
+    image -> DenseNet features -> CBAM (channel, then spatial attention) -> HxW region tokens -> linear + 2-D position
+    text  -> ALBERT -> linear
+    N x XAttnFusionLayer: text->image and image->text cross-attention (separate weights per direction, both reading
+          the previous layer's states), per-stream self-attention, per-stream feed-forward
+    pooled text ++ pooled image -> linear  (the paper's fused vector Y_C)
+
+Heads: classification (Formula 1), image-text retrieval (Formula 2 + a matching score for re-ranking), captioning
+(Formula 3; a causal BERT decoder from transformers that cross-attends to the fused tokens and is driven by
+`GenerationMixin.generate`), and all three on one backbone (Formula 4).
+
+The DenseNet comes from torchvision, ALBERT and the decoder from transformers; CBAM, the fusion layers, the heads and
+their losses are this file's own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from transformers import AlbertModel, BertLMHeadModel, DynamicCache, EncoderDecoderCache, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_xattn import XAttnConfig
+
+# ======================================================================================================= outputs
+
+
+@dataclass
+class XAttnModelOutput(ModelOutput):
+    """Output of [`XAttnModel`].
+
+    Args:
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The fused vector Y_C: pooled text and pooled image vectors concatenated, then a linear layer.
+        text_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length, hidden_size)`, *optional*):
+            The text stream after the last fusion layer (None when `modalities="image"`).
+        image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, grid*grid, hidden_size)`, *optional*):
+            The image-region stream after the last fusion layer (None when `modalities="text"`).
+        text_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*):
+            1 for real text tokens, 0 for padding.
+        cbam_spatial_attention (`torch.FloatTensor` of shape `(batch_size, 1, grid, grid)`, *optional*):
+            CBAM's spatial attention map (None without CBAM or without the image stream).
+        text_to_image_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            One `(batch_size, num_heads, text_length, grid*grid)` map per fusion layer: each word's look-up into the
+            image regions.
+        image_to_text_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            One `(batch_size, num_heads, grid*grid, text_length)` map per fusion layer.
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+    text_last_hidden_state: torch.FloatTensor | None = None
+    image_last_hidden_state: torch.FloatTensor | None = None
+    text_attention_mask: torch.LongTensor | None = None
+    cbam_spatial_attention: torch.FloatTensor | None = None
+    text_to_image_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_to_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class XAttnSequenceClassifierOutput(ModelOutput):
+    """Output of [`XAttnForSequenceClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given): Formula 1.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): class scores before softmax/sigmoid.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): the fused vector Y_C.
+        text_to_image_attentions, image_to_text_attentions, cbam_spatial_attention: as in [`XAttnModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    text_to_image_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_to_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cbam_spatial_attention: torch.FloatTensor | None = None
+
+
+@dataclass
+class XAttnRetrievalOutput(ModelOutput):
+    """Output of [`XAttnForImageTextRetrieval`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, with `return_loss=True`): contrastive + matching loss.
+        loss_contrastive (`torch.FloatTensor` of shape `()`, *optional*): Formula 2 (or InfoNCE) over in-batch pairs.
+        loss_itm (`torch.FloatTensor` of shape `()`, *optional*): cross-entropy of the matching head on the positive
+            pairs and on the hardest in-batch negatives.
+        logits_per_image (`torch.FloatTensor` of shape `(batch_size, batch_size)`): similarity of image i to text j
+            (negative distance for the margin loss, cosine / temperature for InfoNCE); higher is closer.
+        itm_logits (`torch.FloatTensor` of shape `(batch_size, 2)`): matching-head logits (no match, match) of the
+            given (image i, text i) pairs from the fused representation.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`): L2-normalised image embeddings.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`): L2-normalised text embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_contrastive: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class XAttnCaptionOutput(ModelOutput):
+    """Output of [`XAttnForConditionalGeneration`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given): Formula 3, the
+            mean next-token cross-entropy over caption tokens.
+        logits (`torch.FloatTensor` of shape `(batch_size, caption_length, vocab_size)`): next-token scores.
+        encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, text_length + grid*grid, decoder_hidden)`):
+            the fused tokens (prompt stream, then image stream) the decoder cross-attends to.
+        encoder_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length + grid*grid)`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    encoder_hidden_states: torch.FloatTensor | None = None
+    encoder_attention_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class XAttnMultiTaskOutput(ModelOutput):
+    """Output of [`XAttnForMultiTask`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): Formula 4, λCE·LCE + λCL·LCL + λSEQ·LSEQ over the
+            tasks that have labels in this batch.
+        loss_ce (`torch.FloatTensor` of shape `()`, *optional*): classification loss (Formula 1), with `labels`.
+        loss_cl (`torch.FloatTensor` of shape `()`, *optional*): contrastive + matching loss (Formula 2), with
+            `caption_input_ids`.
+        loss_seq (`torch.FloatTensor` of shape `()`, *optional*): captioning loss (Formula 3), with `caption_input_ids`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*): classification scores.
+        logits_per_image (`torch.FloatTensor` of shape `(batch_size, batch_size)`, *optional*): retrieval similarities.
+        caption_logits (`torch.FloatTensor` of shape `(batch_size, caption_length, vocab_size)`, *optional*).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_ce: torch.FloatTensor | None = None
+    loss_cl: torch.FloatTensor | None = None
+    loss_seq: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    caption_logits: torch.FloatTensor | None = None
+
+
+# ======================================================================================================= vision
+
+
+class XAttnCBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018): channel attention, then spatial attention.
+
+    Channel:  M_c = sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F)))        (shared MLP, reduction r)
+    Spatial:  M_s = sigmoid(conv_kxk([mean_c(F'); max_c(F')]))
+    Output:   F'' = M_s * (M_c * F)
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.channel_mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(), nn.Conv2d(hidden, channels, 1, bias=False)
+        )
+        self.spatial_conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # features: (B, C, H, W)
+        avg = features.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        peak = features.amax(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        features = features * torch.sigmoid(self.channel_mlp(avg) + self.channel_mlp(peak))
+        pooled = torch.cat([features.mean(dim=1, keepdim=True), features.amax(dim=1, keepdim=True)], dim=1)  # (B,2,H,W)
+        spatial = torch.sigmoid(self.spatial_conv(pooled))  # (B, 1, H, W)
+        return features * spatial, spatial
+
+
+class XAttnVisionEncoder(nn.Module):
+    """torchvision DenseNet features -> ReLU -> CBAM -> region tokens -> linear to the fusion width + 2-D position."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        densenet = torchvision.models.DenseNet(
+            growth_rate=config.growth_rate,
+            block_config=config.block_config,
+            num_init_features=config.num_init_features,
+            bn_size=config.bn_size,
+            drop_rate=config.vision_dropout,
+            memory_efficient=config.memory_efficient,
+        )
+        self.features = densenet.features  # the classifier is not used
+        channels = densenet.classifier.in_features
+        self.cbam = XAttnCBAM(channels, config.cbam_reduction, config.cbam_kernel_size) if config.use_cbam else None
+        self.grid_size = config.grid_size
+        self.projection = nn.Linear(channels, config.hidden_size)
+        self.row_embeddings = nn.Embedding(self.grid_size, config.hidden_size)
+        self.column_embeddings = nn.Embedding(self.grid_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        features = F.relu(self.features(pixel_values))  # (B, C, h, w); torchvision's DenseNet applies this ReLU too
+        spatial = None
+        if self.cbam is not None:
+            features, spatial = self.cbam(features)
+        batch, _, height, width = features.shape
+        if height != self.grid_size or width != self.grid_size:
+            raise ValueError(
+                f"pixel_values of size {tuple(pixel_values.shape[-2:])} give a {height}x{width} feature grid, but the "
+                f"model was configured for a {self.grid_size}x{self.grid_size} grid (image_size in the config); "
+                "resize images with the model's processor"
+            )
+        tokens = self.projection(features.flatten(2).transpose(1, 2))  # (B, h*w, C) -> (B, h*w, D)
+        rows = torch.arange(height, device=tokens.device)
+        cols = torch.arange(width, device=tokens.device)
+        position = self.row_embeddings(rows)[:, None, :] + self.column_embeddings(cols)[None, :, :]  # (h, w, D)
+        tokens = tokens + position.reshape(height * width, -1)
+        return self.dropout(self.layer_norm(tokens)), spatial
+
+
+# ======================================================================================================= fusion
+
+
+class XAttnAttention(nn.Module):
+    """Multi-head attention of `hidden_states` (queries) over `context` (keys/values) through SDPA.
+
+    With `output_attentions=True` the probabilities are computed explicitly (SDPA does not return them); both paths
+    give the same output.
+    """
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key_value = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_dropout_prob
+
+    def forward(self, hidden_states, context, context_mask=None, output_attentions=False):
+        batch, q_len, width = hidden_states.shape
+        k_len = context.shape[1]
+        query = self.query(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,Lq,d)
+        key, value = self.key_value(context).view(batch, k_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = None if context_mask is None else context_mask.bool()[:, None, None, :]  # (B, 1, 1, Lk); True = attend
+        dropout = self.dropout_prob if self.training else 0.0
+        probs = None
+        if output_attentions:
+            scores = query @ key.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Lq, Lk)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            attended = F.dropout(probs, dropout, self.training) @ value
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+        attended = attended.transpose(1, 2).reshape(batch, q_len, width)  # (B, Lq, D)
+        return self.output(attended), probs
+
+
+class XAttnSublayer(nn.Module):
+    """Attention + dropout + residual + LayerNorm (post-norm, as BERT and LXMERT)."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        self.attention = XAttnAttention(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states, context, context_mask=None, output_attentions=False):
+        attended, probs = self.attention(hidden_states, context, context_mask, output_attentions)
+        return self.layer_norm(hidden_states + self.dropout(attended)), probs
+
+
+class XAttnFeedForward(nn.Module):
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        self.dense_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.layer_norm(hidden_states + self.dropout(self.dense_out(F.gelu(self.dense_in(hidden_states)))))
+
+
+class XAttnStreamBlock(nn.Module):
+    """One stream's half of a fusion layer: cross-attention into the other stream (optional), self-attention
+    (optional, `fusion_self_attention`), feed-forward."""
+
+    def __init__(self, config: XAttnConfig, cross_attention: bool):
+        super().__init__()
+        self.cross_attention = XAttnSublayer(config) if cross_attention else None
+        self.self_attention = XAttnSublayer(config) if config.fusion_self_attention else None
+        self.feed_forward = XAttnFeedForward(config)
+
+    def forward(self, states, mask, other, other_mask, output_attentions=False):
+        cross_probs = None
+        if self.cross_attention is not None:
+            states, cross_probs = self.cross_attention(states, other, other_mask, output_attentions)
+        if self.self_attention is not None:
+            states, _ = self.self_attention(states, states, mask)
+        return self.feed_forward(states), cross_probs
+
+
+class XAttnFusionLayer(nn.Module):
+    """Bidirectional cross-attention layer: text attends to image regions and image regions attend to text, with
+    separate weights per direction; both directions read the previous layer's states. Streams absent from the config
+    (`modalities`) are skipped; `fusion_type="concat"` keeps the same layer without the cross-attention sub-layers."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        cross = config.use_cross_attention
+        self.text_block = XAttnStreamBlock(config, cross) if config.use_text else None
+        self.image_block = XAttnStreamBlock(config, cross) if config.use_image else None
+
+    def forward(self, text, text_mask, image, output_attentions=False):
+        text_to_image = image_to_text = None
+        new_text, new_image = text, image
+        if self.text_block is not None:
+            new_text, text_to_image = self.text_block(text, text_mask, image, None, output_attentions)
+        if self.image_block is not None:
+            new_image, image_to_text = self.image_block(image, None, text, text_mask, output_attentions)
+        return new_text, new_image, text_to_image, image_to_text
+
+
+# ======================================================================================================= base model
+
+
+class XAttnPreTrainedModel(PreTrainedModel):
+    config_class = XAttnConfig
+    config: XAttnConfig
+    base_model_prefix = "xattn"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["XAttnFusionLayer", "XAttnVisionEncoder"]
+    _supports_sdpa = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights (safetensors), config and the code files; the config's `auto_map` names every Auto class
+        this package supports, so any of them loads the folder with `trust_remote_code=True`."""
+        self.config.auto_map = dict(AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ---------------------------------------------------------------- pretrained backbones
+    @classmethod
+    def from_pretrained_backbones(cls, config: XAttnConfig | None = None, text: str | None = None,
+                                  vision: str | None = None, **text_kwargs):
+        """Build a model from `config` (default: the "base" preset) and load pretrained towers into it.
+
+        Args:
+            text: a transformers ALBERT checkpoint, a Hub id (`"albert/albert-base-v2"`) or a local folder. Its config
+                replaces `config.text_config`, so the tower's shape always matches the weights.
+            vision: `"imagenet"` for torchvision's DenseNet121 ImageNet weights (downloaded by torchvision), or a
+                local `.safetensors` file holding a torchvision DenseNet state dict (`features.*` keys; the
+                classifier is ignored). The config's DenseNet shape must match it.
+        This is the only place the package downloads weights; `__init__` never does.
+        """
+        config = XAttnConfig.from_preset("base") if config is None else config
+        text_model = None
+        if text is not None:
+            text_model = AlbertModel.from_pretrained(text, add_pooling_layer=False, **text_kwargs)
+            config.text_config = text_model.config
+            config.decoder_config.vocab_size = text_model.config.vocab_size
+        model = cls(config)
+        base = model.base_model  # the XAttnModel, for the base model and every head
+        if text_model is not None:
+            if base.text_model is None:
+                raise ValueError("text= was given but config.modalities='image' has no text tower")
+            base.text_model.load_state_dict(text_model.state_dict())
+        if vision is not None:
+            if base.vision_model is None:
+                raise ValueError("vision= was given but config.modalities='text' has no image tower")
+            base.vision_model.features.load_state_dict(load_densenet_features(vision))
+        return model
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Conv2d):
+            # torchvision's DenseNet and CBAM use Kaiming init for convolutions
+            init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class XAttnModel(XAttnPreTrainedModel):
+    """The fused encoder: vision tower, text tower, fusion layers and the fusion projection (Y_C)."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__(config)
+        self.vision_model = XAttnVisionEncoder(config) if config.use_image else None
+        if config.use_text:
+            self.text_model = AlbertModel(config.text_config, add_pooling_layer=False)
+            self.text_projection = nn.Linear(config.text_config.hidden_size, config.hidden_size)
+        else:
+            self.text_model = self.text_projection = None
+        self.layers = nn.ModuleList([XAttnFusionLayer(config) for _ in range(config.num_fusion_layers)])
+        streams = int(config.use_text) + int(config.use_image)
+        self.fusion_projection = nn.Linear(streams * config.hidden_size, config.hidden_size)  # Y_C = W[t; v] + b
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    # ---------------------------------------------------------------- unimodal encoders
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image region tokens `(B, grid*grid, hidden_size)` and CBAM's spatial map `(B, 1, grid, grid)` (or None)."""
+        if self.vision_model is None:
+            raise ValueError("this model has no image stream (config.modalities='text'); do not pass pixel_values")
+        return self.vision_model(pixel_values)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Text tokens `(B, L, hidden_size)` from ALBERT, projected to the fusion width."""
+        if self.text_model is None:
+            raise ValueError("this model has no text stream (config.modalities='image'); do not pass input_ids")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_projection(hidden)
+
+    # ---------------------------------------------------------------- fusion
+    def fuse(self, text_tokens, text_mask, image_tokens, output_attentions=False):
+        """Run the fusion layers on already-encoded streams; returns (text, image, pooled Y_C, t->i maps, i->t maps)."""
+        text_to_image, image_to_text = [], []
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                outputs = self._gradient_checkpointing_func(
+                    layer.__call__, text_tokens, text_mask, image_tokens, output_attentions
+                )
+            else:
+                outputs = layer(text_tokens, text_mask, image_tokens, output_attentions)
+            text_tokens, image_tokens, t2i, i2t = outputs
+            text_to_image.append(t2i)
+            image_to_text.append(i2t)
+        pooled = []
+        if text_tokens is not None:
+            weights = text_mask.to(text_tokens.dtype).unsqueeze(-1)  # (B, L, 1): masked mean over real tokens
+            pooled.append((text_tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+        if image_tokens is not None:
+            pooled.append(image_tokens.mean(1))
+        fused = self.fusion_projection(torch.cat(pooled, dim=-1))  # (B, streams*D) -> (B, D)
+        maps = (tuple(text_to_image), tuple(image_to_text)) if output_attentions and self.config.use_cross_attention else (None, None)
+        return text_tokens, image_tokens, fused, *maps
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_hidden_states: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> XAttnModelOutput | tuple:
+        r"""
+        pixel_values (`(batch_size, 3, image_size, image_size)`): images, as the processor prepares them.
+        input_ids / attention_mask (`(batch_size, text_length)`): the text (statement, tweet, question or prompt).
+        image_hidden_states (`(batch_size, grid*grid, hidden_size)`, *optional*): output of `encode_image`, to fuse
+            an already-encoded image with new texts without running DenseNet again.
+        output_attentions (`bool`): return both cross-attention directions per layer.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        text_tokens = image_tokens = spatial = None
+        if self.config.use_text:
+            if input_ids is None:
+                raise ValueError("input_ids are required: this model fuses text (config.modalities="
+                                 f"{self.config.modalities!r})")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_tokens = self.encode_text(input_ids, attention_mask)
+        if self.config.use_image:
+            if image_hidden_states is not None:
+                image_tokens = image_hidden_states
+            elif pixel_values is not None:
+                image_tokens, spatial = self.encode_image(pixel_values)
+            else:
+                raise ValueError("pixel_values are required: this model fuses images (config.modalities="
+                                 f"{self.config.modalities!r})")
+        text_tokens, image_tokens, fused, t2i, i2t = self.fuse(text_tokens, attention_mask, image_tokens, output_attentions)
+        output = XAttnModelOutput(
+            pooler_output=fused,
+            text_last_hidden_state=text_tokens,
+            image_last_hidden_state=image_tokens,
+            text_attention_mask=attention_mask if text_tokens is not None else None,
+            cbam_spatial_attention=spatial,
+            text_to_image_attentions=t2i,
+            image_to_text_attentions=i2t,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def load_densenet_features(source: str) -> dict[str, torch.Tensor]:
+    """State dict of a DenseNet's `features` module, from `"imagenet"` or a local safetensors file."""
+    if source == "imagenet":
+        weights = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1
+        state = torchvision.models.densenet121(weights=weights).state_dict()
+    elif os.path.isfile(source) and source.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(source)
+    else:
+        raise ValueError(f"vision={source!r}: expected 'imagenet' or a path to a .safetensors DenseNet state dict")
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if not features:
+        raise ValueError(f"vision={source!r}: no 'features.*' keys found; is this a torchvision DenseNet state dict?")
+    return features
+
+
+# ======================================================================================================= heads
+
+
+class XAttnClassificationHead(nn.Module):
+    """MLP on the fused vector (as LXMERT's answer head) and the loss of Formula 1."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.layer_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.out = nn.Linear(2 * config.hidden_size, config.num_labels)
+
+    def forward(self, fused):
+        return self.out(self.dropout(self.layer_norm(F.gelu(self.dense(fused)))))
+
+    @staticmethod
+    def loss(logits, labels, problem_type=None):
+        """Formula 1: cross-entropy (labels `(B,)`, -100 ignored) or, for soft VQA scores `(B, num_labels)`, binary
+        cross-entropy summed over answers and averaged over the batch (the usual VQA objective)."""
+        if problem_type is None:
+            problem_type = "multi_label_classification" if labels.dim() == 2 and labels.is_floating_point() else "single_label_classification"
+        if problem_type == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="sum") / labels.shape[0]
+        if problem_type == "single_label_classification":
+            if (labels != -100).sum() == 0:
+                return logits.sum() * 0.0  # no labelled row in this batch: a zero that keeps the graph connected
+            return F.cross_entropy(logits, labels.long(), ignore_index=-100)
+        raise ValueError(f"problem_type={problem_type!r} is not supported; use single_ or multi_label_classification")
+
+
+class XAttnRetrievalHead(nn.Module):
+    """Unimodal embeddings for the contrastive loss (Formula 2) and a matching (ITM) score from the fused vector."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        self.config = config
+        self.image_projection = nn.Linear(config.hidden_size, config.projection_dim)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim)
+        self.itm = nn.Linear(config.hidden_size, 2)
+
+    def embed_image(self, image_tokens):
+        return F.normalize(self.image_projection(image_tokens.mean(1)), dim=-1)  # (B, P)
+
+    def embed_text(self, text_tokens, mask):
+        weights = mask.to(text_tokens.dtype).unsqueeze(-1)
+        pooled = (text_tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return F.normalize(self.text_projection(pooled), dim=-1)  # (B, P)
+
+    def distance(self, image_embeds, text_embeds):
+        """Pairwise distances `(N_images, N_texts)` between L2-normalised embeddings."""
+        if self.config.contrastive_distance == "euclidean":
+            return (2.0 - 2.0 * image_embeds @ text_embeds.T).clamp(min=0.0).sqrt()  # ||a-b|| for unit vectors
+        return 1.0 - image_embeds @ text_embeds.T
+
+    def similarity(self, image_embeds, text_embeds):
+        """Higher is closer: -distance (margin loss) or cosine / temperature (InfoNCE)."""
+        if self.config.contrastive_loss == "infonce":
+            return image_embeds @ text_embeds.T / self.config.contrastive_temperature
+        return -self.distance(image_embeds, text_embeds)
+
+    def contrastive_loss(self, image_embeds, text_embeds, negatives_mask):
+        """Formula 2 with in-batch negatives: L = mean_pos d² + mean_neg max(0, m - d)² (positives on the diagonal,
+        negatives where `negatives_mask`); or symmetric InfoNCE."""
+        if self.config.contrastive_loss == "infonce":
+            logits = self.similarity(image_embeds, text_embeds).masked_fill(
+                ~(negatives_mask | torch.eye(len(image_embeds), dtype=torch.bool, device=image_embeds.device)),
+                float("-inf"),
+            )
+            targets = torch.arange(len(logits), device=logits.device)
+            return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        distance = self.distance(image_embeds, text_embeds)
+        positive = distance.diagonal().pow(2).mean()
+        if not negatives_mask.any():
+            return positive
+        negative = F.relu(self.config.contrastive_margin - distance[negatives_mask]).pow(2).mean()
+        return positive + negative
+
+
+class XAttnCaptionHead(nn.Module):
+    """A causal BERT decoder (transformers' `BertLMHeadModel`, as BLIP's text decoder) cross-attending to the fused
+    tokens of both streams."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        self.config = config
+        decoder_width = config.decoder_config.hidden_size
+        self.projection = nn.Linear(config.hidden_size, decoder_width) if decoder_width != config.hidden_size else nn.Identity()
+        self.text_decoder = BertLMHeadModel(config.decoder_config)
+
+    def memory(self, encoder_output: XAttnModelOutput):
+        """The fused tokens the decoder reads: the prompt stream then the image stream, with their mask."""
+        states, masks = [], []
+        if encoder_output.text_last_hidden_state is not None:
+            states.append(encoder_output.text_last_hidden_state)
+            masks.append(encoder_output.text_attention_mask.long())
+        if encoder_output.image_last_hidden_state is not None:
+            image = encoder_output.image_last_hidden_state
+            states.append(image)
+            masks.append(torch.ones(image.shape[:2], dtype=torch.long, device=image.device))
+        return self.projection(torch.cat(states, dim=1)), torch.cat(masks, dim=1)
+
+    def forward(self, memory, memory_mask, decoder_input_ids, decoder_attention_mask=None, labels=None):
+        """Formula 3: the decoder's built-in causal-LM loss (labels shifted inside, -100 ignored)."""
+        return self.text_decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            labels=labels,
+            return_dict=True,
+        )
+
+
+def caption_labels(caption_input_ids, caption_attention_mask, pad_token_id):
+    """Decoder labels from the tokenised caption: padding -> -100 (the decoder shifts them itself)."""
+    labels = caption_input_ids.clone()
+    if caption_attention_mask is not None:
+        labels[caption_attention_mask == 0] = -100
+    labels[caption_input_ids == pad_token_id] = -100
+    return labels
+
+
+def default_prompt(model_config: XAttnConfig, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty prompt, `[CLS] [SEP]`, for captioning without a question."""
+    ids = torch.tensor([[model_config.bos_token_id, model_config.eos_token_id]], device=device).repeat(batch_size, 1)
+    return ids, torch.ones_like(ids)
+
+
+def hard_negative_pairs(similarity, image_ids=None):
+    """Indices of the hardest in-batch negative text for each image and image for each text.
+
+    `similarity` is `(B, B)` (image i, text j); pairs that share an image id (or i == j) are never negatives.
+    Returns `(negatives_mask, hardest_text, hardest_image, valid)`; rows with no negative at all are not valid.
+    """
+    batch = similarity.shape[0]
+    ids = torch.arange(batch, device=similarity.device) if image_ids is None else image_ids
+    negatives = ids[:, None] != ids[None, :]  # (B, B)
+    masked = similarity.detach().masked_fill(~negatives, float("-inf"))
+    hardest_text = masked.argmax(dim=1)  # for image i
+    hardest_image = masked.argmax(dim=0)  # for text j
+    valid = negatives.any(dim=1)
+    return negatives, hardest_text, hardest_image, valid
+
+
+def retrieval_losses(head: XAttnRetrievalHead, base: XAttnModel, image_tokens, text_tokens_raw, input_ids,
+                     attention_mask, image_ids=None):
+    """Contrastive loss on unimodal embeddings plus matching loss on positives and hardest in-batch negatives.
+
+    `image_tokens`: encoded images `(B, N, D)`; `text_tokens_raw`: encoded texts `(B, L, D)` before fusion.
+    Returns (loss_contrastive, loss_itm, similarity, itm_logits of the given pairs, image_embeds, text_embeds).
+    """
+    image_embeds = head.embed_image(image_tokens)
+    text_embeds = head.embed_text(text_tokens_raw, attention_mask)
+    similarity = head.similarity(image_embeds, text_embeds)
+    negatives, hardest_text, hardest_image, valid = hard_negative_pairs(similarity, image_ids)
+    loss_contrastive = head.contrastive_loss(image_embeds, text_embeds, negatives)
+
+    # Matching head on [positives; (image i, hardest text); (hardest image, text j)], the image encoded once.
+    rows = torch.arange(len(image_tokens), device=image_tokens.device)
+    neg_rows = rows[valid]
+    image_index = torch.cat([rows, neg_rows, hardest_image[neg_rows]])
+    text_index = torch.cat([rows, hardest_text[neg_rows], neg_rows])
+    *_, fused, _, _ = base.fuse(text_tokens_raw[text_index], attention_mask[text_index], image_tokens[image_index])
+    itm_logits = head.itm(fused)
+    targets = torch.cat([torch.ones_like(rows), torch.zeros(2 * len(neg_rows), dtype=torch.long, device=rows.device)])
+    loss_itm = F.cross_entropy(itm_logits, targets)
+    return loss_contrastive, loss_itm, similarity, itm_logits[: len(rows)], image_embeds, text_embeds
+
+
+# ======================================================================================================= task models
+
+
+class XAttnForSequenceClassification(XAttnPreTrainedModel):
+    """Image + text -> label: 3-way sentiment, or VQA answers (single label, or soft scores with
+    `problem_type="multi_label_classification"`)."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__(config)
+        self.xattn = XAttnModel(config)
+        self.classifier = XAttnClassificationHead(config)
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, output_attentions=False,
+                return_dict=None, **kwargs) -> XAttnSequenceClassifierOutput | tuple:
+        r"""labels (`(batch_size,)` class ids, or `(batch_size, num_labels)` soft scores), optional."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoded = self.xattn(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                             output_attentions=output_attentions, return_dict=True)
+        logits = self.classifier(encoded.pooler_output)
+        loss = None if labels is None else self.classifier.loss(logits, labels, self.config.problem_type)
+        output = XAttnSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            pooler_output=encoded.pooler_output,
+            text_to_image_attentions=encoded.text_to_image_attentions,
+            image_to_text_attentions=encoded.image_to_text_attentions,
+            cbam_spatial_attention=encoded.cbam_spatial_attention,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class XAttnForImageTextRetrieval(XAttnPreTrainedModel):
+    """Image-text matching: unimodal embeddings trained with Formula 2 for fast shortlisting, and a cross-attention
+    matching score (`itm_score`) trained on in-batch hard negatives for re-ranking."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__(config)
+        if config.modalities != "both":
+            raise ValueError(f"XAttnForImageTextRetrieval needs both towers; config.modalities={config.modalities!r}")
+        self.xattn = XAttnModel(config)
+        self.retrieval = XAttnRetrievalHead(config)
+        self.post_init()
+
+    def get_image_features(self, pixel_values=None, image_hidden_states=None) -> torch.Tensor:
+        """L2-normalised image embeddings `(B, projection_dim)`; pass `image_hidden_states` from
+        `xattn.encode_image` to reuse an encoded image."""
+        if image_hidden_states is None:
+            image_hidden_states, _ = self.xattn.encode_image(pixel_values)
+        return self.retrieval.embed_image(image_hidden_states)
+
+    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """L2-normalised text embeddings `(B, projection_dim)`."""
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return self.retrieval.embed_text(self.xattn.encode_text(input_ids, attention_mask), attention_mask)
+
+    def itm_score(self, input_ids, attention_mask=None, pixel_values=None, image_hidden_states=None) -> torch.Tensor:
+        """Probability `(B,)` that image i and text i match, from the fused representation."""
+        encoded = self.xattn(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                             image_hidden_states=image_hidden_states, return_dict=True)
+        return self.retrieval.itm(encoded.pooler_output).softmax(-1)[:, 1]
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=False, image_ids=None,
+                return_dict=None, **kwargs) -> XAttnRetrievalOutput | tuple:
+        r"""
+        pixel_values / input_ids / attention_mask: a batch of matching (image i, text i) pairs.
+        return_loss (`bool`): compute Formula 2 over in-batch negatives plus the matching loss on hard negatives.
+        image_ids (`(batch_size,)`, *optional*): pairs with the same id are never used as negatives (several
+            captions of one image in a batch).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        image_tokens, _ = self.xattn.encode_image(pixel_values)
+        text_tokens = self.xattn.encode_text(input_ids, attention_mask)
+        if return_loss:
+            loss_cl, loss_itm, similarity, itm_logits, image_embeds, text_embeds = retrieval_losses(
+                self.retrieval, self.xattn, image_tokens, text_tokens, input_ids, attention_mask, image_ids
+            )
+            loss = loss_cl + loss_itm
+        else:
+            loss = loss_cl = loss_itm = None
+            image_embeds = self.retrieval.embed_image(image_tokens)
+            text_embeds = self.retrieval.embed_text(text_tokens, attention_mask)
+            similarity = self.retrieval.similarity(image_embeds, text_embeds)
+            *_, fused, _, _ = self.xattn.fuse(text_tokens, attention_mask, image_tokens)
+            itm_logits = self.retrieval.itm(fused)
+        output = XAttnRetrievalOutput(
+            loss=loss, loss_contrastive=loss_cl, loss_itm=loss_itm, logits_per_image=similarity,
+            itm_logits=itm_logits, image_embeds=image_embeds, text_embeds=text_embeds,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class _CaptionGenerationMixin:
+    """`generate()` for models holding `self.xattn` and `self.captioner`: the image (and prompt) are encoded once,
+    then transformers' `GenerationMixin.generate` drives the decoder (greedy, beam search, sampling, KV cache)."""
+
+    def _encode_for_caption(self, pixel_values, input_ids=None, attention_mask=None):
+        if self.config.use_text and input_ids is None:
+            device = pixel_values.device if pixel_values is not None else self.device
+            input_ids, attention_mask = default_prompt(self.config, len(pixel_values), device)
+        encoded = self.xattn(pixel_values=pixel_values, input_ids=input_ids if self.config.use_text else None,
+                             attention_mask=attention_mask, return_dict=True)
+        return self.captioner.memory(encoded)
+
+    @torch.no_grad()
+    def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.LongTensor:
+        """Caption `pixel_values`, optionally conditioned on a prompt/question (`input_ids`, encoded by the fused
+        encoder, never by the decoder). Extra keyword arguments go to `GenerationMixin.generate` (`num_beams`,
+        `max_new_tokens`, `use_cache`, `do_sample`, ...). Returns token ids starting with `bos_token_id`; decode them
+        with the processor's `batch_decode(..., skip_special_tokens=True)`."""
+        memory, memory_mask = self._encode_for_caption(pixel_values, input_ids, attention_mask)
+        start = torch.full((len(memory), 1), self.config.bos_token_id, dtype=torch.long, device=memory.device)
+        generate_kwargs.setdefault("max_new_tokens", self.config.max_caption_length)
+        decoder = self.captioner.text_decoder
+        if generate_kwargs.get("use_cache", True) and not any(k in generate_kwargs for k in _CACHE_ARGS):
+            # The decoder cross-attends, so its cache must hold self- and cross-attention keys; generate() would make
+            # a self-attention-only cache for a decoder-only config.
+            cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
+            generate_kwargs[_cache_argument(decoder)] = cache
+        return decoder.generate(
+            input_ids=start,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            bos_token_id=self.config.bos_token_id,
+            eos_token_id=self.config.eos_token_id,
+            pad_token_id=self.config.pad_token_id,
+            **generate_kwargs,
+        )
+
+
+_CACHE_ARGS = ("cache", "past_key_values")
+
+
+def _cache_argument(decoder) -> str:
+    """Name of the decoder's cache argument: `cache` in recent transformers 5 releases, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+# The decoder's output layer shares its input embedding; declared at the top level too (as BLIP does) so that loading
+# re-ties them.
+_CAPTIONER_TIED_WEIGHTS = {
+    "captioner.text_decoder.cls.predictions.decoder.weight": "captioner.text_decoder.bert.embeddings.word_embeddings.weight",
+    "captioner.text_decoder.cls.predictions.decoder.bias": "captioner.text_decoder.cls.predictions.bias",
+}
+
+
+class XAttnForConditionalGeneration(_CaptionGenerationMixin, XAttnPreTrainedModel):
+    """Captioning (and open-ended answers): the fused encoder sees the image and an optional prompt or question; a
+    causal decoder cross-attends to the fused tokens. The target caption never enters the bidirectional encoder."""
+
+    _tied_weights_keys = _CAPTIONER_TIED_WEIGHTS
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__(config)
+        self.xattn = XAttnModel(config)
+        self.captioner = XAttnCaptionHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.captioner.text_decoder.get_input_embeddings()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, decoder_input_ids=None,
+                decoder_attention_mask=None, labels=None, return_dict=None, **kwargs) -> XAttnCaptionOutput | tuple:
+        r"""
+        input_ids / attention_mask (*optional*): a prompt or question for the fused encoder (default: empty).
+        decoder_input_ids / decoder_attention_mask: the tokenised caption, `[CLS] w1 ... wn [SEP] <pad>...`.
+        labels (*optional*): caption ids with -100 on ignored positions; built from `decoder_input_ids` if absent
+            would leak nothing, so pass `labels` alone to train (`decoder_input_ids` are then derived from them).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass decoder_input_ids (or labels) with the caption tokens; use generate() to caption")
+            decoder_input_ids = labels.masked_fill(labels == -100, self.config.pad_token_id)
+            decoder_attention_mask = (labels != -100).long() if decoder_attention_mask is None else decoder_attention_mask
+            decoder_attention_mask[:, 0] = 1
+        memory, memory_mask = self._encode_for_caption(pixel_values, input_ids, attention_mask)
+        decoded = self.captioner(memory, memory_mask, decoder_input_ids, decoder_attention_mask, labels)
+        output = XAttnCaptionOutput(loss=decoded.loss, logits=decoded.logits, encoder_hidden_states=memory,
+                                    encoder_attention_mask=memory_mask)
+        return output if return_dict else output.to_tuple()
+
+
+class XAttnForMultiTask(_CaptionGenerationMixin, XAttnPreTrainedModel):
+    """All heads on one fused backbone, trained with Formula 4: L = λCE·LCE + λCL·LCL + λSEQ·LSEQ.
+
+    A batch may carry labels for any subset of tasks: `labels` (classification/VQA, with `input_ids` as the
+    statement or question) and/or `caption_input_ids` (the caption: the retrieval text and the decoder target).
+    Weight names match the single-task heads, so a multi-task checkpoint loads into any of them.
+    """
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__(config)
+        self.xattn = XAttnModel(config)
+        self.classifier = XAttnClassificationHead(config)
+        self.retrieval = XAttnRetrievalHead(config) if config.modalities == "both" else None
+        self.captioner = XAttnCaptionHead(config) if config.use_image else None
+        self._tied_weights_keys = dict(_CAPTIONER_TIED_WEIGHTS) if self.captioner is not None else {}
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, caption_input_ids=None,
+                caption_attention_mask=None, image_ids=None, return_dict=None, **kwargs) -> XAttnMultiTaskOutput | tuple:
+        r"""
+        pixel_values: images `(B, 3, H, W)`, encoded once for every task.
+        input_ids / attention_mask: statement, tweet or question for classification/VQA.
+        labels (*optional*): class ids `(B,)` (-100 = no label for that row) or soft scores `(B, num_labels)`.
+        caption_input_ids / caption_attention_mask (*optional*): a reference caption per image; gives the
+            contrastive + matching loss (LCL) and the captioning loss (LSEQ).
+        image_ids (*optional*): rows with the same image id are never retrieval negatives of each other.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        image_tokens = spatial = None
+        if config.use_image:
+            image_tokens, spatial = self.xattn.encode_image(pixel_values)
+        losses = {}
+        logits = similarity = caption_logits = None
+
+        if input_ids is not None or not config.use_text:
+            mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
+            text_tokens = self.xattn.encode_text(input_ids, mask) if config.use_text else None
+            *_, fused, _, _ = self.xattn.fuse(text_tokens, mask, image_tokens)
+            logits = self.classifier(fused)
+            if labels is not None:
+                losses["ce"] = self.classifier.loss(logits, labels, config.problem_type)
+
+        if caption_input_ids is not None:
+            caption_mask = torch.ones_like(caption_input_ids) if caption_attention_mask is None else caption_attention_mask
+            if self.retrieval is not None:
+                caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
+                loss_cl, loss_itm, similarity, *_ = retrieval_losses(
+                    self.retrieval, self.xattn, image_tokens, caption_tokens, caption_input_ids, caption_mask, image_ids
+                )
+                losses["cl"] = loss_cl + loss_itm
+            if self.captioner is not None:
+                # The caption is only the decoder's target; the fused encoder sees the image and an empty prompt.
+                prompt_ids, prompt_mask = default_prompt(config, len(caption_input_ids), caption_input_ids.device)
+                prompt_tokens = self.xattn.encode_text(prompt_ids, prompt_mask) if config.use_text else None
+                text_out, image_out, *_ = self.xattn.fuse(prompt_tokens, prompt_mask, image_tokens)
+                memory, memory_mask = self.captioner.memory(XAttnModelOutput(
+                    text_last_hidden_state=text_out, image_last_hidden_state=image_out,
+                    text_attention_mask=prompt_mask if text_out is not None else None,
+                ))
+                decoded = self.captioner(memory, memory_mask, caption_input_ids, caption_mask,
+                                         caption_labels(caption_input_ids, caption_mask, config.pad_token_id))
+                losses["seq"] = decoded.loss
+                caption_logits = decoded.logits
+
+        weights = {"ce": config.lambda_ce, "cl": config.lambda_cl, "seq": config.lambda_seq}
+        loss = sum(weights[name] * value for name, value in losses.items()) if losses else None  # Formula 4
+        output = XAttnMultiTaskOutput(
+            loss=loss, loss_ce=losses.get("ce"), loss_cl=losses.get("cl"), loss_seq=losses.get("seq"),
+            logits=logits, logits_per_image=similarity, caption_logits=caption_logits,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# The Auto classes each model answers to (transformers has no Auto class for image-text retrieval; the multi-task model
+# takes AutoModelForPreTraining, as LXMERT's multi-objective pre-training model does). Written into every saved
+# config's `auto_map`, so the folder loads with `trust_remote_code=True` without this package installed.
+AUTO_CLASSES = {
+    "AutoModel": XAttnModel,
+    "AutoModelForSequenceClassification": XAttnForSequenceClassification,
+    "AutoModelForImageTextToText": XAttnForConditionalGeneration,
+    "AutoModelForPreTraining": XAttnForMultiTask,
+}
+AUTO_MAP = {"AutoConfig": "configuration_xattn.XAttnConfig"}
+AUTO_MAP.update({auto: f"modeling_xattn.{model.__name__}" for auto, model in AUTO_CLASSES.items()})
+for _auto, _model in AUTO_CLASSES.items():
+    _model.register_for_auto_class(_auto)
+XAttnForImageTextRetrieval.register_for_auto_class("AutoModel")  # copies the code files when it is saved on its own
+
+__all__ = [
+    "AUTO_CLASSES",
+    "XAttnCBAM",
+    "XAttnVisionEncoder",
+    "XAttnAttention",
+    "XAttnFusionLayer",
+    "XAttnPreTrainedModel",
+    "XAttnModel",
+    "XAttnForSequenceClassification",
+    "XAttnForImageTextRetrieval",
+    "XAttnForConditionalGeneration",
+    "XAttnForMultiTask",
+    "XAttnModelOutput",
+    "XAttnSequenceClassifierOutput",
+    "XAttnRetrievalOutput",
+    "XAttnCaptionOutput",
+    "XAttnMultiTaskOutput",
+]

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny configs, a tokenizer trained on the fly, random batches. Everything runs on two CPU cores."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_xattn import XAttnConfig, XAttnProcessor, train_albert_tokenizer
+from modeling_xattn.processing_xattn import make_image_processor
+
+SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-val2017-sample"
+
+CORPUS = [
+    "a red circle is left of a blue square",
+    "the small green triangle is above the yellow circle",
+    "a man riding a horse on a beach",
+    "two dogs play with a ball in the park",
+    "a laptop computer sits on a wooden desk next to a lamp",
+    "what colour is the square",
+    "is there a cat on the sofa",
+    "a plane is parked on the runway at the airport",
+] * 20
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_albert_tokenizer(CORPUS, vocab_size=120)
+
+
+@pytest.fixture(scope="session")
+def processor(tokenizer):
+    return XAttnProcessor(make_image_processor(64), tokenizer, max_length=16, max_caption_length=12)
+
+
+@pytest.fixture
+def tiny_config():
+    return XAttnConfig.from_preset("tiny")
+
+
+def make_batch(config, batch_size=3, text_length=7, seed=0, pad_last=0):
+    """Random pixels and token ids; the last `pad_last` positions of row 0 are padding."""
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
+    input_ids = torch.randint(5, config.text_config.vocab_size, (batch_size, text_length), generator=generator)
+    input_ids[:, 0] = config.bos_token_id
+    input_ids[:, -1] = config.eos_token_id
+    attention_mask = torch.ones_like(input_ids)
+    if pad_last:
+        input_ids[0, -pad_last - 1] = config.eos_token_id
+        input_ids[0, -pad_last:] = config.pad_token_id
+        attention_mask[0, -pad_last:] = 0
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}

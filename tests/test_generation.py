@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from modeling_xattn import XAttnConfig, XAttnForConditionalGeneration, XAttnForMultiTask
+
+from conftest import make_batch
+
+
+@pytest.fixture
+def captioner(tiny_config):
+    torch.manual_seed(0)
+    return XAttnForConditionalGeneration(tiny_config).eval()
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cache_and_no_cache_give_identical_captions(captioner, tiny_config, num_beams):
+    pixels = make_batch(tiny_config, batch_size=2)["pixel_values"]
+    cached = captioner.generate(pixels, num_beams=num_beams, max_new_tokens=12, use_cache=True)
+    uncached = captioner.generate(pixels, num_beams=num_beams, max_new_tokens=12, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert cached.shape[0] == 2 and cached.shape[1] <= 13
+    assert (cached[:, 0] == tiny_config.bos_token_id).all()
+
+
+def test_beam_search_returns_several_sequences(captioner, tiny_config):
+    pixels = make_batch(tiny_config, batch_size=2)["pixel_values"]
+    out = captioner.generate(pixels, num_beams=3, num_return_sequences=3, max_new_tokens=6,
+                             return_dict_in_generate=True, output_scores=True)
+    assert out.sequences.shape[0] == 6
+    assert out.sequences_scores.shape == (6,)
+    # beams of one image are returned best first
+    assert (out.sequences_scores.view(2, 3).diff(dim=1) <= 1e-6).all()
+
+
+def test_greedy_generate_matches_step_by_step_argmax(captioner, tiny_config):
+    pixels = make_batch(tiny_config, batch_size=1)["pixel_values"]
+    generated = captioner.generate(pixels, max_new_tokens=5, min_new_tokens=5)
+    tokens = generated[:, :1]
+    with torch.no_grad():
+        for _ in range(5):
+            logits = captioner(pixel_values=pixels, decoder_input_ids=tokens).logits
+            tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    # min_new_tokens forbids EOS early; the step-by-step loop has no such rule, so compare up to the first EOS
+    stop = (tokens[0] == tiny_config.eos_token_id).nonzero()
+    end = int(stop[0]) if len(stop) else tokens.shape[1]
+    assert torch.equal(generated[0, :end], tokens[0, :end])
+
+
+def test_decoder_is_causal(captioner, tiny_config):
+    batch = make_batch(tiny_config, batch_size=1, text_length=8)
+    caption = batch["input_ids"]
+    changed = caption.clone()
+    changed[0, 5] = (caption[0, 5] + 1) % tiny_config.text_config.vocab_size
+    with torch.no_grad():
+        first = captioner(pixel_values=batch["pixel_values"], decoder_input_ids=caption).logits
+        second = captioner(pixel_values=batch["pixel_values"], decoder_input_ids=changed).logits
+    torch.testing.assert_close(first[:, :5], second[:, :5])  # no position before 5 sees token 5
+    assert not torch.allclose(first[:, 5:], second[:, 5:])
+
+
+def test_caption_never_enters_the_encoder(captioner, tiny_config):
+    batch = make_batch(tiny_config, batch_size=2)
+    other = make_batch(tiny_config, batch_size=2, seed=1)["input_ids"]
+    with torch.no_grad():
+        a = captioner(pixel_values=batch["pixel_values"], decoder_input_ids=batch["input_ids"])
+        b = captioner(pixel_values=batch["pixel_values"], decoder_input_ids=other)
+        prompted = captioner(pixel_values=batch["pixel_values"], input_ids=other, decoder_input_ids=other)
+    assert torch.equal(a.encoder_hidden_states, b.encoder_hidden_states)
+    assert prompted.encoder_hidden_states.shape[1] != a.encoder_hidden_states.shape[1]  # a prompt is encoder input
+
+
+def test_caption_loss_ignores_padding(captioner, tiny_config):
+    batch = make_batch(tiny_config, batch_size=2, text_length=8, pad_last=3)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        out = captioner(pixel_values=batch["pixel_values"], labels=labels)
+        logits = out.logits[:, :-1].reshape(-1, tiny_config.text_config.vocab_size)
+        expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_multitask_model_generates_with_the_same_encoder(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    multi = XAttnForMultiTask(tiny_config).eval()
+    multi.save_pretrained(tmp_path)
+    single = XAttnForConditionalGeneration.from_pretrained(tmp_path).eval()
+    pixels = make_batch(tiny_config, batch_size=2)["pixel_values"]
+    assert torch.equal(multi.generate(pixels, max_new_tokens=6), single.generate(pixels, max_new_tokens=6))
+
+
+def test_image_only_model_captions():
+    config = XAttnConfig.from_preset("tiny", modalities="image")
+    model = XAttnForConditionalGeneration(config).eval()
+    out = model.generate(make_batch(config, batch_size=2)["pixel_values"], max_new_tokens=4)
+    assert out.shape[0] == 2
