@@ -9,7 +9,8 @@ with the `tokenizers` library; the processor saves and loads either one.
 
 from __future__ import annotations
 
-import json
+import math
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -52,21 +53,30 @@ def make_image_processor(image_size: int = 224) -> BlipImageProcessor:
 
 
 def train_albert_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> AlbertTokenizer:
-    """Train an ALBERT-compatible Unigram tokenizer on `texts`.
+    """Train an ALBERT-compatible Unigram tokenizer on `texts`, deterministically.
 
-    The pipeline is `AlbertTokenizer`'s own (lower-casing, accent stripping, whitespace + metaspace pre-tokenisation,
-    `[CLS] ... [SEP]` template); only the vocabulary is learnt. The special tokens keep ALBERT's ids 0-4.
+    The pipeline is `AlbertTokenizer`'s own (the `tokenizers` normaliser: lower-casing, accent stripping; whitespace +
+    metaspace pre-tokenisation; the `[CLS] ... [SEP]` template); the special tokens keep ALBERT's ids 0-4. The
+    vocabulary is a unigram language model over whole words: every character seen (so nothing is unknown), then the
+    most frequent words (`"▁word"`, ties broken alphabetically) up to `vocab_size`, each scored by its log-frequency.
+    Unlike `tokenizers`' EM trainer, whose result changes from run to run, the same corpus always gives the same
+    tokenizer, so separate processes and resumed runs agree.
     """
-    from tokenizers import trainers
-
     backend = AlbertTokenizer().backend_tokenizer
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=ALBERT_SPECIAL_TOKENS, unk_token="<unk>", show_progress=False
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
-    vocab = [(token, score) for token, score in json.loads(backend.to_str())["model"]["vocab"]]
-    if [token for token, _ in vocab[: len(ALBERT_SPECIAL_TOKENS)]] != ALBERT_SPECIAL_TOKENS:
-        raise RuntimeError("tokenizer training did not keep ALBERT's special-token ids")
+    words, chars = Counter(), Counter()
+    for text in texts:
+        normalised = backend.normalizer.normalize_str(text)
+        for piece, _ in backend.pre_tokenizer.pre_tokenize_str(normalised):
+            words[piece] += 1
+            chars.update(piece)
+    total = sum(words.values()) + sum(chars.values())
+    vocab = [(token, 0.0) for token in ALBERT_SPECIAL_TOKENS]
+    for char, count in sorted(chars.items(), key=lambda item: (-item[1], item[0])):
+        vocab.append((char, math.log(count / total) - 10.0))  # characters: a costly fallback
+    room = max(vocab_size - len(vocab), 0)
+    for word, count in sorted(words.items(), key=lambda item: (-item[1], item[0]))[:room]:
+        if len(word) > 1 and word not in chars:
+            vocab.append((word, math.log(count / total)))
     return AlbertTokenizer(vocab=vocab)
 
 

@@ -1,0 +1,379 @@
+"""Train the cross-attention fusion model with Accelerate.
+
+One process (CPU or one GPU):      python scripts/train.py
+Accelerate (any setup it knows):   accelerate launch scripts/train.py --mixed_precision bf16
+Several processes (DDP; gloo/CPU): torchrun --nproc_per_node 2 scripts/train.py
+Resume after a crash:              python scripts/train.py --output_dir outputs/xattn --resume_from_checkpoint latest
+
+With no arguments it trains the multi-task model (tiny preset) on the embedded synthetic dataset, evaluates it and
+writes a Hub-ready folder (safetensors, custom code, processor, model card) to outputs/xattn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modeling_xattn import XAttnConfig, XAttnForMultiTask, XAttnProcessor, train_albert_tokenizer
+from modeling_xattn.data_xattn import (
+    BadRowCounter,
+    XAttnCollator,
+    load_coco_captions,
+    load_hub_dataset,
+    load_imagefolder,
+    load_karpathy,
+    load_mvsa,
+    load_table,
+    synthetic_dataset,
+)
+from modeling_xattn.processing_xattn import make_image_processor
+from modeling_xattn.training_xattn import (
+    TrainingState,
+    evaluate_multitask,
+    latest_checkpoint,
+    metrics_markdown,
+    parameter_groups,
+    plot_training_curves,
+    render_model_card,
+    save_checkpoint_atomically,
+    write_json,
+)
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default="synthetic",
+                      choices=["synthetic", "imagefolder", "table", "hub", "coco", "karpathy", "mvsa"])
+    data.add_argument("--data_dir", help="imagefolder / MVSA root / COCO or Karpathy image folder")
+    data.add_argument("--data_file", help="CSV/JSONL table, COCO captions_*.json or Karpathy dataset_*.json")
+    data.add_argument("--validation_file", help="validation table or COCO annotation file (else a split is held out)")
+    data.add_argument("--dataset_name", help="Hub dataset id (with --dataset hub)")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--caption_column", default="captions")
+    data.add_argument("--text_column", default="text")
+    data.add_argument("--label_column", default="label")
+    data.add_argument("--synthetic_samples", type=int, default=4000, help="rows of the embedded dataset")
+    data.add_argument("--validation_fraction", type=float, default=0.1)
+    data.add_argument("--num_workers", type=int, default=0)
+    data.add_argument("--tokenizer", help="tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
+    data.add_argument("--vocab_size", type=int, default=1000, help="size of a tokenizer trained on the data")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model_size", default="tiny", help="preset: tiny, small, base")
+    model.add_argument("--fusion_type", default="cross_attention", choices=["cross_attention", "concat"])
+    model.add_argument("--modalities", default="both", choices=["both", "image", "text"])
+    model.add_argument("--no_cbam", action="store_true")
+    model.add_argument("--text_backbone", help="pretrained ALBERT: Hub id or folder (albert/albert-base-v2)")
+    model.add_argument("--vision_backbone", help="'imagenet' (torchvision DenseNet121) or a .safetensors file")
+    model.add_argument("--freeze_text", action="store_true")
+    model.add_argument("--freeze_vision", action="store_true")
+    model.add_argument("--gradient_checkpointing", action="store_true")
+
+    train = p.add_argument_group("optimisation (defaults: the paper's)")
+    train.add_argument("--tasks", default="classification,retrieval,captioning",
+                       help="comma-separated subset of classification, retrieval, captioning")
+    train.add_argument("--lambda_ce", type=float, default=1.0)
+    train.add_argument("--lambda_cl", type=float, default=1.0)
+    train.add_argument("--lambda_seq", type=float, default=1.0)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
+    train.add_argument("--weight_decay", type=float, default=1e-4)
+    train.add_argument("--batch_size", type=int, default=32, help="per process")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--num_epochs", type=int, default=4)
+    train.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
+    train.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
+    train.add_argument("--lr_decay_beta", type=float, default=0.5, help="Formula 5: lr *= beta on a plateau")
+    train.add_argument("--lr_patience", type=int, default=1, help="evaluations without improvement before decay")
+    train.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up of the learning rate")
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+
+    run = p.add_argument_group("evaluation and checkpoints")
+    run.add_argument("--output_dir", default="outputs/xattn")
+    run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: every epoch)")
+    run.add_argument("--save_steps", type=int, default=0, help="save_state every N steps (0: every epoch)")
+    run.add_argument("--save_total_limit", type=int, default=2)
+    run.add_argument("--metric_for_best_model", default="val_loss",
+                     help="validation metric that picks the best checkpoint (val_loss, val_accuracy, val_i2t_R@1, ...)")
+    run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    run.add_argument("--report_to", default="tensorboard", help="Accelerate tracker, or 'none'")
+    run.add_argument("--no_progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def load_data(args, counter):
+    """Train and validation datasets in the common schema."""
+    if args.dataset == "synthetic":
+        full = synthetic_dataset(args.synthetic_samples, seed=args.seed)
+        split = full.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+        return split["train"], split["test"]
+    if args.dataset == "mvsa":
+        splits = load_mvsa(args.data_dir, seed=args.seed, counter=counter)
+        return splits["train"], splits["validation"]
+    if args.dataset == "imagefolder":
+        full = load_imagefolder(args.data_dir, caption_column=args.caption_column, text_column=args.text_column,
+                                label_column=args.label_column)
+    elif args.dataset == "table":
+        full = load_table(args.data_file, args.data_dir, image_column=args.image_column,
+                          caption_column=args.caption_column, text_column=args.text_column,
+                          label_column=args.label_column)
+    elif args.dataset == "coco":
+        full = load_coco_captions(args.data_file, args.data_dir)
+        if args.validation_file:
+            return full, load_coco_captions(args.validation_file, args.data_dir)
+    elif args.dataset == "karpathy":
+        return load_karpathy(args.data_file, args.data_dir, "train"), load_karpathy(args.data_file, args.data_dir, "val")
+    else:
+        mapping = dict(image_column=args.image_column, caption_column=args.caption_column,
+                       text_column=args.text_column, label_column=args.label_column)
+        return (load_hub_dataset(args.dataset_name, "train", args.dataset_config_name, **mapping),
+                load_hub_dataset(args.dataset_name, "validation", args.dataset_config_name, **mapping))
+    split = full.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+    return split["train"], split["test"]
+
+
+def undecoded(dataset):
+    """Leave image decoding to the collator, so one unreadable image is skipped there instead of crashing a read."""
+    import datasets
+
+    if isinstance(dataset.features.get("image"), datasets.Image):
+        return dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset
+
+
+def build_processor(args, train_data, accelerator):
+    if args.tokenizer or args.text_backbone:
+        return XAttnProcessor.build(args.tokenizer or args.text_backbone, image_size=XAttnConfig.from_preset(args.model_size).image_size)
+    folder = Path(args.output_dir) / "tokenizer"
+    if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
+        corpus = list(train_data["text"]) + [c for captions in train_data["captions"] for c in captions]
+        train_albert_tokenizer(corpus, vocab_size=args.vocab_size).save_pretrained(folder)
+    accelerator.wait_for_everyone()
+    return XAttnProcessor.build(str(folder), image_size=XAttnConfig.from_preset(args.model_size).image_size)
+
+
+def build_model(args, processor, num_labels):
+    tasks = set(args.tasks.split(","))
+    overrides = dict(
+        fusion_type=args.fusion_type, modalities=args.modalities, use_cbam=not args.no_cbam,
+        lambda_ce=args.lambda_ce if "classification" in tasks else 0.0,
+        lambda_cl=args.lambda_cl if "retrieval" in tasks else 0.0,
+        lambda_seq=args.lambda_seq if "captioning" in tasks else 0.0,
+        text_config={"vocab_size": len(processor.tokenizer)},
+        id2label={0: "positive", 1: "neutral", 2: "negative"} if num_labels == 3 else {i: str(i) for i in range(num_labels)},
+    )
+    config = XAttnConfig.from_preset(args.model_size, **overrides)
+    if args.text_backbone or args.vision_backbone:
+        return XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone, vision=args.vision_backbone)
+    return XAttnForMultiTask(config)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.output_dir, exist_ok=True)
+    # Without an accelerator, Accelerate only forms a multi-process (gloo) group when told it runs on the CPU;
+    # otherwise `torchrun --nproc_per_node 2` on a CPU machine silently trains two independent single-process runs.
+    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    accelerator = Accelerator(
+        cpu=args.cpu or not has_accelerator,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        # a batch may carry labels for only some tasks: their heads then get no gradient in that step
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)  # before building the model: identical initial weights on every process and every run
+    accelerator.print(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
+                      f"mixed precision: {accelerator.mixed_precision}")
+
+    counter = BadRowCounter()
+    train_data, val_data = load_data(args, counter)
+    processor = build_processor(args, train_data, accelerator)
+    model = build_model(args, processor, num_labels=3)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    tasks = set(args.tasks.split(","))
+    collate = XAttnCollator(processor, task="multitask" if len(tasks) > 1 or "classification" not in tasks else "classification",
+                            counter=counter)
+    train_loader = DataLoader(undecoded(train_data), batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+                              num_workers=args.num_workers, drop_last=True)
+    val_loader = DataLoader(undecoded(val_data), batch_size=args.batch_size, collate_fn=collate,
+                            num_workers=args.num_workers)
+
+    optimizer = torch.optim.Adam(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
+                                                  args.weight_decay, args.freeze_text, args.freeze_vision))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_decay_beta,
+                                                         patience=args.lr_patience)  # Formula 5
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    state = TrainingState()
+    accelerator.register_for_checkpointing(plateau, state)
+
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_steps or steps_per_epoch * args.num_epochs
+    eval_steps = args.eval_steps or steps_per_epoch
+    save_steps = args.save_steps or steps_per_epoch
+    checkpoints_dir = os.path.join(args.output_dir, "checkpoints")
+
+    if args.resume_from_checkpoint:
+        path = latest_checkpoint(checkpoints_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+        if path is None:
+            accelerator.print(f"no checkpoint in {checkpoints_dir}; starting from scratch")
+        else:
+            accelerator.load_state(path)
+            accelerator.print(f"resumed from {path} at step {state.global_step}")
+    if args.report_to != "none":
+        accelerator.init_trackers("xattn", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    kill_after = int(os.environ.get("XATTN_TEST_KILL_AFTER_STEP", "0"))  # tests: die by SIGKILL mid-epoch
+    started = time.time()
+    progress = tqdm(total=max_steps, initial=state.global_step, disable=args.no_progress or not accelerator.is_local_main_process,
+                    desc="training")
+    model.train()
+    stop = state.global_step >= max_steps
+    while not stop:
+        epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(train_loader))
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
+        for batch in loader:
+            # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
+            set_seed(args.seed + state.global_step, device_specific=True)
+            if not batch:
+                continue
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    out = model(**batch)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {out.loss.item()} at step {state.global_step} (ce={out.loss_ce}, "
+                        f"cl={out.loss_cl}, seq={out.loss_seq}); lower --learning_rate or check the data. "
+                        f"The last checkpoint is in {checkpoints_dir}.")
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if args.warmup_steps and state.global_step < args.warmup_steps:
+                    for group, base in zip(optimizer.param_groups, _base_lrs(args, optimizer)):
+                        group["lr"] = base * (state.global_step + 1) / args.warmup_steps
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            progress.update(1)
+            logs = {"step": state.global_step, "train_loss": out.loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+            for key in ("loss_ce", "loss_cl", "loss_seq"):
+                if getattr(out, key) is not None:
+                    logs[f"train_{key}"] = getattr(out, key).item()
+            progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
+            timed_out = args.max_train_minutes and (time.time() - started) / 60 >= args.max_train_minutes
+            last = state.global_step >= max_steps or timed_out
+            if state.global_step % eval_steps == 0 or last:
+                metrics = evaluate_multitask(model, val_loader, accelerator)
+                logs.update(metrics)
+                if state.global_step >= args.warmup_steps:
+                    plateau.step(metrics.get("val_loss", logs["train_loss"]))
+                _keep_best(args, accelerator, model, processor, state, metrics)
+                accelerator.print(f"step {state.global_step}: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in metrics.items()))
+            state.history.append(logs)
+            accelerator.log(logs, step=state.global_step)
+            if state.global_step % save_steps == 0 or last:
+                save_checkpoint_atomically(accelerator, checkpoints_dir, state.global_step, args.save_total_limit)
+            if kill_after and state.global_step == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if last:
+                stop = True
+                break
+    progress.close()
+    accelerator.wait_for_everyone()
+    final_metrics = state.history[-1] if state.history else {}
+    if accelerator.is_main_process:
+        _write_outputs(args, accelerator, model, processor, state, final_metrics, counter, time.time() - started)
+    accelerator.end_training()
+    accelerator.print(counter.summary())
+    return {"metrics": final_metrics, "output_dir": args.output_dir, "num_processes": accelerator.num_processes,
+            "global_step": state.global_step}
+
+
+def _base_lrs(args, optimizer):
+    return [args.learning_rate] + [args.backbone_learning_rate or args.learning_rate] * (len(optimizer.param_groups) - 1)
+
+
+def _keep_best(args, accelerator, model, processor, state, metrics):
+    """Save the model as `best/` when the chosen validation metric improves (lower is better for losses)."""
+    key = args.metric_for_best_model
+    if key not in metrics:
+        return
+    value, lower_is_better = metrics[key], "loss" in key or "rank" in key
+    better = state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric)
+    if better:
+        state.best_metric = value
+        best = os.path.join(args.output_dir, "best")
+        accelerator.unwrap_model(model).save_pretrained(best, is_main_process=accelerator.is_main_process,
+                                                        save_function=accelerator.save)
+        if accelerator.is_main_process:
+            processor.save_pretrained(best)
+            write_json(os.path.join(best, "metrics.json"), {**metrics, "step": state.global_step})
+
+
+def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds):
+    """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
+    out = args.output_dir
+    model = accelerator.unwrap_model(model)
+    model.save_pretrained(out, save_function=accelerator.save)
+    processor.save_pretrained(out)
+    scalar_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
+    write_json(os.path.join(out, "train_results.json"), {
+        "metrics": scalar_metrics, "global_step": state.global_step, "train_seconds": round(seconds, 1),
+        "best_metric": state.best_metric, "metric_for_best_model": args.metric_for_best_model,
+        "num_processes": accelerator.num_processes, "bad_rows": dict(counter.counts),
+    })
+    write_json(os.path.join(out, "history.json"), state.history)
+    plot_training_curves(state.history, os.path.join(out, "training_curves.png"))
+    base_models = [m for m in (args.text_backbone, args.vision_backbone and "torchvision/densenet121") if m]
+    values = {
+        "model_id": Path(out).name,
+        "base_models": "\n".join(f"  - {m}" for m in base_models) if base_models else "  []",
+        "datasets": args.dataset_name or args.dataset,
+        "model_size": args.model_size,
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "fusion_type": model.config.fusion_type,
+        "modalities": model.config.modalities,
+        "use_cbam": str(model.config.use_cbam),
+        "tasks": args.tasks,
+        "training": (f"{state.global_step} steps, batch {args.batch_size} x {accelerator.num_processes} process(es), "
+                     f"Adam lr {args.learning_rate}, weight decay {args.weight_decay}, "
+                     f"plateau decay beta {args.lr_decay_beta}, seed {args.seed}, {seconds / 60:.1f} minutes"),
+        "command": "python scripts/train.py " + " ".join(sys.argv[1:]) if argv_is_cli() else "scripts/train.py main(...)",
+        "metrics_table": metrics_markdown(scalar_metrics),
+        "model_index": "",
+    }
+    if MODEL_CARD_TEMPLATE.exists():
+        Path(out, "README.md").write_text(render_model_card(str(MODEL_CARD_TEMPLATE), values), encoding="utf-8")
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name == "train.py"
+
+
+if __name__ == "__main__":
+    main()
