@@ -46,13 +46,16 @@ class SyntheticSpec:
     """Size knobs of the embedded dataset.
 
     num_samples: rows to make; image_size: side in pixels; objects: shapes per image (each a distinct colour, on a
-    3x3 grid of cells); seed: everything is a deterministic function of (seed, row index).
+    3x3 grid of cells); num_colours / num_shapes: how many of the palette's colours and shapes are used;
+    seed: everything is a deterministic function of (seed, row index).
     """
 
     num_samples: int = 4000
     image_size: int = 64
     objects: int = 3
     seed: int = 0
+    num_colours: int = len(COLOURS)
+    num_shapes: int = len(SHAPES)
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], colour):
@@ -72,8 +75,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, 
 def synthetic_example(index: int, spec: SyntheticSpec) -> dict:
     """One row of the embedded dataset (see `synthetic_dataset` for the design)."""
     rng = random.Random(spec.seed * 1_000_003 + index)
-    colours = rng.sample(sorted(COLOURS), spec.objects)
-    shapes = [rng.choice(SHAPES) for _ in colours]
+    palette, shape_names = list(COLOURS)[: spec.num_colours], SHAPES[: spec.num_shapes]
+    colours = rng.sample(palette, spec.objects)
+    shapes = [rng.choice(shape_names) for _ in colours]
     cells = sorted(rng.sample(range(9), spec.objects))
     order = list(range(spec.objects))
     rng.shuffle(order)
@@ -98,10 +102,10 @@ def synthetic_example(index: int, spec: SyntheticSpec) -> dict:
         shape = present[colour]
     elif label == 2:  # negative: the named colour is present, but on another shape
         colour = rng.choice(sorted(present))
-        shape = rng.choice([s for s in SHAPES if s != present[colour]])
+        shape = rng.choice([s for s in shape_names if s != present[colour]])
     else:  # neutral: the named colour is absent, so the statement cannot be checked
-        colour = rng.choice([c for c in sorted(COLOURS) if c not in present])
-        shape = rng.choice(SHAPES)
+        colour = rng.choice([c for c in palette if c not in present])
+        shape = rng.choice(shape_names)
     text = f"the {colour} shape is a {shape}"
 
     listed = [f"a {c} {s}" for c, s, _ in objects]
@@ -121,7 +125,8 @@ def synthetic_example(index: int, spec: SyntheticSpec) -> dict:
     }
 
 
-def synthetic_dataset(num_samples: int = 4000, image_size: int = 64, objects: int = 3, seed: int = 0):
+def synthetic_dataset(num_samples: int = 4000, image_size: int = 64, objects: int = 3, seed: int = 0,
+                      num_colours: int = len(COLOURS), num_shapes: int = len(SHAPES)):
     """The embedded default dataset: coloured shapes on a 3x3 grid, deterministic by seed, made on the fly.
 
     Each image holds `objects` shapes, each in a distinct colour. The 3-way statement "the <colour> shape is a
@@ -137,7 +142,11 @@ def synthetic_dataset(num_samples: int = 4000, image_size: int = 64, objects: in
     """
     import datasets
 
-    spec = SyntheticSpec(num_samples, image_size, objects, seed)
+    if not 1 <= objects < num_colours or not 2 <= num_shapes <= len(SHAPES) or num_colours > len(COLOURS):
+        raise ValueError(f"synthetic_dataset: need 1 <= objects < num_colours <= {len(COLOURS)} and "
+                         f"2 <= num_shapes <= {len(SHAPES)}; got objects={objects}, num_colours={num_colours}, "
+                         f"num_shapes={num_shapes}")
+    spec = SyntheticSpec(num_samples, image_size, objects, seed, num_colours, num_shapes)
     features = datasets.Features({
         "image": datasets.Image(),
         "text": datasets.Value("string"),
@@ -216,7 +225,8 @@ class XAttnCollator:
     """Rows of the schema -> a model batch through `XAttnProcessor`.
 
     task: "multitask" (classification labels + one caption per image for retrieval and captioning),
-    "classification", "vqa" (soft scores over `answer_vocab`), "retrieval" or "captioning". A row whose image cannot
+    "classification", "vqa" (question + soft scores over `answer_vocab`), "vqa+captions", "retrieval" or
+    "captioning". A row whose image cannot
     be read, or whose text the task needs is empty, is skipped and counted; the batch shrinks, the run goes on.
     `caption_index` picks which reference caption trains the model; None draws one per row from `generator`.
     """
@@ -231,7 +241,8 @@ class XAttnCollator:
         self.image_dir = image_dir
 
     def _row_ok(self, row, needs_text, needs_caption, needs_label):
-        if needs_text and not clean_text(row.get("text")):
+        text = (row.get("question") or row.get("text")) if self.task.startswith("vqa") else row.get("text")
+        if needs_text and not clean_text(text):
             return "empty text"
         if needs_caption and not [c for c in row.get("captions") or [] if clean_text(c)]:
             return "no caption"
@@ -241,11 +252,11 @@ class XAttnCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         task = self.task
-        needs_text = task in ("multitask", "classification", "vqa")
-        needs_caption = task in ("multitask", "retrieval", "captioning")
+        needs_text = task in ("multitask", "classification", "vqa", "vqa+captions")
+        needs_caption = task in ("multitask", "retrieval", "captioning", "vqa+captions")
         needs_label = task == "classification"
-        images, texts, captions, labels, answers, ids = [], [], [], [], [], []
-        for row in rows:
+        images, texts, captions, labels, answers, ids, kept = [], [], [], [], [], [], []
+        for position, row in enumerate(rows):
             reason = self._row_ok(row, needs_text, needs_caption, needs_label)
             if reason is None:
                 try:
@@ -256,7 +267,8 @@ class XAttnCollator:
                 self.counter.add(reason, str(row.get("image_id", "")))
                 continue
             images.append(image)
-            texts.append(clean_text(row.get("question") if task == "vqa" else row.get("text")))
+            kept.append(position)
+            texts.append(clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text")))
             row_captions = [clean_text(c) for c in row.get("captions") or [] if clean_text(c)]
             if row_captions:
                 index = self.caption_index if self.caption_index is not None else random.randrange(len(row_captions))
@@ -273,10 +285,20 @@ class XAttnCollator:
         ))
         if task in ("multitask", "classification"):
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
-        if task == "vqa":
+        if task.startswith("vqa"):
             batch["labels"] = vqa_soft_scores(answers, self.answer_vocab)
-        batch["image_ids"] = torch.tensor([hash(str(i)) % (2**62) for i in ids], dtype=torch.long)
+        batch["image_ids"] = torch.tensor([_stable_id(i) for i in ids], dtype=torch.long)
+        batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
         return batch
+
+
+def _stable_id(value) -> int:
+    """An integer id for any image id, equal across processes (Python's str hash is salted per process)."""
+    import hashlib
+
+    if isinstance(value, int):
+        return value
+    return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=7).digest(), "big")
 
 
 def vqa_soft_scores(answers: list[list[str]], vocab: dict[str, int]) -> torch.Tensor:
@@ -350,12 +372,13 @@ def map_columns(dataset, image_column="image", caption_column=None, text_column=
                        desc="mapping columns")
 
 
-def load_hub_dataset(name: str, split: str = "train", config_name: str | None = None, **column_mapping):
+def load_hub_dataset(name: str, split: str = "train", config_name: str | None = None, revision: str | None = None,
+                     **column_mapping):
     """Any Hub dataset by name with a column mapping (needs the Hub). Settings for the usual ones are in README:
     COCO Karpathy (`yerevann/coco-karpathy`), Flickr30k (`nlphuji/flickr30k`), VQAv2 (`HuggingFaceM4/VQAv2`)."""
     import datasets
 
-    return map_columns(datasets.load_dataset(name, config_name, split=split), **column_mapping)
+    return map_columns(datasets.load_dataset(name, config_name, split=split, revision=revision), **column_mapping)
 
 
 def load_table(path: str, image_dir: str | None = None, image_column="image", caption_column="captions",
@@ -462,7 +485,98 @@ def load_mvsa(root: str, seed: int = 0, counter: BadRowCounter | None = None):
     return datasets.DatasetDict({name: _to_schema([rows[i] for i in idx]) for name, idx in splits.items()})
 
 
+# ======================================================================================================= command line
+
+
+def add_data_arguments(parser) -> None:
+    """The data options every script shares (as transformers' example scripts name them)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="synthetic",
+                      choices=["synthetic", "imagefolder", "table", "hub", "coco", "karpathy", "mvsa"])
+    data.add_argument("--data_dir", help="imagefolder / MVSA root / COCO or Karpathy image folder")
+    data.add_argument("--data_file", help="CSV/JSONL table, COCO captions_*.json or Karpathy dataset_*.json")
+    data.add_argument("--validation_file", help="validation table or COCO annotation file (else a split is held out)")
+    data.add_argument("--dataset_name", help="Hub dataset id (with --dataset hub)")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--dataset_revision", help="Hub dataset revision (commit) to pin")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--caption_column", default="captions")
+    data.add_argument("--text_column", default="text")
+    data.add_argument("--label_column", default="label")
+    data.add_argument("--answers_column", default="answers")
+    data.add_argument("--synthetic_samples", type=int, default=4000, help="rows of the embedded dataset")
+    data.add_argument("--synthetic_test_samples", type=int, default=1000, help="rows of its test split")
+    data.add_argument("--data_seed", type=int, default=0, help="seed of the embedded dataset and of held-out splits")
+    data.add_argument("--validation_fraction", type=float, default=0.1)
+    data.add_argument("--max_samples", type=int, help="use at most this many rows of the split")
+    data.add_argument("--num_workers", type=int, default=0)
+
+
+def load_split(args, split: str, counter: BadRowCounter | None = None):
+    """The `split` ("train", "validation" or "test") of the dataset the arguments name, in the common schema.
+
+    Where a source has no such split, "validation" is a seeded held-out fraction of the training rows; the
+    embedded dataset's "test" split is drawn with another seed, so its images are new.
+    """
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be train, validation or test, got {split!r}")
+    data = _load_split(args, split, counter)
+    if args.max_samples:
+        data = data.select(range(min(args.max_samples, len(data))))
+    return data
+
+
+def _held_out(full, split, args):
+    parts = full.train_test_split(test_size=args.validation_fraction, seed=args.data_seed)
+    return parts["train"] if split == "train" else parts["test"]
+
+
+def _load_split(args, split, counter):
+    if args.dataset == "synthetic":
+        if split == "test":
+            return synthetic_dataset(args.synthetic_test_samples, seed=args.data_seed + 1)
+        return _held_out(synthetic_dataset(args.synthetic_samples, seed=args.data_seed), split, args)
+    if args.dataset == "mvsa":
+        return load_mvsa(args.data_dir, seed=args.data_seed, counter=counter)[split]
+    if args.dataset == "karpathy":
+        return load_karpathy(args.data_file, args.data_dir, {"validation": "val"}.get(split, split))
+    if args.dataset == "hub":
+        mapping = dict(image_column=args.image_column, caption_column=args.caption_column,
+                       text_column=args.text_column, label_column=args.label_column,
+                       answers_column=args.answers_column)
+        return load_hub_dataset(args.dataset_name, split, args.dataset_config_name, revision=args.dataset_revision,
+                                **mapping)
+    if args.dataset == "coco" and split != "train" and args.validation_file:
+        return load_coco_captions(args.validation_file, args.data_dir)
+    if args.dataset == "coco":
+        full = load_coco_captions(args.data_file, args.data_dir)
+    elif args.dataset == "imagefolder":
+        full = load_imagefolder(args.data_dir, caption_column=args.caption_column, text_column=args.text_column,
+                                label_column=args.label_column)
+    else:
+        if split != "train" and args.validation_file:
+            return load_table(args.validation_file, args.data_dir, image_column=args.image_column,
+                              caption_column=args.caption_column, text_column=args.text_column,
+                              label_column=args.label_column)
+        full = load_table(args.data_file, args.data_dir, image_column=args.image_column,
+                          caption_column=args.caption_column, text_column=args.text_column,
+                          label_column=args.label_column)
+    return full if split == "test" and args.validation_file else _held_out(full, "train" if split == "train" else "validation", args)
+
+
+def undecoded(dataset):
+    """Leave image decoding to the collator, so one unreadable image is skipped there instead of crashing a read."""
+    import datasets
+
+    if isinstance(dataset.features.get("image"), datasets.Image):
+        return dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset
+
+
 __all__ = [
+    "add_data_arguments",
+    "load_split",
+    "undecoded",
     "SyntheticSpec",
     "synthetic_dataset",
     "synthetic_example",

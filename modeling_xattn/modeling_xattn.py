@@ -719,17 +719,9 @@ class XAttnForSequenceClassification(XAttnPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class XAttnForImageTextRetrieval(XAttnPreTrainedModel):
-    """Image-text matching: unimodal embeddings trained with Formula 2 for fast shortlisting, and a cross-attention
-    matching score (`itm_score`) trained on in-batch hard negatives for re-ranking."""
-
-    def __init__(self, config: XAttnConfig):
-        super().__init__(config)
-        if config.modalities != "both":
-            raise ValueError(f"XAttnForImageTextRetrieval needs both towers; config.modalities={config.modalities!r}")
-        self.xattn = XAttnModel(config)
-        self.retrieval = XAttnRetrievalHead(config)
-        self.post_init()
+class _RetrievalMixin:
+    """Retrieval API for models holding `self.xattn` and `self.retrieval`: unimodal embeddings, the matching score,
+    and two-stage gallery search (images and texts encoded once, embeddings shortlist, cross-attention re-ranks)."""
 
     def get_image_features(self, pixel_values=None, image_hidden_states=None) -> torch.Tensor:
         """L2-normalised image embeddings `(B, projection_dim)`; pass `image_hidden_states` from
@@ -748,6 +740,80 @@ class XAttnForImageTextRetrieval(XAttnPreTrainedModel):
         encoded = self.xattn(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                              image_hidden_states=image_hidden_states, return_dict=True)
         return self.retrieval.itm(encoded.pooler_output).softmax(-1)[:, 1]
+
+    # ---------------------------------------------------------------- gallery search (two-stage)
+    @torch.no_grad()
+    def encode_gallery_images(self, pixel_values: torch.Tensor, batch_size: int = 64):
+        """Encode every image once, in batches: region tokens `(N, R, D)` for re-ranking and embeddings `(N, P)`."""
+        tokens, embeds = [], []
+        for chunk in pixel_values.split(batch_size):
+            image_tokens, _ = self.xattn.encode_image(chunk.to(self.device))
+            tokens.append(image_tokens)
+            embeds.append(self.retrieval.embed_image(image_tokens))
+        return torch.cat(tokens), torch.cat(embeds)
+
+    @torch.no_grad()
+    def encode_gallery_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256):
+        """Encode every text once, in batches: tokens `(M, L, D)` (before fusion), their mask, embeddings `(M, P)`."""
+        tokens, embeds = [], []
+        for ids, mask in zip(input_ids.split(batch_size), attention_mask.split(batch_size)):
+            text_tokens = self.xattn.encode_text(ids.to(self.device), mask.to(self.device))
+            tokens.append(text_tokens)
+            embeds.append(self.retrieval.embed_text(text_tokens, mask.to(self.device)))
+        return torch.cat(tokens), attention_mask.to(self.device), torch.cat(embeds)
+
+    @torch.no_grad()
+    def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256):
+        """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers."""
+        scores = []
+        for images, texts in zip(image_index.split(batch_size), text_index.split(batch_size)):
+            *_, fused, _, _ = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images])
+            scores.append(self.retrieval.itm(fused).float().log_softmax(-1)[:, 1])
+        return torch.cat(scores) if scores else torch.zeros(0, device=image_tokens.device)
+
+    @torch.no_grad()
+    def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
+             batch_size: int = 256) -> tuple[torch.Tensor, int]:
+        """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching
+        score re-ranks the shortlist. `images` = `encode_gallery_images(...)`, `texts` = `encode_gallery_texts(...)`.
+
+        Returns a `(num_images, num_texts)` score matrix, higher = better (rows are the queries for `"i2t"`,
+        columns for `"t2i"`): shortlisted pairs hold their matching log-probability, the others their embedding
+        similarity minus 1e4 (ranked after the shortlist, in embedding order); and the number of pairs scored by
+        cross-attention. `exhaustive=True` scores every pair; with `k >=` the gallery size both give the same matrix.
+        """
+        if direction not in ("i2t", "t2i"):
+            raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
+        image_tokens, image_embeds = images
+        text_tokens, text_mask, text_embeds = texts
+        similarity = self.retrieval.similarity(image_embeds, text_embeds).float()  # (N, M)
+        queries = similarity if direction == "i2t" else similarity.T
+        if exhaustive or k >= queries.shape[1]:
+            shortlist = torch.ones_like(queries, dtype=torch.bool)
+        else:
+            top = queries.topk(k, dim=1).indices
+            shortlist = torch.zeros_like(queries, dtype=torch.bool).scatter_(1, top, True)
+        if direction == "t2i":
+            shortlist = shortlist.T
+        image_index, text_index = shortlist.nonzero(as_tuple=True)
+        scores = similarity - 1e4
+        scores[image_index, text_index] = self.pair_scores(image_tokens, text_tokens, text_mask, image_index,
+                                                           text_index, batch_size)
+        return scores, len(image_index)
+
+
+
+class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
+    """Image-text matching: unimodal embeddings trained with Formula 2 for fast shortlisting, and a cross-attention
+    matching score (`itm_score`) trained on in-batch hard negatives for re-ranking."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__(config)
+        if config.modalities != "both":
+            raise ValueError(f"XAttnForImageTextRetrieval needs both towers; config.modalities={config.modalities!r}")
+        self.xattn = XAttnModel(config)
+        self.retrieval = XAttnRetrievalHead(config)
+        self.post_init()
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=False, image_ids=None,
                 return_dict=None, **kwargs) -> XAttnRetrievalOutput | tuple:
@@ -872,7 +938,7 @@ class XAttnForConditionalGeneration(_CaptionGenerationMixin, XAttnPreTrainedMode
         return output if return_dict else output.to_tuple()
 
 
-class XAttnForMultiTask(_CaptionGenerationMixin, XAttnPreTrainedModel):
+class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTrainedModel):
     """All heads on one fused backbone, trained with Formula 4: L = λCE·LCE + λCL·LCL + λSEQ·LSEQ.
 
     A batch may carry labels for any subset of tasks: `labels` (classification/VQA, with `input_ids` as the
@@ -917,13 +983,13 @@ class XAttnForMultiTask(_CaptionGenerationMixin, XAttnPreTrainedModel):
 
         if caption_input_ids is not None:
             caption_mask = torch.ones_like(caption_input_ids) if caption_attention_mask is None else caption_attention_mask
-            if self.retrieval is not None:
+            if self.retrieval is not None and config.lambda_cl > 0:  # a task weighted 0 is off
                 caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
                 loss_cl, loss_itm, similarity, *_ = retrieval_losses(
                     self.retrieval, self.xattn, image_tokens, caption_tokens, caption_input_ids, caption_mask, image_ids
                 )
                 losses["cl"] = loss_cl + loss_itm
-            if self.captioner is not None:
+            if self.captioner is not None and config.lambda_seq > 0:
                 # The caption is only the decoder's target; the fused encoder sees the image and an empty prompt.
                 prompt_ids, prompt_mask = default_prompt(config, len(caption_input_ids), caption_input_ids.device)
                 prompt_tokens = self.xattn.encode_text(prompt_ids, prompt_mask) if config.use_text else None

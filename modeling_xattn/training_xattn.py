@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from .metrics_xattn import recall_at_k
 
 BACKBONE_PREFIXES = ("xattn.text_model.", "xattn.vision_model.features.")
 
@@ -51,26 +52,12 @@ def parameter_groups(model, learning_rate, backbone_learning_rate=None, weight_d
     return groups
 
 
-def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    """Recall@k of queries (rows) against a gallery (columns); `positives[i, j]` marks every correct item (any of an
-    image's captions counts). Ties are broken by gallery index (stable sort), so results are deterministic.
-    Also returns the mean and median rank of the first correct item (1-based)."""
-    order = torch.sort(similarity, dim=1, descending=True, stable=True).indices
-    hits = torch.gather(positives, 1, order)
-    first = hits.float().argmax(dim=1) + 1  # rank of the first hit
-    first = torch.where(hits.any(dim=1), first, torch.full_like(first, similarity.shape[1] + 1))
-    result = {f"R@{k}": float((first <= k).float().mean() * 100) for k in ks}
-    result["mean_rank"] = float(first.float().mean())
-    result["median_rank"] = float(first.float().median())
-    return result
-
-
 @torch.no_grad()
 def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict:
-    """Validation losses per task (Formula 4 and its parts), 3-way accuracy, and image->text retrieval over the whole
+    """Validation losses per task (Formula 4 and its parts), 3-way or VQA accuracy, and image->text retrieval over the whole
     validation set from the unimodal embeddings (exhaustive; one caption per image)."""
     model.eval()
-    sums, count, correct, labelled = {}, 0, 0, 0
+    sums, count, correct, labelled, vqa_sum, vqa_count = {}, 0, 0, 0, 0.0, 0
     image_embeds, text_embeds, ids = [], [], []
     unwrapped = accelerator.unwrap_model(model)
     for step, batch in enumerate(dataloader):
@@ -79,6 +66,7 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
         if not batch:
             continue
         image_ids = batch.pop("image_ids")
+        batch.pop("row_index", None)
         with accelerator.autocast():
             out = model(**batch, image_ids=image_ids)
         size = len(batch["pixel_values"])
@@ -88,6 +76,10 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
                 total = accelerator.gather_for_metrics(value.detach().float().reshape(1) * size).sum()
                 sums[key] = sums.get(key, 0.0) + float(total)
         count += int(accelerator.gather_for_metrics(torch.tensor([size], device=accelerator.device)).sum())
+        if out.logits is not None and "labels" in batch and batch["labels"].dim() == 2:  # VQA soft scores
+            scores = batch["labels"].gather(1, out.logits.argmax(-1, keepdim=True)).squeeze(1)
+            vqa_sum += float(accelerator.gather_for_metrics(scores).sum())
+            vqa_count += int(accelerator.gather_for_metrics(torch.tensor([len(scores)], device=accelerator.device)).sum())
         if out.logits is not None and "labels" in batch and batch["labels"].dim() == 1:
             predictions, labels = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
             mask = labels != -100
@@ -105,6 +97,8 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     metrics = {f"val_{key}": value / max(count, 1) for key, value in sums.items()}
     if labelled:
         metrics["val_accuracy"] = 100.0 * correct / labelled
+    if vqa_count:
+        metrics["val_vqa_accuracy"] = 100.0 * vqa_sum / vqa_count  # min(#annotators / 3, 1) of the top answer
     if image_embeds:
         images, texts, all_ids = torch.cat(image_embeds), torch.cat(text_embeds), torch.cat(ids)
         similarity = -unwrapped.retrieval.distance(images, texts)

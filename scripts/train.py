@@ -29,13 +29,10 @@ from modeling_xattn import XAttnConfig, XAttnForMultiTask, XAttnProcessor, train
 from modeling_xattn.data_xattn import (
     BadRowCounter,
     XAttnCollator,
-    load_coco_captions,
-    load_hub_dataset,
-    load_imagefolder,
-    load_karpathy,
-    load_mvsa,
-    load_table,
-    synthetic_dataset,
+    add_data_arguments,
+    answer_vocabulary,
+    load_split,
+    undecoded,
 )
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training_xattn import (
@@ -55,25 +52,11 @@ MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="synthetic",
-                      choices=["synthetic", "imagefolder", "table", "hub", "coco", "karpathy", "mvsa"])
-    data.add_argument("--data_dir", help="imagefolder / MVSA root / COCO or Karpathy image folder")
-    data.add_argument("--data_file", help="CSV/JSONL table, COCO captions_*.json or Karpathy dataset_*.json")
-    data.add_argument("--validation_file", help="validation table or COCO annotation file (else a split is held out)")
-    data.add_argument("--dataset_name", help="Hub dataset id (with --dataset hub)")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--caption_column", default="captions")
-    data.add_argument("--text_column", default="text")
-    data.add_argument("--label_column", default="label")
-    data.add_argument("--synthetic_samples", type=int, default=4000, help="rows of the embedded dataset")
-    data.add_argument("--validation_fraction", type=float, default=0.1)
-    data.add_argument("--num_workers", type=int, default=0)
-    data.add_argument("--tokenizer", help="tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
-    data.add_argument("--vocab_size", type=int, default=1000, help="size of a tokenizer trained on the data")
+    add_data_arguments(p)
 
     model = p.add_argument_group("model")
+    model.add_argument("--tokenizer", help="tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
+    model.add_argument("--vocab_size", type=int, default=1000, help="size of a tokenizer trained on the data")
     model.add_argument("--model_size", default="tiny", help="preset: tiny, small, base")
     model.add_argument("--fusion_type", default="cross_attention", choices=["cross_attention", "concat"])
     model.add_argument("--modalities", default="both", choices=["both", "image", "text"])
@@ -86,7 +69,9 @@ def parse_args(argv=None):
 
     train = p.add_argument_group("optimisation (defaults: the paper's)")
     train.add_argument("--tasks", default="classification,retrieval,captioning",
-                       help="comma-separated subset of classification, retrieval, captioning")
+                       help="comma-separated subset of classification, retrieval, captioning; or vqa (answers as "
+                            "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning")
+    train.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
     train.add_argument("--lambda_ce", type=float, default=1.0)
     train.add_argument("--lambda_cl", type=float, default=1.0)
     train.add_argument("--lambda_seq", type=float, default=1.0)
@@ -95,7 +80,7 @@ def parse_args(argv=None):
     train.add_argument("--weight_decay", type=float, default=1e-4)
     train.add_argument("--batch_size", type=int, default=32, help="per process")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--num_epochs", type=int, default=4)
+    train.add_argument("--num_epochs", type=int, default=6)
     train.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
     train.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
     train.add_argument("--lr_decay_beta", type=float, default=0.5, help="Formula 5: lr *= beta on a plateau")
@@ -119,46 +104,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_data(args, counter):
-    """Train and validation datasets in the common schema."""
-    if args.dataset == "synthetic":
-        full = synthetic_dataset(args.synthetic_samples, seed=args.seed)
-        split = full.train_test_split(test_size=args.validation_fraction, seed=args.seed)
-        return split["train"], split["test"]
-    if args.dataset == "mvsa":
-        splits = load_mvsa(args.data_dir, seed=args.seed, counter=counter)
-        return splits["train"], splits["validation"]
-    if args.dataset == "imagefolder":
-        full = load_imagefolder(args.data_dir, caption_column=args.caption_column, text_column=args.text_column,
-                                label_column=args.label_column)
-    elif args.dataset == "table":
-        full = load_table(args.data_file, args.data_dir, image_column=args.image_column,
-                          caption_column=args.caption_column, text_column=args.text_column,
-                          label_column=args.label_column)
-    elif args.dataset == "coco":
-        full = load_coco_captions(args.data_file, args.data_dir)
-        if args.validation_file:
-            return full, load_coco_captions(args.validation_file, args.data_dir)
-    elif args.dataset == "karpathy":
-        return load_karpathy(args.data_file, args.data_dir, "train"), load_karpathy(args.data_file, args.data_dir, "val")
-    else:
-        mapping = dict(image_column=args.image_column, caption_column=args.caption_column,
-                       text_column=args.text_column, label_column=args.label_column)
-        return (load_hub_dataset(args.dataset_name, "train", args.dataset_config_name, **mapping),
-                load_hub_dataset(args.dataset_name, "validation", args.dataset_config_name, **mapping))
-    split = full.train_test_split(test_size=args.validation_fraction, seed=args.seed)
-    return split["train"], split["test"]
-
-
-def undecoded(dataset):
-    """Leave image decoding to the collator, so one unreadable image is skipped there instead of crashing a read."""
-    import datasets
-
-    if isinstance(dataset.features.get("image"), datasets.Image):
-        return dataset.cast_column("image", datasets.Image(decode=False))
-    return dataset
-
-
 def build_processor(args, train_data, accelerator):
     if args.tokenizer or args.text_backbone:
         return XAttnProcessor.build(args.tokenizer or args.text_backbone, image_size=XAttnConfig.from_preset(args.model_size).image_size)
@@ -170,15 +115,19 @@ def build_processor(args, train_data, accelerator):
     return XAttnProcessor.build(str(folder), image_size=XAttnConfig.from_preset(args.model_size).image_size)
 
 
-def build_model(args, processor, num_labels):
+def build_model(args, processor, answers=None):
     tasks = set(args.tasks.split(","))
+    if answers:
+        labels = dict(id2label=dict(enumerate(answers)), problem_type="multi_label_classification")
+    else:
+        labels = dict(id2label={0: "positive", 1: "neutral", 2: "negative"})
     overrides = dict(
         fusion_type=args.fusion_type, modalities=args.modalities, use_cbam=not args.no_cbam,
-        lambda_ce=args.lambda_ce if "classification" in tasks else 0.0,
+        lambda_ce=args.lambda_ce if tasks & {"classification", "vqa"} else 0.0,
         lambda_cl=args.lambda_cl if "retrieval" in tasks else 0.0,
         lambda_seq=args.lambda_seq if "captioning" in tasks else 0.0,
         text_config={"vocab_size": len(processor.tokenizer)},
-        id2label={0: "positive", 1: "neutral", 2: "negative"} if num_labels == 3 else {i: str(i) for i in range(num_labels)},
+        **labels,
     )
     config = XAttnConfig.from_preset(args.model_size, **overrides)
     if args.text_backbone or args.vision_backbone:
@@ -207,14 +156,23 @@ def main(argv=None):
                       f"mixed precision: {accelerator.mixed_precision}")
 
     counter = BadRowCounter()
-    train_data, val_data = load_data(args, counter)
+    train_data, val_data = load_split(args, "train", counter), load_split(args, "validation", counter)
     processor = build_processor(args, train_data, accelerator)
-    model = build_model(args, processor, num_labels=3)
+    tasks = set(args.tasks.split(","))
+    unknown = tasks - {"classification", "retrieval", "captioning", "vqa"}
+    if unknown or {"classification", "vqa"} <= tasks:
+        raise SystemExit(f"--tasks {args.tasks}: unknown {sorted(unknown)} or classification with vqa (one classifier)")
+    answers = answer_vocabulary(train_data, args.num_answers) if "vqa" in tasks else None
+    model = build_model(args, processor, answers)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    tasks = set(args.tasks.split(","))
-    collate = XAttnCollator(processor, task="multitask" if len(tasks) > 1 or "classification" not in tasks else "classification",
-                            counter=counter)
+    if tasks == {"classification"}:
+        task = "classification"
+    elif "vqa" in tasks:
+        task = "vqa" if tasks == {"vqa"} else "vqa+captions"
+    else:
+        task = "multitask"
+    collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
     train_loader = DataLoader(undecoded(train_data), batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                               num_workers=args.num_workers, drop_last=True)
     val_loader = DataLoader(undecoded(val_data), batch_size=args.batch_size, collate_fn=collate,
@@ -259,6 +217,7 @@ def main(argv=None):
             set_seed(args.seed + state.global_step, device_specific=True)
             if not batch:
                 continue
+            batch.pop("row_index")
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     out = model(**batch)

@@ -104,3 +104,11 @@ def test_classification_only_task_subset(tmp_path):
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         train.main(FAST + ["--max_steps", "3", "--lambda_ce", "nan", "--output_dir", str(tmp_path)])
+
+
+def test_vqa_task_trains_on_soft_scores(tmp_path):
+    result = train.main(FAST + ["--max_steps", "2", "--tasks", "vqa,captioning", "--output_dir", str(tmp_path)])
+    assert "val_vqa_accuracy" in result["metrics"] and "val_loss_seq" in result["metrics"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert set(config["id2label"].values()) <= {"circle", "square", "triangle", "cross"}

@@ -1,0 +1,117 @@
+"""evaluate.py, ablation.py, visualize.py and predict.py on a tiny model trained for a few steps."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import ablation  # noqa: E402
+import evaluate as evaluation  # noqa: E402
+import predict  # noqa: E402
+import train  # noqa: E402
+import visualize  # noqa: E402
+
+from conftest import SHARED_SAMPLE  # noqa: E402
+
+DATA = ["--synthetic_samples", "80", "--synthetic_test_samples", "24", "--vocab_size", "150"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    train.main(DATA + ["--max_steps", "3", "--batch_size", "8", "--report_to", "none", "--no_progress",
+                       "--output_dir", str(folder)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from modeling_xattn.data_xattn import synthetic_dataset
+
+    folder = tmp_path_factory.mktemp("images")
+    for i, row in enumerate(synthetic_dataset(5, seed=9)):
+        row["image"].save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_evaluate_writes_json_and_markdown(trained, tmp_path):
+    payload = evaluation.main(["--model", str(trained), "--split", "test", "--no_progress", "--output_dir",
+                               str(tmp_path), "--num_beams", "2", "--max_new_tokens", "8", "--top_k", "5", *DATA])
+    results = payload["results"]
+    assert set(results) == {"classification", "captioning", "retrieval"}
+    assert {"accuracy", "macro_f1"} <= set(results["classification"])
+    assert {"BLEU-4", "CIDEr", "ROUGE-L"} <= set(results["captioning"])
+    assert results["retrieval"]["i2t_pair_evaluations"] == 24 * 5  # k=5 shortlist per image
+    assert results["retrieval"]["t2i_pair_evaluations"] == 48 * 5
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(results))
+    assert "| retrieval | i2t_R@1 |" in (tmp_path / "eval_results.md").read_text()
+
+
+def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
+    model, processor = evaluation.load_model(str(trained))
+    from modeling_xattn.data_xattn import synthetic_dataset
+
+    data = synthetic_dataset(6, seed=5)
+    batch = processor(images=list(data["image"]), captions=[c for cs in data["captions"] for c in cs])
+    images = model.encode_gallery_images(batch["pixel_values"], batch_size=4)
+    texts = model.encode_gallery_texts(batch["caption_input_ids"], batch["caption_attention_mask"], batch_size=5)
+    for direction in ("i2t", "t2i"):
+        exhaustive, pairs = model.rank(images, texts, direction=direction, exhaustive=True)
+        covered, covered_pairs = model.rank(images, texts, direction=direction, k=12)
+        assert pairs == covered_pairs == 6 * 12
+        assert torch.equal(exhaustive, covered)
+        short, short_pairs = model.rank(images, texts, direction=direction, k=2)
+        assert short_pairs == 2 * (6 if direction == "i2t" else 12)
+    # batched gallery encoding equals one big batch
+    one = model.encode_gallery_images(batch["pixel_values"], batch_size=64)
+    torch.testing.assert_close(images[1], one[1])
+
+
+def test_ablation_runs_every_configuration(tmp_path):
+    summary = ablation.main(["--output_dir", str(tmp_path), "--max_steps", "2", "--test_samples", "12",
+                             "--num_beams", "1", "--no_progress", "--synthetic_samples", "80", "--",
+                             "--batch_size", "8", "--vocab_size", "150"])
+    assert set(summary) == set(ablation.CONFIGURATIONS)
+    assert "3-way acc." in summary["text features only"] and "CIDEr" not in summary["text features only"]
+    assert "R@1" not in summary["visual features only"] and "CIDEr" in summary["visual features only"]
+    table = (tmp_path / "ablation.md").read_text()
+    assert table.count("\n|") >= 6 and (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_visualize_renders_a_grid(trained, images, tmp_path):
+    out = visualize.main(["--model", str(trained), "--image", str(images / "0.png"), "--text",
+                          "the red shape is a circle", "--output", str(tmp_path / "attention.png")])
+    from PIL import Image
+
+    picture = Image.open(out)
+    assert picture.size[0] > 500 and picture.size[1] > 300
+
+
+@pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="shared COCO sample not present (a user's clone has none)")
+def test_visualize_on_a_real_photo(trained, tmp_path):
+    photo = sorted(SHARED_SAMPLE.glob("*.jpg"))[0]
+    out = visualize.main(["--model", str(trained), "--image", str(photo), "--text", "a laptop on a desk",
+                          "--output", str(tmp_path / "photo.png")])
+    assert Path(out).stat().st_size > 10_000
+
+
+def test_predict_every_command(trained, images, capsys):
+    model = ["--model", str(trained)]
+    captions = predict.main(["caption", *model, "--images", str(images), "--num_beams", "2", "--max_new_tokens", "5"])
+    assert len(captions) == 5 and all(isinstance(r["caption"], str) for r in captions)
+    assert "skipped" in capsys.readouterr().err  # the broken file is reported, not fatal
+    classified = predict.main(["classify", *model, "--images", str(images / "0.png"), "--text", "the red shape is a circle"])
+    assert set(classified[0]["probabilities"]) == {"positive", "neutral", "negative"}
+    assert sum(classified[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    ranked = predict.main(["rank-images", *model, "--images", str(images), "--text", "a red circle", "--top_k", "3"])
+    assert len(ranked) == 3 and ranked[0]["score"] >= ranked[-1]["score"]
+    options = predict.main(["rank-captions", *model, "--images", str(images / "1.png"), "--captions", "a red circle",
+                            "a blue square", "a green cross", "--json"])
+    assert len(options[0]["captions"]) == 3
+    assert json.loads(capsys.readouterr().out)["command"] == "rank-captions"
