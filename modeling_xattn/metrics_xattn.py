@@ -101,9 +101,10 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)) ->
         raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} differ in shape")
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     hits = torch.gather(positives.bool(), 1, order)
+    found = hits.any(dim=1)
     first = hits.float().argmax(dim=1) + 1
-    first = torch.where(hits.any(dim=1), first, torch.full_like(first, scores.shape[1] + 1))
-    result = {f"R@{k}": float((first <= k).float().mean() * 100) for k in ks}
+    first = torch.where(found, first, torch.full_like(first, scores.shape[1] + 1))  # no hit: ranked past the end
+    result = {f"R@{k}": float((found & (first <= k)).float().mean() * 100) for k in ks}
     result["mean_rank"] = float(first.float().mean())
     result["median_rank"] = float(first.float().median())
     return result

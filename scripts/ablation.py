@@ -20,11 +20,23 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import evaluate as evaluation  # noqa: E402  (scripts/evaluate.py)
-import train  # noqa: E402
+from modeling_xattn.data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded
 
-from modeling_xattn.data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded  # noqa: E402
+
+def _script(name: str):
+    """scripts/<name>.py under a private module name (scripts/evaluate.py must not shadow the `evaluate` library)."""
+    import importlib.util
+
+    module_name = f"xattn_script_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parent / f"{name}.py")
+        sys.modules[module_name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[module_name])
+    return sys.modules[module_name]
+
+
+evaluation = _script("evaluate")
+train = _script("train")
 
 CONFIGURATIONS = {
     "full model": [],

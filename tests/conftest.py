@@ -23,6 +23,23 @@ CORPUS = [
 ] * 20
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py under a private module name: `scripts/evaluate.py` must not shadow the `evaluate`
+    library, so scripts/ never goes on sys.path."""
+    import importlib.util
+    import sys
+
+    module_name = f"xattn_script_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,26 @@
 """evaluate.py, ablation.py, visualize.py and predict.py on a tiny model trained for a few steps."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import ablation  # noqa: E402
-import evaluate as evaluation  # noqa: E402
-import predict  # noqa: E402
-import train  # noqa: E402
-import visualize  # noqa: E402
+from conftest import SHARED_SAMPLE, load_script
 
-from conftest import SHARED_SAMPLE  # noqa: E402
+ablation = load_script("ablation")
+evaluation = load_script("evaluate")
+predict = load_script("predict")
+train = load_script("train")
+visualize = load_script("visualize")
 
-DATA = ["--synthetic_samples", "80", "--synthetic_test_samples", "24", "--vocab_size", "150"]
+DATA = ["--synthetic_samples", "80", "--synthetic_test_samples", "24"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
-    train.main(DATA + ["--max_steps", "3", "--batch_size", "8", "--report_to", "none", "--no_progress",
+    train.main(DATA + ["--vocab_size", "150", "--max_steps", "3", "--batch_size", "8", "--report_to", "none", "--no_progress",
                        "--output_dir", str(folder)])
     return folder
 
@@ -109,8 +106,10 @@ def test_predict_every_command(trained, images, capsys):
     classified = predict.main(["classify", *model, "--images", str(images / "0.png"), "--text", "the red shape is a circle"])
     assert set(classified[0]["probabilities"]) == {"positive", "neutral", "negative"}
     assert sum(classified[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    capsys.readouterr()
     ranked = predict.main(["rank-images", *model, "--images", str(images), "--text", "a red circle", "--top_k", "3"])
     assert len(ranked) == 3 and ranked[0]["score"] >= ranked[-1]["score"]
+    capsys.readouterr()
     options = predict.main(["rank-captions", *model, "--images", str(images / "1.png"), "--captions", "a red circle",
                             "a blue square", "a green cross", "--json"])
     assert len(options[0]["captions"]) == 3

@@ -13,8 +13,9 @@ from transformers import AutoModelForPreTraining, AutoProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train.py"
-sys.path.insert(0, str(REPO / "scripts"))
-import train  # noqa: E402
+from conftest import load_script  # noqa: E402
+
+train = load_script("train")
 
 FAST = ["--synthetic_samples", "120", "--batch_size", "8", "--vocab_size", "150", "--report_to", "none",
         "--no_progress", "--learning_rate", "3e-4"]
