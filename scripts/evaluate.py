@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForPreTraining, AutoProcessor
 
+from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.data_xattn import BadRowCounter, XAttnCollator, add_data_arguments, load_split, undecoded
 from modeling_xattn.metrics_xattn import caption_metrics, classification_metrics, retrieval_metrics
 
@@ -47,10 +47,7 @@ def parse_args(argv=None):
 
 def load_model(name: str, revision: str | None = None):
     """A saved multi-task model and its processor, from a folder or the Hub (custom code, safetensors only)."""
-    model = AutoModelForPreTraining.from_pretrained(name, revision=revision, trust_remote_code=True,
-                                                    use_safetensors=True)
-    processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=True)
-    return model.eval(), processor
+    return load_pretrained(name, revision).eval(), load_processor(name, revision)
 
 
 def batches(dataset, collate, batch_size, progress, desc):

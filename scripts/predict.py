@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForPreTraining, AutoProcessor
 
 from modeling_xattn.data_xattn import load_image
+from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.processing_xattn import to_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -80,8 +80,8 @@ def main(argv=None):
         raise SystemExit(f"{args.command} needs --text")
     if args.command == "rank-captions" and not args.captions:
         raise SystemExit("rank-captions needs --captions")
-    model = AutoModelForPreTraining.from_pretrained(args.model, revision=args.revision, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(args.model, revision=args.revision, trust_remote_code=True)
+    model = load_pretrained(args.model, args.revision).eval()
+    processor = load_processor(args.model, args.revision)
     paths, skipped, results = image_paths(args.images), [], []
     labels = model.config.id2label
     progress = tqdm(total=len(paths), desc=args.command, disable=len(paths) < 2, file=sys.stderr)

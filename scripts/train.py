@@ -12,6 +12,7 @@ writes a Hub-ready folder (safetensors, custom code, processor, model card) to o
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -101,6 +102,9 @@ def parse_args(argv=None):
     run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
     run.add_argument("--report_to", default="tensorboard", help="Accelerate tracker, or 'none'")
     run.add_argument("--no_progress", action="store_true")
+    run.add_argument("--push_to_hub", action="store_true", help="push the final folder with scripts/push_to_hub.py")
+    run.add_argument("--hub_model_id", help="user/name to push to")
+    run.add_argument("--hub_private", action="store_true")
     return p.parse_args(argv)
 
 
@@ -269,8 +273,23 @@ def main(argv=None):
         _write_outputs(args, accelerator, model, processor, state, final_metrics, counter, time.time() - started)
     accelerator.end_training()
     accelerator.print(counter.summary())
+    pushed = None
+    if args.push_to_hub and accelerator.is_main_process:
+        if not args.hub_model_id:
+            raise SystemExit("--push_to_hub needs --hub_model_id user/name")
+        pushed = _push_script().main(["--folder", args.output_dir, "--repo_id", args.hub_model_id]
+                                     + (["--private"] if args.hub_private else []))
     return {"metrics": final_metrics, "output_dir": args.output_dir, "num_processes": accelerator.num_processes,
-            "global_step": state.global_step}
+            "global_step": state.global_step, "pushed": pushed}
+
+
+def _push_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("xattn_script_push_to_hub", Path(__file__).with_name("push_to_hub.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _base_lrs(args, optimizer):
@@ -328,6 +347,10 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
     }
     if MODEL_CARD_TEMPLATE.exists():
         Path(out, "README.md").write_text(render_model_card(str(MODEL_CARD_TEMPLATE), values), encoding="utf-8")
+    results_path = Path(out, "train_results.json")
+    results = json.loads(results_path.read_text())
+    results["card"] = {k: v for k, v in values.items() if k not in ("model_index", "metrics_table", "model_id")}
+    write_json(str(results_path), results)
 
 
 def argv_is_cli() -> bool:

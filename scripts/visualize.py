@@ -11,8 +11,9 @@ import argparse
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel
 
+from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.processing_xattn import to_rgb
 
 
@@ -85,8 +86,8 @@ def _upsample(grid_map: torch.Tensor) -> np.ndarray:
 
 def main(argv=None):
     args = parse_args(argv)
-    model = AutoModel.from_pretrained(args.model, revision=args.revision, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(args.model, revision=args.revision, trust_remote_code=True)
+    model = load_pretrained(args.model, args.revision, auto_class=AutoModel).eval()
+    processor = load_processor(args.model, args.revision)
     image = to_rgb(Image.open(args.image))
     tokens, maps, cbam = attention_maps(model, processor, image, args.text)
     render(image, tokens, maps, cbam, args.output, args.max_words)
