@@ -110,6 +110,16 @@ class Handler(BaseHTTPRequestHandler):
             self.error(404, "RepoNotFound", f"Repository {repo_id} not found")
         return repo
 
+    def repo_commit(self, repo_id, revision):
+        """(repo, commit) for a revision, or (repo or None, None) after answering 404 with the Hub's error code."""
+        repo = self.repo_or_404(repo_id)
+        if repo is None:
+            return None, None
+        commit = repo.resolve(revision)
+        if commit is None:
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return repo, commit
+
     def model_info(self, repo: Repo, commit: Commit) -> dict:
         return {
             "_id": repo.repo_id, "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.repo_id.split("/")[0],
@@ -125,29 +135,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         path, query = self.route()
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
-            repo = self.repo_or_404(m.group(1))
-            if repo is None:
-                return
-            commit = repo.resolve(m.group(2))
+            repo, commit = self.repo_commit(m.group(1), m.group(2))
             if commit is None:
-                return self.error(404, "RevisionNotFound", f"Invalid rev id: {m.group(2)}")
+                return
             return self.reply(200, [{"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": p}
                                     for p, data in sorted(commit.files.items())])
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path):
-            repo = self.repo_or_404(m.group(1))
-            if repo is None:
-                return
-            commit = repo.resolve(m.group(2) or "main")
+            repo, commit = self.repo_commit(m.group(1), m.group(2) or "main")
             if commit is None:
-                return self.error(404, "RevisionNotFound", f"Invalid rev id: {m.group(2)}")
+                return
             return self.reply(200, self.model_info(repo, commit))
         if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
-            repo = self.repo_or_404(m.group(1))
-            if repo is None:
-                return
-            commit = repo.resolve(m.group(2))
+            repo, commit = self.repo_commit(m.group(1), m.group(2))
             if commit is None:
-                return self.error(404, "RevisionNotFound", f"Invalid rev id: {m.group(2)}")
+                return
             name = unquote(m.group(3))
             if name not in commit.files:
                 return self.error(404, "EntryNotFound", f"{name} does not exist at {commit.oid}")
