@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     p.add_argument("--tasks", default="classification,retrieval,captioning")
-    p.add_argument("--max_train_minutes", type=float, default=4.5, help="training budget of each configuration")
+    p.add_argument("--max_train_minutes", type=float, default=3.5, help="training budget of each configuration")
     p.add_argument("--max_steps", type=int, help="step budget of each configuration (instead of minutes)")
     p.add_argument("--test_samples", type=int, default=500, help="rows of the embedded dataset's test split")
     p.add_argument("--num_beams", type=int, default=3)
