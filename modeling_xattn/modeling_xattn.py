@@ -339,6 +339,12 @@ class XAttnFusionLayer(nn.Module):
 # ======================================================================================================= base model
 
 
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `tokens` `(B, L, D)` over the positions where `mask` `(B, L)` is 1 -> `(B, D)`."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 class XAttnPreTrainedModel(PreTrainedModel):
     config_class = XAttnConfig
     config: XAttnConfig
@@ -445,8 +451,7 @@ class XAttnModel(XAttnPreTrainedModel):
             image_to_text.append(i2t)
         pooled = []
         if text_tokens is not None:
-            weights = text_mask.to(text_tokens.dtype).unsqueeze(-1)  # (B, L, 1): masked mean over real tokens
-            pooled.append((text_tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+            pooled.append(masked_mean(text_tokens, text_mask))
         if image_tokens is not None:
             pooled.append(image_tokens.mean(1))
         fused = self.fusion_projection(torch.cat(pooled, dim=-1))  # (B, streams*D) -> (B, D)
@@ -562,9 +567,7 @@ class XAttnRetrievalHead(nn.Module):
         return F.normalize(self.image_projection(image_tokens.mean(1)), dim=-1)  # (B, P)
 
     def embed_text(self, text_tokens, mask):
-        weights = mask.to(text_tokens.dtype).unsqueeze(-1)
-        pooled = (text_tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return F.normalize(self.text_projection(pooled), dim=-1)  # (B, P)
+        return F.normalize(self.text_projection(masked_mean(text_tokens, mask)), dim=-1)  # (B, P)
 
     def distance(self, image_embeds, text_embeds):
         """Pairwise distances `(N_images, N_texts)` between L2-normalised embeddings."""
@@ -662,8 +665,8 @@ def hard_negative_pairs(similarity, image_ids=None):
     return negatives, hardest_text, hardest_image, valid
 
 
-def retrieval_losses(head: XAttnRetrievalHead, base: XAttnModel, image_tokens, text_tokens_raw, input_ids,
-                     attention_mask, image_ids=None):
+def retrieval_losses(head: XAttnRetrievalHead, base: XAttnModel, image_tokens, text_tokens_raw, attention_mask,
+                     image_ids=None):
     """Contrastive loss on unimodal embeddings plus matching loss on positives and hardest in-batch negatives.
 
     `image_tokens`: encoded images `(B, N, D)`; `text_tokens_raw`: encoded texts `(B, L, D)` before fusion.
@@ -829,7 +832,7 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         text_tokens = self.xattn.encode_text(input_ids, attention_mask)
         if return_loss:
             loss_cl, loss_itm, similarity, itm_logits, image_embeds, text_embeds = retrieval_losses(
-                self.retrieval, self.xattn, image_tokens, text_tokens, input_ids, attention_mask, image_ids
+                self.retrieval, self.xattn, image_tokens, text_tokens, attention_mask, image_ids
             )
             loss = loss_cl + loss_itm
         else:
@@ -921,8 +924,8 @@ class XAttnForConditionalGeneration(_CaptionGenerationMixin, XAttnPreTrainedMode
         r"""
         input_ids / attention_mask (*optional*): a prompt or question for the fused encoder (default: empty).
         decoder_input_ids / decoder_attention_mask: the tokenised caption, `[CLS] w1 ... wn [SEP] <pad>...`.
-        labels (*optional*): caption ids with -100 on ignored positions; built from `decoder_input_ids` if absent
-            would leak nothing, so pass `labels` alone to train (`decoder_input_ids` are then derived from them).
+        labels (*optional*): caption ids with -100 on ignored positions (Formula 3). Passing `labels` alone is
+            enough to train: `decoder_input_ids` are then derived from them (-100 -> padding).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if decoder_input_ids is None:
@@ -986,7 +989,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
             if self.retrieval is not None and config.lambda_cl > 0:  # a task weighted 0 is off
                 caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
                 loss_cl, loss_itm, similarity, *_ = retrieval_losses(
-                    self.retrieval, self.xattn, image_tokens, caption_tokens, caption_input_ids, caption_mask, image_ids
+                    self.retrieval, self.xattn, image_tokens, caption_tokens, caption_mask, image_ids
                 )
                 losses["cl"] = loss_cl + loss_itm
             if self.captioner is not None and config.lambda_seq > 0:
