@@ -19,6 +19,7 @@ their losses are this file's own.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
@@ -339,6 +340,29 @@ class XAttnFusionLayer(nn.Module):
 # ======================================================================================================= base model
 
 
+@contextlib.contextmanager
+def _checkpointed_calls(modules, checkpoint):
+    """Run every call of `modules` under `checkpoint` while the block is open.
+
+    transformers' ALBERT has no activation checkpointing of its own; its shared layer group is called once per layer,
+    so wrapping the group's calls checkpoints each of the 12 layers (state-dict keys unchanged).
+    """
+
+    def wrap(forward):
+        def checkpointed(hidden_states, attention_mask=None, **kwargs):
+            return checkpoint(forward, hidden_states, attention_mask, **kwargs)
+
+        return checkpointed
+
+    for module in modules:
+        module.forward = wrap(module.forward)  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `tokens` `(B, L, D)` over the positions where `mask` `(B, L)` is 1 -> `(B, D)`."""
     weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, L, 1)
@@ -359,6 +383,20 @@ class XAttnPreTrainedModel(PreTrainedModel):
         this package supports, so any of them loads the folder with `trust_remote_code=True`."""
         self.config.auto_map = dict(AUTO_MAP)
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ---------------------------------------------------------------- memory
+    def set_memory_saving(self, enabled: bool = True):
+        """Trade compute for activation memory in training: DenseNet's checkpointed dense layers
+        (`memory_efficient`) and activation checkpointing of ALBERT's layers, the fusion layers and the caption
+        decoder's layers. Outputs and gradients are unchanged (tested); a step costs roughly one extra forward."""
+        self.config.memory_efficient = enabled
+        for module in self.modules():
+            if isinstance(module, torchvision.models.densenet._DenseLayer):
+                module.memory_efficient = enabled
+        enable = getattr(self, "activation_checkpointing_enable", None) or self.gradient_checkpointing_enable
+        disable = getattr(self, "activation_checkpointing_disable", None) or self.gradient_checkpointing_disable
+        enable() if enabled else disable()
+        return self
 
     # ---------------------------------------------------------------- pretrained backbones
     @classmethod
@@ -432,7 +470,11 @@ class XAttnModel(XAttnPreTrainedModel):
             raise ValueError("this model has no text stream (config.modalities='image'); do not pass input_ids")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.gradient_checkpointing and self.training:
+            with _checkpointed_calls(self.text_model.encoder.albert_layer_groups, self._gradient_checkpointing_func):
+                hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text_projection(hidden)
 
     # ---------------------------------------------------------------- fusion
@@ -745,7 +787,7 @@ class _RetrievalMixin:
         return self.retrieval.itm(encoded.pooler_output).softmax(-1)[:, 1]
 
     # ---------------------------------------------------------------- gallery search (two-stage)
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_gallery_images(self, pixel_values: torch.Tensor, batch_size: int = 64):
         """Encode every image once, in batches: region tokens `(N, R, D)` for re-ranking and embeddings `(N, P)`."""
         tokens, embeds = [], []
@@ -755,7 +797,7 @@ class _RetrievalMixin:
             embeds.append(self.retrieval.embed_image(image_tokens))
         return torch.cat(tokens), torch.cat(embeds)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_gallery_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256):
         """Encode every text once, in batches: tokens `(M, L, D)` (before fusion), their mask, embeddings `(M, P)`."""
         tokens, embeds = [], []
@@ -765,7 +807,7 @@ class _RetrievalMixin:
             embeds.append(self.retrieval.embed_text(text_tokens, mask.to(self.device)))
         return torch.cat(tokens), attention_mask.to(self.device), torch.cat(embeds)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256):
         """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers."""
         scores = []
@@ -774,7 +816,7 @@ class _RetrievalMixin:
             scores.append(self.retrieval.itm(fused).float().log_softmax(-1)[:, 1])
         return torch.cat(scores) if scores else torch.zeros(0, device=image_tokens.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
              batch_size: int = 256) -> tuple[torch.Tensor, int]:
         """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching

@@ -58,7 +58,7 @@ def batches(dataset, collate, batch_size, progress, desc):
             yield [rows[i] for i in batch.pop("row_index").tolist()], batch  # the rows that made it in
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_classification(model, processor, dataset, batch_size=32, progress=True, counter=None) -> dict:
     collate = XAttnCollator(processor, task="classification", counter=counter)
     predictions, labels = [], []
@@ -73,7 +73,7 @@ def evaluate_classification(model, processor, dataset, batch_size=32, progress=T
     return classification_metrics(torch.cat(predictions), torch.cat(labels), model.config.num_labels)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=3, max_new_tokens=30, progress=True,
                         java=True, counter=None) -> tuple[dict, list[str]]:
     collate = XAttnCollator(processor, task="captioning", counter=counter)
@@ -87,7 +87,7 @@ def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=3, m
     return caption_metrics(predictions, references, tokenize=java), predictions
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exhaustive=False, progress=True,
                        counter=None) -> dict:
     """Gallery = the split's images and all their captions; any of an image's captions is a hit."""

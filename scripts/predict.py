@@ -1,7 +1,7 @@
 """Use a saved model from the command line.
 
     python scripts/predict.py caption  --model outputs/xattn --images photo.jpg [more.jpg | a_folder/] [--num_beams 3]
-    python scripts/predict.py classify --model outputs/xattn --images photo.jpg --text "the red shape is a circle"
+    python scripts/predict.py classify --model outputs/xattn --images photo.jpg --text "there is a red shape and a blue shape"
     python scripts/predict.py answer   --model outputs/xattn --images photo.jpg --text "what shape is the red one"
     python scripts/predict.py rank-images   --model outputs/xattn --images a_folder/ --text "a red circle"
     python scripts/predict.py rank-captions --model outputs/xattn --images photo.jpg --captions "a cat" "a dog"
@@ -73,7 +73,7 @@ def batched(items, size):
         yield batch
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def main(argv=None):
     args = parse_args(argv)
     if args.command in ("classify", "answer", "rank-images") and not args.text:

@@ -66,7 +66,8 @@ def parse_args(argv=None):
     model.add_argument("--vision_backbone", help="'imagenet' (torchvision DenseNet121) or a .safetensors file")
     model.add_argument("--freeze_text", action="store_true")
     model.add_argument("--freeze_vision", action="store_true")
-    model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument("--memory_saving", "--gradient_checkpointing", dest="memory_saving", action="store_true",
+                       help="DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers")
 
     train = p.add_argument_group("optimisation (defaults: the paper's)")
     train.add_argument("--tasks", default="classification,retrieval,captioning",
@@ -168,8 +169,8 @@ def main(argv=None):
         raise SystemExit(f"--tasks {args.tasks}: unknown {sorted(unknown)} or classification with vqa (one classifier)")
     answers = answer_vocabulary(train_data, args.num_answers) if "vqa" in tasks else None
     model = build_model(args, processor, answers)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.memory_saving:
+        model.set_memory_saving(True)
     if tasks == {"classification"}:
         task = "classification"
     elif "vqa" in tasks:

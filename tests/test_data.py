@@ -36,25 +36,44 @@ def test_synthetic_dataset_is_deterministic_balanced_and_needs_both_modalities()
     assert first["text"] != synthetic_dataset(300, seed=4)["text"]
     labels = Counter(first["label"])
     assert set(labels) == {0, 1, 2} and min(labels.values()) > 70
-    # text alone: the statement's colour and shape words are spread over all three labels
-    by_text = {}
+    # text alone: every named colour is spread over all three labels
+    by_colour = {}
     for text, label in zip(first["text"], first["label"]):
-        by_text.setdefault(text.split()[1], Counter())[label] += 1
-    assert all(len(counts) == 3 for counts in by_text.values())
+        for colour in named_colours(text):
+            by_colour.setdefault(colour, Counter())[label] += 1
+    assert len(by_colour) == 4 and all(len(counts) == 3 and min(counts.values()) > 10 for counts in by_colour.values())
+    # image alone: whichever colours an image holds, all three labels occur about equally
+    by_image_colour = {}
+    for captions, label in zip(first["captions"], first["label"]):
+        for part in captions[0].replace(" and ", ", ").split(", "):
+            by_image_colour.setdefault(part.split()[1], Counter())[label] += 1
+    assert all(len(counts) == 3 and min(counts.values()) > 30 for counts in by_image_colour.values())
+    assert all(len(captions) == 5 for captions in first["captions"])
     # captions tell images apart
-    assert len({tuple(c) for c in first["captions"]}) > 290
+    assert len({tuple(c) for c in first["captions"]}) > 280  # 289 of 300 with the defaults
     row = first[0]
     assert row["image"].size == (64, 64) and len(row["answers"]) == 10 and row["question"].startswith("what shape")
+
+
+def named_colours(text):
+    words = text.split()  # "there is a <colour> shape and a <colour> shape"
+    return words[3], words[7]
 
 
 def test_synthetic_labels_follow_the_image():
     data = synthetic_dataset(60, seed=1)
     for row in data:
-        colour, shape = row["text"].split()[1], row["text"].split()[-1]
-        objects = {part.split()[1]: part.split()[2] for part in
-                   row["captions"][0].replace(" and ", ", ").split(", ")}
-        expected = 1 if colour not in objects else (0 if objects[colour] == shape else 2)
-        assert row["label"] == expected, row["text"]
+        in_image = {part.split()[1] for part in row["captions"][0].replace(" and ", ", ").split(", ")}
+        found = sum(colour in in_image for colour in named_colours(row["text"]))
+        assert row["label"] == {2: 0, 1: 1, 0: 2}[found], row["text"]  # both: positive, one: neutral, none: negative
+
+
+def test_synthetic_object_counts_and_knobs():
+    data = synthetic_dataset(40, seed=2, objects=3, min_objects=2, num_colours=5, num_shapes=2, captions_per_image=2)
+    counts = {len(row["captions"][0].replace(" and ", ", ").split(", ")) for row in data}
+    assert counts == {2, 3} and all(len(row["captions"]) == 2 for row in data)
+    with pytest.raises(ValueError, match="num_colours - 2"):
+        synthetic_dataset(4, objects=5)
 
 
 def test_bad_rows_are_skipped_and_counted(processor, tmp_path):

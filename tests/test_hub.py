@@ -64,7 +64,7 @@ PULL = textwrap.dedent("""
     model = AutoModelForPreTraining.from_pretrained(repo, trust_remote_code=True, revision=revision).eval()
     processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True, revision=revision)
     inputs = load_file(inputs_file)
-    text = processor(text=["the red shape is a circle", "a blue square"])
+    text = processor(text=["there is a red shape and a blue shape", "a blue square"])
     with torch.no_grad():
         logits = model(pixel_values=inputs["pixel_values"], **text).logits
         captions = model.generate(inputs["pixel_values"], max_new_tokens=5)

@@ -303,19 +303,40 @@ def test_vqa_soft_scores(tiny_config):
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_gradient_checkpointing_gives_same_loss_and_gradients(tiny_config):
-    config = XAttnConfig.from_preset("tiny", hidden_dropout_prob=0.0, attention_dropout_prob=0.0, classifier_dropout=0.0)
+def test_memory_saving_mode_gives_same_loss_and_gradients(tiny_config):
+    """DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder: same numbers, and each
+    checkpointed part really is recomputed in the backward pass."""
+    config = XAttnConfig.from_preset("tiny", hidden_dropout_prob=0.0, attention_dropout_prob=0.0,
+                                     classifier_dropout=0.0, text_config={"hidden_dropout_prob": 0.0,
+                                     "attention_probs_dropout_prob": 0.0}, decoder_config={"hidden_dropout_prob": 0.0,
+                                     "attention_probs_dropout_prob": 0.0})
     batch = make_batch(config)
     results = []
-    for checkpointing in (False, True):
-        model = build(XAttnForSequenceClassification, config).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-            assert model.xattn.gradient_checkpointing
-        out = model(**batch, labels=torch.tensor([0, 1, 2]))
+    for saving in (False, True):
+        model = build(XAttnForMultiTask, config).train()
+        model.set_memory_saving(saving)
+        calls = {"albert": 0, "fusion": 0}
+        # pre-hooks: a recompute stops as soon as it has what the backward needs, before forward hooks would run
+        hooks = [model.xattn.text_model.encoder.albert_layer_groups[0].albert_layers[0].register_forward_pre_hook(
+                     lambda *a: calls.__setitem__("albert", calls["albert"] + 1)),
+                 model.xattn.layers[0].register_forward_pre_hook(
+                     lambda *a: calls.__setitem__("fusion", calls["fusion"] + 1))]
+        out = run_head(model, batch)
+        forward_calls = dict(calls)
         out.loss.backward()
-        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        recomputed = {name: calls[name] - forward_calls[name] for name in calls}
+        for hook in hooks:
+            hook.remove()
+        if saving:
+            assert model.xattn.gradient_checkpointing and model.config.memory_efficient
+            assert recomputed["albert"] > 0 and recomputed["fusion"] > 0
+            assert all(layer.memory_efficient for layer in model.modules()
+                       if isinstance(layer, torchvision.models.densenet._DenseLayer))
+        else:
+            assert recomputed["albert"] == recomputed["fusion"] == 0
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     torch.testing.assert_close(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys()
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
 

@@ -1,0 +1,60 @@
+"""scripts/benchmark.py at smoke sizes: every section runs and reports what it claims. No test asserts a time."""
+
+import json
+
+import pytest
+
+from conftest import load_script
+
+benchmark = load_script("benchmark")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("benchmark")
+    result = benchmark.main(["--smoke", "--output_dir", str(folder)])
+    return folder, result
+
+
+def test_fusion_is_compared_at_matched_compute(report):
+    _, result = report
+    fusion = result["results"]["fusion"]
+    # Matched sub-layers: the same FLOPs; LXMERT shares its cross-attention between directions, we do not.
+    assert fusion["flops"]["ours"] == fusion["flops"]["lxmert"] > 0
+    assert fusion["parameters"]["ours"] > fusion["parameters"]["lxmert"]
+    assert fusion["ratio"] == fusion["ours"]["median_s"] / fusion["lxmert"]["median_s"]
+
+
+def test_generation_cache_gives_identical_outputs(report):
+    generation = report[1]["results"]["generation"]
+    for name in ("greedy", "beam3"):
+        assert generation[name]["identical_outputs"] is True
+        assert generation[name]["new_tokens"] == 6  # min_new_tokens = max_new_tokens
+
+
+def test_retrieval_counts_pair_evaluations(report):
+    retrieval = report[1]["results"]["retrieval"]
+    images, captions, k = 12, 60, 4  # smoke gallery: 12 images x 5 captions, shortlist 4
+    assert retrieval["exhaustive"]["pair_evaluations"] == images * captions
+    assert retrieval["two_stage_i2t"]["pair_evaluations"] == images * k
+    assert retrieval["two_stage_t2i"]["pair_evaluations"] == captions * k
+    for direction in ("i2t", "t2i"):
+        assert 0 <= retrieval[f"two_stage_{direction}"][f"{direction}_R@1"] <= 100
+
+
+def test_training_and_inference_figures(report):
+    results = report[1]["results"]
+    training = results["training"]
+    assert training["model_flops_per_sample"] > 0 and 0 < training["mfu"]
+    for mode in ("default", "saving"):
+        assert training["memory"][mode]["peak_bytes"] > 0
+    inference = results["inference"]
+    assert {"batch1_default", "batch4_default", "batch1_channels_last", "batch4_channels_last"} <= set(inference)
+
+
+def test_json_and_markdown_are_written(report):
+    folder, result = report
+    saved = json.loads((folder / "benchmark.json").read_text())
+    assert saved["results"].keys() == result["results"].keys()
+    table = (folder / "benchmark.md").read_text()
+    assert "| fusion fwd+bwd vs LxmertXLayer |" in table and saved["machine"] in table
