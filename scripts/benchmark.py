@@ -266,7 +266,7 @@ def bench_retrieval(args, device) -> dict:
     def ranker(key, **kwargs):
         def run():
             with autocast(device):
-                scores[key] = model.rank(images, texts, **kwargs)
+                scores[key] = model.rank(images, texts, batch_size=1024, **kwargs)
 
         return run
 
