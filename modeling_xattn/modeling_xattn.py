@@ -470,10 +470,11 @@ class XAttnModel(XAttnPreTrainedModel):
             raise ValueError("this model has no text stream (config.modalities='image'); do not pass input_ids")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self.gradient_checkpointing and self.training:
-            with _checkpointed_calls(self.text_model.encoder.albert_layer_groups, self._gradient_checkpointing_func):
-                hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        else:
+        checkpointing = (
+            _checkpointed_calls(self.text_model.encoder.albert_layer_groups, self._gradient_checkpointing_func)
+            if self.gradient_checkpointing and self.training else contextlib.nullcontext()
+        )
+        with checkpointing:
             hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text_projection(hidden)
 
