@@ -566,10 +566,8 @@ def _held_out(full, split, args):
 
 def _load_split(args, split, counter):
     if args.dataset == "synthetic":
-        knobs = dict(objects=getattr(args, "synthetic_objects", SyntheticSpec.objects),
-                     num_colours=getattr(args, "synthetic_colours", SyntheticSpec.num_colours),
-                     num_shapes=getattr(args, "synthetic_shapes", SyntheticSpec.num_shapes),
-                     min_objects=getattr(args, "synthetic_min_objects", SyntheticSpec.min_objects))
+        knobs = dict(objects=args.synthetic_objects, num_colours=args.synthetic_colours,
+                     num_shapes=args.synthetic_shapes, min_objects=args.synthetic_min_objects)
         if split == "test":
             return synthetic_dataset(args.synthetic_test_samples, seed=args.data_seed + 1, **knobs)
         return _held_out(synthetic_dataset(args.synthetic_samples, seed=args.data_seed, **knobs), split, args)
