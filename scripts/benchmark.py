@@ -133,8 +133,10 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_rate(device, size: int = 2048, repeats: int = 5) -> float:
-    """This machine's measured fp32 (CUDA: bf16) matmul rate in FLOP/s: the peak MFU is measured against."""
+def matmul_rate(device, repeats: int = 5) -> float:
+    """This machine's measured fp32 (CUDA: bf16) matmul rate in FLOP/s: the peak MFU is measured against. The
+    product is 2048^3 on a CPU and 8192^3 on a GPU, large enough to reach each one's peak."""
+    size = 8192 if device.type == "cuda" else 2048
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -333,10 +335,15 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM). Not `ru_maxrss`: Linux carries that over from the parent at fork
+    and exec, so a probe started by a large benchmark process would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def memory_probe(args) -> dict:
     """Run in a fresh process: peak memory of two training steps in one mode (CUDA: allocator peak; CPU: peak RSS)."""
-    import resource
-
     device = pick_device(args.device)
     _, step, _ = training_setup(args, device, args._memory_probe == "saving")
     if device.type == "cuda":
@@ -350,7 +357,7 @@ def memory_probe(args) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+        peak = peak_rss_bytes()
     return {"peak_bytes": peak, "model_ready_bytes": ready, "training_bytes": peak - ready}
 
 
@@ -364,6 +371,9 @@ def run_memory_probe(args, mode: str) -> dict:
 
 
 def bench_training(args, device) -> dict:
+    # the probes first, while this process is small: a full-size default-mode probe next to a trained-up benchmark
+    # process would not fit in a 24 GiB machine
+    memory = {mode: run_memory_probe(args, mode) for mode in ("default", "saving")}
     model, step, forward_backward = training_setup(args, device, memory_saving=False)
     flops = count_flops(forward_backward)
     model.zero_grad(set_to_none=True)
@@ -371,7 +381,6 @@ def bench_training(args, device) -> dict:
     del model, step, forward_backward
     rate = matmul_rate(device)
     achieved = flops / timing["median_s"]
-    memory = {mode: run_memory_probe(args, mode) for mode in ("default", "saving")}
     return {
         "config": f"{args.model_size} preset, multi-task loss (Formula 4), batch {args.batch_size}, Adam",
         "step": timing,

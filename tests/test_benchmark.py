@@ -58,3 +58,15 @@ def test_json_and_markdown_are_written(report):
     assert saved["results"].keys() == result["results"].keys()
     table = (folder / "benchmark.md").read_text()
     assert "| fusion fwd+bwd vs LxmertXLayer |" in table and saved["machine"] in table
+
+
+def test_memory_probe_reports_its_own_peak_not_its_parents():
+    # Linux carries ru_maxrss over from a parent at fork and exec; the probe must report the child's own peak.
+    # Make this process's resident memory far larger than a tiny probe needs, then probe.
+    import torch
+
+    ballast = torch.ones(3 * 2**30 // 4)  # 3 GiB, touched
+    args = benchmark.parse_args(["--smoke", "--device", "cpu"])
+    probe = benchmark.run_memory_probe(args, "default")
+    assert benchmark.current_rss_bytes() > 3 * 2**30 > probe["peak_bytes"] >= probe["model_ready_bytes"] > 0
+    del ballast
