@@ -147,6 +147,8 @@ class XAttnMultiTaskOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*): classification scores.
         logits_per_image (`torch.FloatTensor` of shape `(batch_size, batch_size)`, *optional*): retrieval similarities.
         caption_logits (`torch.FloatTensor` of shape `(batch_size, caption_length, vocab_size)`, *optional*).
+        image_embeds / text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*): the
+            unimodal retrieval embeddings of the images and captions (Formula 2's inputs), with `caption_input_ids`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -156,6 +158,8 @@ class XAttnMultiTaskOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     logits_per_image: torch.FloatTensor | None = None
     caption_logits: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
 
 
 # ======================================================================================================= vision
@@ -1017,7 +1021,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         if config.use_image:
             image_tokens, spatial = self.xattn.encode_image(pixel_values)
         losses = {}
-        logits = similarity = caption_logits = None
+        logits = similarity = caption_logits = image_embeds = text_embeds = None
 
         if input_ids is not None or not config.use_text:
             mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
@@ -1031,7 +1035,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
             caption_mask = torch.ones_like(caption_input_ids) if caption_attention_mask is None else caption_attention_mask
             if self.retrieval is not None and config.lambda_cl > 0:  # a task weighted 0 is off
                 caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
-                loss_cl, loss_itm, similarity, *_ = retrieval_losses(
+                loss_cl, loss_itm, similarity, _, image_embeds, text_embeds = retrieval_losses(
                     self.retrieval, self.xattn, image_tokens, caption_tokens, caption_mask, image_ids
                 )
                 losses["cl"] = loss_cl + loss_itm
@@ -1053,7 +1057,8 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         loss = sum(weights[name] * value for name, value in losses.items()) if losses else None  # Formula 4
         output = XAttnMultiTaskOutput(
             loss=loss, loss_ce=losses.get("ce"), loss_cl=losses.get("cl"), loss_seq=losses.get("seq"),
-            logits=logits, logits_per_image=similarity, caption_logits=caption_logits,
+            logits=logits, logits_per_image=similarity, caption_logits=caption_logits, image_embeds=image_embeds,
+            text_embeds=text_embeds,
         )
         return output if return_dict else output.to_tuple()
 

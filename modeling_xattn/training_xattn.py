@@ -85,12 +85,8 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
             mask = labels != -100
             correct += int((predictions[mask] == labels[mask]).sum())
             labelled += int(mask.sum())
-        if "caption_input_ids" in batch and getattr(unwrapped, "retrieval", None) is not None:
-            image_tokens, _ = unwrapped.xattn.encode_image(batch["pixel_values"])
-            text_tokens = unwrapped.xattn.encode_text(batch["caption_input_ids"], batch["caption_attention_mask"])
-            embeds = (unwrapped.retrieval.embed_image(image_tokens),
-                      unwrapped.retrieval.embed_text(text_tokens, batch["caption_attention_mask"]), image_ids)
-            gathered = accelerator.gather_for_metrics(embeds)
+        if out.image_embeds is not None:  # the forward pass's own retrieval embeddings: nothing is encoded twice
+            gathered = accelerator.gather_for_metrics((out.image_embeds, out.text_embeds, image_ids))
             image_embeds.append(gathered[0].float())
             text_embeds.append(gathered[1].float())
             ids.append(gathered[2])

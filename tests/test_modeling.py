@@ -65,9 +65,17 @@ def test_output_shapes_per_head(tiny_config):
         assert cap.logits.shape == (3, 7, tiny_config.text_config.vocab_size) and cap.loss.shape == ()
         assert cap.encoder_hidden_states.shape == (3, 2 + grid * grid, tiny_config.decoder_config.hidden_size)
 
-        multi = run_head(build(XAttnForMultiTask, tiny_config), batch)
+        multitask = build(XAttnForMultiTask, tiny_config)
+        multi = run_head(multitask, batch)
         assert multi.logits.shape == (3, 3) and multi.logits_per_image.shape == (3, 3)
         assert multi.caption_logits.shape == (3, 7, tiny_config.text_config.vocab_size)
+        # validation ranks with these embeddings instead of encoding the batch a second time: they must be the
+        # unimodal embeddings of the images and captions
+        image_tokens, _ = multitask.xattn.encode_image(batch["pixel_values"])
+        caption_tokens = multitask.xattn.encode_text(batch["input_ids"], batch["attention_mask"])
+        assert torch.allclose(multi.image_embeds, multitask.retrieval.embed_image(image_tokens), atol=1e-6)
+        assert torch.allclose(multi.text_embeds, multitask.retrieval.embed_text(caption_tokens, batch["attention_mask"]),
+                              atol=1e-6)
 
 
 def test_loss_first_and_tuple_equivalence(tiny_config):
