@@ -5,7 +5,7 @@
     python scripts/benchmark.py --model outputs/xattn        # retrieval with the main job's trained model
 
 Sections (each figure is the median of `--repeats` timed runs after `--warmup` untimed ones; the retrieval rankings
-run `--retrieval_repeats` times, once by default, as exhaustive scoring alone takes ~20 minutes on 2 CPU cores):
+run `--retrieval_repeats` times, once by default, as exhaustive scoring alone took over 45 minutes on 2 CPU cores):
   fusion      our fusion layer vs transformers' `LxmertXLayer`, forward+backward, hidden 768, 12 heads, 32 text +
               49 image tokens, batch 32. Matched sub-layers: text->image and image->text cross-attention,
               per-stream self-attention, per-stream feed-forward (GELU), post-LayerNorm residuals, dropout 0.1 on
@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--gallery_images", type=int, default=1000)
     p.add_argument("--top_k", type=int, default=128)
     p.add_argument("--retrieval_repeats", type=int, default=1,
-                   help="timed runs of each ranking (exhaustive scoring takes ~20 minutes on 2 CPU cores)")
+                   help="timed runs of each ranking (exhaustive scoring at full size: over 45 minutes on 2 CPU cores)")
     p.add_argument("--new_tokens", type=int, default=30)
     p.add_argument("--generation_batch", type=int, default=8)
     p.add_argument("--model_size", default="base", help="preset of the generation, training and inference figures")
