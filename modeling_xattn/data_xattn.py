@@ -4,7 +4,7 @@ Schema (every loader returns these columns; a task ignores what it does not use)
     image     - a PIL image (`datasets.Image()` feature) or a path string
     text      - statement, tweet or question for classification / VQA ("" when there is none)
     captions  - list of reference captions (empty when there are none)
-    label     - class id for classification, -1 when unlabelled
+    label     - class id for classification, -100 (`NO_TARGET`) when unlabelled
     answers   - list of human answers for VQA (empty when there are none)
     image_id  - an identifier of the image (several captions of one image share it)
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = ("image", "text", "captions", "label", "answers", "image_id")
 SENTIMENT_LABELS = ("positive", "neutral", "negative")
@@ -191,16 +194,48 @@ def synthetic_dataset(num_samples: int = 4000, image_size: int = 64, objects: in
 
 # ======================================================================================================= bad rows
 
+NO_TARGET = -100  # "no target" for a row, in labels everywhere (transformers' losses ignore -100)
+
+
+def as_label(value) -> int:
+    """A class id, or `NO_TARGET` for None or a negative id (datasets' `ClassLabel` marks a missing label with -1)."""
+    if value is None or isinstance(value, bool):
+        return NO_TARGET
+    if isinstance(value, str):
+        value = value.strip()
+        if value in SENTIMENT_LABELS:
+            return SENTIMENT_LABELS.index(value)
+        return int(value) if value.lstrip("-").isdigit() and int(value) >= 0 else NO_TARGET
+    value = int(value)
+    return value if value >= 0 else NO_TARGET
+
 
 @dataclass
 class BadRowCounter:
-    """Counts rows skipped for bad input, by reason; `summary()` is printed at the end of a run."""
+    """Rows skipped for bad input and values converted to make a row usable, by reason; `summary()` is printed at
+    the end of a run. A row (`where`) skipped again for the same reason (next epoch, another caption of the same
+    image) is counted once."""
 
     counts: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    converted: Counter = field(default_factory=Counter)
+    _seen: set = field(default_factory=set, repr=False)
 
     def add(self, reason: str, where: str = ""):
+        if where:
+            if ("skip", reason, where) in self._seen:
+                return
+            self._seen.add(("skip", reason, where))
         self.counts[reason] += 1
+        self.examples.setdefault(reason, where)
+
+    def convert(self, reason: str, where: str = ""):
+        """Count a value that was repaired rather than skipped (a Latin-1 caption, a 16-bit image...)."""
+        if where:
+            if ("convert", reason, where) in self._seen:
+                return
+            self._seen.add(("convert", reason, where))
+        self.converted[reason] += 1
         self.examples.setdefault(reason, where)
 
     @property
@@ -208,10 +243,12 @@ class BadRowCounter:
         return sum(self.counts.values())
 
     def summary(self) -> str:
-        if not self.counts:
-            return "bad rows skipped: 0"
         parts = [f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in self.counts.most_common()]
-        return f"bad rows skipped: {self.total} - " + "; ".join(parts)
+        text = f"bad rows skipped: {self.total}" + (" - " + "; ".join(parts) if parts else "")
+        if self.converted:
+            fixed = [f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in self.converted.most_common()]
+            text += f"\nvalues converted: {sum(self.converted.values())} - " + "; ".join(fixed)
+        return text
 
 
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -248,19 +285,72 @@ def clean_text(value) -> str:
 
 # ======================================================================================================= collator
 
+# What each collator task trains on: a row is usable when it has at least one of these targets.
+TASK_TARGETS = {
+    "multitask": ("statement", "caption"),
+    "classification": ("statement",),
+    "vqa": ("question",),
+    "vqa+captions": ("question", "caption"),
+    "retrieval": ("caption",),
+    "captioning": ("caption",),
+}
+
+
+def _row_text(row, task: str) -> str:
+    """The text the fused encoder reads for a row: the question for VQA, else the statement."""
+    return clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text"))
+
+
+def _row_captions(row) -> list[str]:
+    return [text for text in (clean_text(c) for c in row.get("captions") or []) if text]
+
+
+def row_targets(row, task: str) -> set[str]:
+    """The targets of `task` that `row` carries: "statement" (text + class label), "question" (VQA question),
+    "caption" (at least one non-empty caption). Reads no image."""
+    targets = set()
+    text = _row_text(row, task)
+    if text and as_label(row.get("label")) != NO_TARGET:
+        targets.add("statement")
+    if text and task.startswith("vqa"):
+        targets.add("question")
+    if _row_captions(row):
+        targets.add("caption")
+    return targets & set(TASK_TARGETS[task])
+
+
+def _missing_target_reason(row, task: str) -> str:
+    """Why a row has no target for `task`, for the skipped-row summary."""
+    if task == "classification":
+        return "empty text" if not _row_text(row, task) else "no label"
+    if task == "vqa":
+        return "empty question"
+    if task in ("retrieval", "captioning"):
+        return "no caption"
+    return "no caption and no labelled text" if task == "multitask" else "no caption and no question"
+
 
 class XAttnCollator:
     """Rows of the schema -> a model batch through `XAttnProcessor`.
 
-    task: "multitask" (classification labels + one caption per image for retrieval and captioning),
-    "classification", "vqa" (question + soft scores over `answer_vocab`), "vqa+captions", "retrieval" or
-    "captioning". A row whose image cannot
-    be read, or whose text the task needs is empty, is skipped and counted; the batch shrinks, the run goes on.
-    `caption_index` picks which reference caption trains the model; None draws one per row from `generator`.
+    task: "multitask" (a labelled statement and/or a caption per row), "classification", "vqa" (question + soft
+    scores over `answer_vocab`), "vqa+captions", "retrieval" or "captioning" (`TASK_TARGETS` lists what each trains
+    on). A row is kept when its image reads and it carries at least one of the task's targets; otherwise it is
+    skipped and counted by reason, and the batch shrinks.
+
+    Rows that lack one target keep the others: a row without a label gets `labels = -100` (its statement, if any,
+    is still encoded), a row without a caption gets an all-zero `caption_attention_mask` (the model's "no caption"),
+    a VQA row without a question gets soft scores of -100. A batch in which no row has a label has no `labels` /
+    `input_ids`; one in which no row has a caption has no `caption_input_ids`.
+
+    The caption of a row is `row["caption_index"]` where set (`CaptionPairs` sets it: one example per image-caption
+    pair), else `caption_index` (default: the first caption).
     """
 
     def __init__(self, processor, task: str = "multitask", answer_vocab: list[str] | None = None,
-                 counter: BadRowCounter | None = None, caption_index: int | None = 0, image_dir: str | None = None):
+                 counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None):
+        if task not in TASK_TARGETS:
+            raise ValueError(f"XAttnCollator: task must be one of {sorted(TASK_TARGETS)}, got {task!r}")
         self.processor = processor
         self.task = task
         self.answer_vocab = {a: i for i, a in enumerate(answer_vocab or [])}
@@ -268,56 +358,77 @@ class XAttnCollator:
         self.caption_index = caption_index
         self.image_dir = image_dir
 
-    def _row_ok(self, row, needs_text, needs_caption, needs_label):
-        text = (row.get("question") or row.get("text")) if self.task.startswith("vqa") else row.get("text")
-        if needs_text and not clean_text(text):
-            return "empty text"
-        if needs_caption and not [c for c in row.get("captions") or [] if clean_text(c)]:
-            return "no caption"
-        if needs_label and row.get("label", -1) in (None, -1):
-            return "no label"
-        return None
-
     def __call__(self, rows: list[dict]) -> dict:
         task = self.task
-        needs_text = task in ("multitask", "classification", "vqa", "vqa+captions")
-        needs_caption = task in ("multitask", "retrieval", "captioning", "vqa+captions")
-        needs_label = task == "classification"
-        images, texts, captions, labels, answers, ids, kept = [], [], [], [], [], [], []
+        images, texts, captions, labels, answers, ids, kept, has = [], [], [], [], [], [], [], []
         for position, row in enumerate(rows):
-            reason = self._row_ok(row, needs_text, needs_caption, needs_label)
+            where = str(row.get("image_id", ""))
+            targets = row_targets(row, task)
+            reason = None if targets else _missing_target_reason(row, task)
             if reason is None:
                 try:
                     image = load_image(row["image"], self.image_dir)
                 except Exception as error:  # unreadable, truncated, missing or too large: skip, count
                     reason = f"bad image ({type(error).__name__})"
             if reason is not None:
-                self.counter.add(reason, str(row.get("image_id", "")))
+                self.counter.add(reason, where)
                 continue
+            if image.mode != "RGB":
+                self.counter.convert(f"{image.mode} image converted to RGB", where)
+            if isinstance(row.get("text"), bytes) or isinstance(row.get("question"), bytes):
+                self.counter.convert("text bytes decoded", where)
+            row_captions = _row_captions(row)
+            index = row.get("caption_index")
+            index = self.caption_index if index is None else index
             images.append(image)
             kept.append(position)
-            texts.append(clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text")))
-            row_captions = [clean_text(c) for c in row.get("captions") or [] if clean_text(c)]
-            if row_captions:
-                index = self.caption_index if self.caption_index is not None else random.randrange(len(row_captions))
-                captions.append(row_captions[min(index, len(row_captions) - 1)])
-            labels.append(row.get("label", -1) if row.get("label") is not None else -1)
+            has.append(targets)
+            texts.append(_row_text(row, task))
+            captions.append(row_captions[min(index, len(row_captions) - 1)] if row_captions else "")
+            labels.append(as_label(row.get("label")) if "statement" in targets else NO_TARGET)
             answers.append(row.get("answers") or [])
             ids.append(row.get("image_id", len(ids)))
         if not images:
             return {}
+        with_text = [bool({"statement", "question"} & targets) for targets in has]
+        with_caption = [("caption" in targets) for targets in has]
         batch = dict(self.processor(
             images=images,
-            text=texts if needs_text else None,
-            captions=captions if needs_caption else None,
+            text=texts if any(with_text) else None,
+            captions=captions if any(with_caption) else None,
         ))
-        if task in ("multitask", "classification"):
+        if any(with_caption) and not all(with_caption):
+            batch["caption_attention_mask"][~torch.tensor(with_caption)] = 0  # all-zero mask: this row has no caption
+        if any(with_text) and task in ("multitask", "classification"):
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
-        if task.startswith("vqa"):
-            batch["labels"] = vqa_soft_scores(answers, self.answer_vocab)
+        if any(with_text) and task.startswith("vqa"):
+            scores = vqa_soft_scores(answers, self.answer_vocab)
+            scores[~torch.tensor(with_text)] = NO_TARGET
+            batch["labels"] = scores
         batch["image_ids"] = torch.tensor([_stable_id(i) for i in ids], dtype=torch.long)
         batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
         return batch
+
+
+class CaptionPairs(torch.utils.data.Dataset):
+    """One example per image-caption pair (a row with five captions is five examples per epoch, as COCO captioning
+    and ALBEF/BLIP retrieval training iterate), so every caption trains in every epoch; rows without captions are
+    one example each. An example is the row with `caption_index` set, which `XAttnCollator` reads.
+
+    The pairs are a fixed list, so the DataLoader's seeded sampler shuffles them and a resumed run skips exactly
+    the batches it had done."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.pairs = [(row, caption) for row, captions in enumerate(dataset["captions"])
+                      for caption in range(max(len(_row_captions({"captions": captions})), 1))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        row, caption = self.pairs[index]
+        return {**self.dataset[row], "caption_index": caption}
 
 
 def _stable_id(value) -> int:
@@ -354,7 +465,7 @@ def _to_schema(rows: list[dict]):
     for row in rows:
         row.setdefault("text", "")
         row.setdefault("captions", [])
-        row.setdefault("label", -1)
+        row["label"] = as_label(row.get("label"))
         row.setdefault("answers", [])
         row.setdefault("question", "")
     columns = {key: [row.get(key) for row in rows] for key in (*SCHEMA, "question")}
@@ -362,14 +473,103 @@ def _to_schema(rows: list[dict]):
     return datasets.Dataset.from_dict(columns)
 
 
-def load_imagefolder(data_dir: str, split: str = "train", caption_column: str = "captions", text_column: str = "text",
-                     label_column: str = "label"):
-    """A local imagefolder with `metadata.jsonl` (the datasets convention), through `datasets.load_dataset`."""
+# The split folder names `datasets`' imagefolder recognises, mapped to the split they hold.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                 "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "test",
+                 "evaluation": "test"}
+METADATA_FILE = "metadata.jsonl"
+
+
+def read_metadata(path: Path, counter: BadRowCounter | None = None) -> list[dict]:
+    """The rows of a `metadata.jsonl`, tolerating bad lines: a line that is not UTF-8 is decoded as Latin-1 (counted
+    as converted), a line that is not JSON is skipped and counted."""
+    counter = counter if counter is not None else BadRowCounter()
+    rows = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            where = f"{path.parent.name}/{path.name}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("latin-1")
+                counter.convert("non-UTF-8 metadata line decoded as Latin-1", where)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                counter.add("metadata line is not JSON", where)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                counter.add("metadata line is not a JSON object", where)
+    return rows
+
+
+def load_imagefolder(data_dir: str, split: str | None = "train", caption_column: str = "captions",
+                     text_column: str = "text", label_column: str = "label", counter: BadRowCounter | None = None):
+    """A local imagefolder (the `datasets` convention): images with a `metadata.jsonl` (`file_name` + columns), at the
+    top level or in split folders (`train/`, `validation/`, `test/` and the other names `datasets` accepts).
+
+    Returns the `split` in the common schema, or with `split=None` a `DatasetDict` of every split the folder has
+    (images at the top level form the "train" split, as `datasets` names it). `metadata.jsonl` is read here rather
+    than by `datasets.load_dataset`, which stops at a non-UTF-8 line and silently drops rows whose image file is
+    missing: here a missing image, a row without `file_name` or a line that is not JSON is skipped and counted in
+    `counter`. Folders without `metadata.jsonl` (a class per sub-folder) go through `datasets.load_dataset`.
+    """
     import datasets
 
-    dataset = datasets.load_dataset("imagefolder", data_dir=data_dir, split=split)
-    return map_columns(dataset, image_column="image", caption_column=caption_column, text_column=text_column,
-                       label_column=label_column)
+    counter = counter if counter is not None else BadRowCounter()
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data_dir {data_dir}: no such folder")
+    folders = {SPLIT_FOLDERS[p.name.lower()]: p for p in sorted(root.iterdir())
+               if p.is_dir() and p.name.lower() in SPLIT_FOLDERS and (p / METADATA_FILE).exists()}
+    if not folders and (root / METADATA_FILE).exists():
+        folders = {"train": root}
+    if folders:
+        splits = datasets.DatasetDict({
+            name: _imagefolder_split(folder, caption_column, text_column, label_column, counter)
+            for name, folder in folders.items()})
+    else:  # no metadata: `datasets` reads class sub-folders as labels
+        loaded = datasets.load_dataset("imagefolder", data_dir=data_dir)
+        splits = datasets.DatasetDict({name: map_columns(part, caption_column=caption_column, text_column=text_column,
+                                                         label_column=label_column) for name, part in loaded.items()})
+    if split is None:
+        return splits
+    if split not in splits:
+        raise ValueError(f"{data_dir} has no {split!r} split; it has {sorted(splits)}")
+    return splits[split]
+
+
+def _imagefolder_split(folder: Path, caption_column, text_column, label_column, counter):
+    import datasets
+
+    rows = []
+    for index, meta in enumerate(read_metadata(folder / METADATA_FILE, counter)):
+        name = meta.get("file_name")
+        where = f"{folder.name}/{name or f'row {index + 1}'}"
+        if not name:
+            counter.add("metadata row without file_name", where)
+            continue
+        path = folder / name
+        if not path.is_file():
+            counter.add("image file missing", where)
+            continue
+        captions = meta.get(caption_column) or []
+        rows.append({
+            "image": str(path),
+            "text": clean_text(meta.get(text_column)),
+            "captions": [clean_text(c) for c in ([captions] if isinstance(captions, str) else captions)],
+            "label": meta.get(label_column),
+            "answers": meta.get("answers") or [],
+            "question": clean_text(meta.get("question")),
+            "image_id": meta.get("image_id", name),
+        })
+    if not rows:
+        raise ValueError(f"{folder / METADATA_FILE}: no usable row ({counter.summary()})")
+    return _to_schema(rows).cast_column("image", datasets.Image())
 
 
 def map_columns(dataset, image_column="image", caption_column=None, text_column=None, label_column=None,
@@ -381,7 +581,7 @@ def map_columns(dataset, image_column="image", caption_column=None, text_column=
         captions = row.get(caption_column) if caption_column in names else []
         if isinstance(captions, str):
             captions = [captions]
-        label = row.get(label_column) if label_column in names else -1
+        label = as_label(row.get(label_column)) if label_column in names else NO_TARGET
         answers = row.get(answers_column) if answers_column in names else []
         if answers and isinstance(answers[0], dict):  # VQAv2: [{"answer": ...}, ...]
             answers = [a.get("answer", "") for a in answers]
@@ -389,7 +589,7 @@ def map_columns(dataset, image_column="image", caption_column=None, text_column=
             "image": row[image_column],
             "text": clean_text(row.get(text_column)) if text_column in names else "",
             "captions": [clean_text(c) for c in captions or []],
-            "label": -1 if label is None else label,
+            "label": label,
             "answers": answers or [],
             "question": clean_text(row.get(question_column)) if question_column in names else "",
             "image_id": str(row.get(id_column, index)) if id_column in names else str(index),
@@ -425,12 +625,12 @@ def load_table(path: str, image_dir: str | None = None, image_column="image", ca
         captions = row.get(caption_column) or []
         if isinstance(captions, str):
             captions = json.loads(captions) if captions.startswith("[") else [c for c in captions.split("|") if c]
-        label = row.get(label_column, -1)
+
         rows.append({
             "image": str(base / row[image_column]),
             "text": clean_text(row.get(text_column)),
             "captions": [clean_text(c) for c in captions],
-            "label": int(label) if str(label).lstrip("-").isdigit() else SENTIMENT_LABELS.index(label) if label in SENTIMENT_LABELS else -1,
+            "label": as_label(row.get(label_column)),
             "answers": row.get(answers_column) or [],
             "image_id": row.get("image_id", index),
         })
@@ -450,10 +650,11 @@ def load_coco_captions(annotation_file: str, image_dir: str):
 
 
 def load_karpathy(split_file: str, image_dir: str, split: str = "train"):
-    """Karpathy split files (`dataset_coco.json`, `dataset_flickr30k.json`); `split="train"` also takes `restval`."""
+    """Karpathy split files (`dataset_coco.json`, `dataset_flickr30k.json`); `split="train"` also takes `restval`,
+    `"validation"` is the file's `val`."""
     with open(split_file, encoding="utf-8") as handle:
         images = json.load(handle)["images"]
-    wanted = {"train", "restval"} if split == "train" else {split}
+    wanted = {"train", "restval"} if split == "train" else {{"validation": "val"}.get(split, split)}
     rows = []
     for image in images:
         if image["split"] not in wanted:
@@ -545,15 +746,38 @@ def add_data_arguments(parser) -> None:
     data.add_argument("--num_workers", type=int, default=0)
 
 
-def load_split(args, split: str, counter: BadRowCounter | None = None):
+def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_validation: bool = False):
     """The `split` ("train", "validation" or "test") of the dataset the arguments name, in the common schema.
 
-    Where a source has no such split, "validation" is a seeded held-out fraction of the training rows; the
-    embedded dataset's "test" split is drawn with another seed, so its images are new.
+    The source's own splits are used as they are (imagefolder split folders, Karpathy's train+restval/val/test,
+    COCO/table `--data_file` + `--validation_file`, Hub splits, MVSA's 8:1:1, the embedded dataset's train and
+    test). A split is made only where the source has none, and a warning says so:
+    - "validation" missing: a seeded `--validation_fraction` of "train" is held out; with `hold_out_validation`
+      (training) "train" is then the rest, so the two never share a row;
+    - any other split missing from a source with a single split (a folder of images + metadata.jsonl, one
+      annotation file): every row of that split is used;
+    - otherwise the error names the splits the source has.
     """
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got {split!r}")
-    data = _load_split(args, split, counter)
+    splits = _source_splits(args, counter if counter is not None else BadRowCounter())
+    source = _source_name(args)
+    if split == "train" and hold_out_validation and "validation" not in splits and "train" in splits:
+        data = _held_out(splits["train"](), "train", args)
+        logger.warning(f"{source} has no validation split: holding out {args.validation_fraction:.0%} of its train "
+                       f"split (seed {args.data_seed}); training on the other {len(data)} rows")
+    elif split in splits:
+        data = splits[split]()
+    elif split == "validation" and "train" in splits:
+        data = _held_out(splits["train"](), "validation", args)
+        logger.warning(f"{source} has no validation split: using the {len(data)} rows held out of its train split "
+                       f"({args.validation_fraction:.0%}, seed {args.data_seed})")
+    elif len(splits) == 1:
+        (only, load), = splits.items()
+        data = load()
+        logger.warning(f"{source} has no {split} split, only {only!r}: using all {len(data)} rows of it")
+    else:
+        raise ValueError(f"{source} has no {split!r} split; it has {sorted(splits)}")
     if args.max_samples:
         data = data.select(range(min(args.max_samples, len(data))))
     return data
@@ -564,39 +788,49 @@ def _held_out(full, split, args):
     return parts["train"] if split == "train" else parts["test"]
 
 
-def _load_split(args, split, counter):
+def _source_name(args) -> str:
+    if args.dataset == "hub":
+        return f"Hub dataset {args.dataset_name}"
+    if args.dataset == "synthetic":
+        return "the embedded dataset"
+    return f"{args.dataset} source {args.data_dir or args.data_file}"
+
+
+def _source_splits(args, counter) -> dict:
+    """The splits the source itself has, each as a function that loads it (nothing is read before it is needed)."""
+    columns = dict(caption_column=args.caption_column, text_column=args.text_column, label_column=args.label_column)
     if args.dataset == "synthetic":
         knobs = dict(objects=args.synthetic_objects, num_colours=args.synthetic_colours,
                      num_shapes=args.synthetic_shapes, min_objects=args.synthetic_min_objects)
-        if split == "test":
-            return synthetic_dataset(args.synthetic_test_samples, seed=args.data_seed + 1, **knobs)
-        return _held_out(synthetic_dataset(args.synthetic_samples, seed=args.data_seed, **knobs), split, args)
+        return {"train": lambda: synthetic_dataset(args.synthetic_samples, seed=args.data_seed, **knobs),
+                "test": lambda: synthetic_dataset(args.synthetic_test_samples, seed=args.data_seed + 1, **knobs)}
     if args.dataset == "mvsa":
-        return load_mvsa(args.data_dir, seed=args.data_seed, counter=counter)[split]
+        splits = load_mvsa(args.data_dir, seed=args.data_seed, counter=counter)
+        return {name: (lambda part=part: part) for name, part in splits.items()}
+    if args.dataset == "imagefolder":
+        splits = load_imagefolder(args.data_dir, split=None, counter=counter, **columns)
+        return {name: (lambda part=part: part) for name, part in splits.items()}
     if args.dataset == "karpathy":
-        return load_karpathy(args.data_file, args.data_dir, {"validation": "val"}.get(split, split))
+        return {name: (lambda name=name: load_karpathy(args.data_file, args.data_dir, name))
+                for name in ("train", "validation", "test")}
     if args.dataset == "hub":
-        mapping = dict(image_column=args.image_column, caption_column=args.caption_column,
-                       text_column=args.text_column, label_column=args.label_column,
-                       answers_column=args.answers_column)
-        return load_hub_dataset(args.dataset_name, split, args.dataset_config_name, revision=args.dataset_revision,
-                                **mapping)
-    if args.dataset == "coco" and split != "train" and args.validation_file:
-        return load_coco_captions(args.validation_file, args.data_dir)
+        import datasets
+
+        mapping = dict(image_column=args.image_column, answers_column=args.answers_column, **columns)
+        names = datasets.get_dataset_split_names(args.dataset_name, args.dataset_config_name,
+                                                 revision=args.dataset_revision)
+        canonical = {SPLIT_FOLDERS.get(name, name): name for name in names}
+        return {split: (lambda name=name: load_hub_dataset(args.dataset_name, name, args.dataset_config_name,
+                                                           revision=args.dataset_revision, **mapping))
+                for split, name in canonical.items()}
     if args.dataset == "coco":
-        full = load_coco_captions(args.data_file, args.data_dir)
-    elif args.dataset == "imagefolder":
-        full = load_imagefolder(args.data_dir, caption_column=args.caption_column, text_column=args.text_column,
-                                label_column=args.label_column)
-    else:
-        if split != "train" and args.validation_file:
-            return load_table(args.validation_file, args.data_dir, image_column=args.image_column,
-                              caption_column=args.caption_column, text_column=args.text_column,
-                              label_column=args.label_column)
-        full = load_table(args.data_file, args.data_dir, image_column=args.image_column,
-                          caption_column=args.caption_column, text_column=args.text_column,
-                          label_column=args.label_column)
-    return full if split == "test" and args.validation_file else _held_out(full, "train" if split == "train" else "validation", args)
+        files = {"train": args.data_file, "validation": args.validation_file}
+        return {name: (lambda path=path: load_coco_captions(path, args.data_dir)) for name, path in files.items() if path}
+    if args.dataset == "table":
+        files = {"train": args.data_file, "validation": args.validation_file}
+        return {name: (lambda path=path: load_table(path, args.data_dir, image_column=args.image_column, **columns))
+                for name, path in files.items() if path}
+    raise ValueError(f"--dataset {args.dataset!r} is not a known source")
 
 
 def undecoded(dataset):
@@ -609,6 +843,12 @@ def undecoded(dataset):
 
 
 __all__ = [
+    "NO_TARGET",
+    "TASK_TARGETS",
+    "as_label",
+    "row_targets",
+    "CaptionPairs",
+    "read_metadata",
     "add_data_arguments",
     "load_split",
     "undecoded",

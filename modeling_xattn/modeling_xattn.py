@@ -588,15 +588,20 @@ class XAttnClassificationHead(nn.Module):
     @staticmethod
     def loss(logits, labels, problem_type=None):
         """Formula 1: cross-entropy (labels `(B,)`, -100 ignored) or, for soft VQA scores `(B, num_labels)`, binary
-        cross-entropy summed over answers and averaged over the batch (the usual VQA objective)."""
+        cross-entropy summed over answers and averaged over the rows (the usual VQA objective; a row of -100 is
+        ignored)."""
         if problem_type is None:
             problem_type = "multi_label_classification" if labels.dim() == 2 and labels.is_floating_point() else "single_label_classification"
         if problem_type == "multi_label_classification":
-            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="sum") / labels.shape[0]
+            kept = ~(labels == -100).any(-1)  # a row of -100 scores has no target
+            if not kept.any():
+                return logits.sum() * 0.0  # no labelled row in this batch: a zero that keeps the graph connected
+            return F.binary_cross_entropy_with_logits(
+                logits[kept].float(), labels[kept].float(), reduction="sum") / int(kept.sum())
         if problem_type == "single_label_classification":
             if (labels != -100).sum() == 0:
                 return logits.sum() * 0.0  # no labelled row in this batch: a zero that keeps the graph connected
-            return F.cross_entropy(logits, labels.long(), ignore_index=-100)
+            return F.cross_entropy(logits.float(), labels.long(), ignore_index=-100)
         raise ValueError(f"problem_type={problem_type!r} is not supported; use single_ or multi_label_classification")
 
 
@@ -696,44 +701,66 @@ def default_prompt(model_config: XAttnConfig, batch_size: int, device) -> tuple[
     return ids, torch.ones_like(ids)
 
 
-def hard_negative_pairs(similarity, image_ids=None):
-    """Indices of the hardest in-batch negative text for each image and image for each text.
+def negative_pairs(image_ids=None, text_ids=None, text_mask=None, batch_size=None, device=None):
+    """`(B, B)` mask of the in-batch pairs (image i, text j) that are real negatives: image i and image j have
+    different ids (no two captions of one image) and text i and text j differ (no two images with the same caption,
+    which would have the same text embedding). Without `image_ids` each row is its own image."""
+    if image_ids is None:
+        image_ids = torch.arange(batch_size, device=device)
+    negatives = image_ids[:, None] != image_ids[None, :]  # (B, B)
+    if text_ids is not None:
+        tokens = text_ids if text_mask is None else text_ids.masked_fill(text_mask == 0, -1)
+        same_text = (tokens[:, None, :] == tokens[None, :, :]).all(-1)  # (B, B): identical token sequences
+        negatives &= ~same_text
+    return negatives
 
-    `similarity` is `(B, B)` (image i, text j); pairs that share an image id (or i == j) are never negatives.
-    Returns `(negatives_mask, hardest_text, hardest_image, valid)`; rows with no negative at all are not valid.
-    """
-    batch = similarity.shape[0]
-    ids = torch.arange(batch, device=similarity.device) if image_ids is None else image_ids
-    negatives = ids[:, None] != ids[None, :]  # (B, B)
-    masked = similarity.detach().masked_fill(~negatives, float("-inf"))
-    hardest_text = masked.argmax(dim=1)  # for image i
-    hardest_image = masked.argmax(dim=0)  # for text j
-    valid = negatives.any(dim=1)
-    return negatives, hardest_text, hardest_image, valid
+
+def sample_negatives(image_embeds, text_embeds, negatives, temperature):
+    """ITM negatives drawn in proportion to similarity among each row's real negatives (ALBEF/BLIP): for image i a
+    text from softmax(cos(i, .) / temperature), for text j an image likewise. Hard negatives are likely, but not always
+    the single closest pair. Returns `(text_for_image, image_for_text, valid)`; rows with no negative are not valid.
+    The draw uses torch's global generator (the training loop seeds it every step, so a resumed run repeats it)."""
+    with torch.no_grad():
+        cosine = (image_embeds.float() @ text_embeds.float().T) / temperature  # (B, B), in fp32 under autocast
+        logits = cosine.masked_fill(~negatives, float("-inf"))
+        valid = negatives.any(dim=1) & negatives.any(dim=0)
+        safe = torch.where(negatives, logits, torch.zeros_like(logits))  # rows without negatives: never used
+        weights_i2t = torch.where(negatives, (logits - safe.amax(1, keepdim=True)).exp(), torch.zeros_like(logits))
+        weights_t2i = torch.where(negatives, (logits - safe.amax(0, keepdim=True)).exp(), torch.zeros_like(logits)).T
+        rows = valid.nonzero(as_tuple=True)[0]
+        text_for_image = torch.zeros(len(negatives), dtype=torch.long, device=negatives.device)
+        image_for_text = torch.zeros_like(text_for_image)
+        if len(rows):
+            text_for_image[rows] = torch.multinomial(weights_i2t[rows], 1).squeeze(1)
+            image_for_text[rows] = torch.multinomial(weights_t2i[rows], 1).squeeze(1)
+    return text_for_image, image_for_text, valid
 
 
 def retrieval_losses(head: XAttnRetrievalHead, base: XAttnModel, image_tokens, text_tokens_raw, attention_mask,
-                     image_ids=None):
-    """Contrastive loss on unimodal embeddings plus matching loss on positives and hardest in-batch negatives.
+                     image_ids=None, input_ids=None):
+    """Contrastive loss on unimodal embeddings plus matching loss on positives and sampled in-batch hard negatives.
 
-    `image_tokens`: encoded images `(B, N, D)`; `text_tokens_raw`: encoded texts `(B, L, D)` before fusion.
+    `image_tokens`: encoded images `(B, N, D)`; `text_tokens_raw`: encoded texts `(B, L, D)` before fusion;
+    `image_ids` / `input_ids`: pairs sharing an image id or an identical text are never each other's negatives.
     Returns (loss_contrastive, loss_itm, similarity, itm_logits of the given pairs, image_embeds, text_embeds).
     """
     image_embeds = head.embed_image(image_tokens)
     text_embeds = head.embed_text(text_tokens_raw, attention_mask)
     similarity = head.similarity(image_embeds, text_embeds)
-    negatives, hardest_text, hardest_image, valid = hard_negative_pairs(similarity, image_ids)
+    negatives = negative_pairs(image_ids, input_ids, attention_mask, len(image_tokens), image_tokens.device)
     loss_contrastive = head.contrastive_loss(image_embeds, text_embeds, negatives)
+    text_for_image, image_for_text, valid = sample_negatives(image_embeds, text_embeds, negatives,
+                                                             head.config.contrastive_temperature)
 
-    # Matching head on [positives; (image i, hardest text); (hardest image, text j)], the image encoded once.
+    # Matching head on [positives; (image i, sampled text); (sampled image, text j)], the image encoded once.
     rows = torch.arange(len(image_tokens), device=image_tokens.device)
     neg_rows = rows[valid]
-    image_index = torch.cat([rows, neg_rows, hardest_image[neg_rows]])
-    text_index = torch.cat([rows, hardest_text[neg_rows], neg_rows])
+    image_index = torch.cat([rows, neg_rows, image_for_text[neg_rows]])
+    text_index = torch.cat([rows, text_for_image[neg_rows], neg_rows])
     *_, fused, _, _ = base.fuse(text_tokens_raw[text_index], attention_mask[text_index], image_tokens[image_index])
     itm_logits = head.itm(fused)
     targets = torch.cat([torch.ones_like(rows), torch.zeros(2 * len(neg_rows), dtype=torch.long, device=rows.device)])
-    loss_itm = F.cross_entropy(itm_logits, targets)
+    loss_itm = F.cross_entropy(itm_logits.float(), targets)
     return loss_contrastive, loss_itm, similarity, itm_logits[: len(rows)], image_embeds, text_embeds
 
 
@@ -871,7 +898,7 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         pixel_values / input_ids / attention_mask: a batch of matching (image i, text i) pairs.
         return_loss (`bool`): compute Formula 2 over in-batch negatives plus the matching loss on hard negatives.
         image_ids (`(batch_size,)`, *optional*): pairs with the same id are never used as negatives (several
-            captions of one image in a batch).
+            captions of one image in a batch); nor are pairs with identical texts.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -879,7 +906,7 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         text_tokens = self.xattn.encode_text(input_ids, attention_mask)
         if return_loss:
             loss_cl, loss_itm, similarity, itm_logits, image_embeds, text_embeds = retrieval_losses(
-                self.retrieval, self.xattn, image_tokens, text_tokens, attention_mask, image_ids
+                self.retrieval, self.xattn, image_tokens, text_tokens, attention_mask, image_ids, input_ids
             )
             loss = loss_cl + loss_itm
         else:
@@ -1012,8 +1039,11 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         input_ids / attention_mask: statement, tweet or question for classification/VQA.
         labels (*optional*): class ids `(B,)` (-100 = no label for that row) or soft scores `(B, num_labels)`.
         caption_input_ids / caption_attention_mask (*optional*): a reference caption per image; gives the
-            contrastive + matching loss (LCL) and the captioning loss (LSEQ).
-        image_ids (*optional*): rows with the same image id are never retrieval negatives of each other.
+            contrastive + matching loss (LCL) and the captioning loss (LSEQ). A row whose `caption_attention_mask`
+            is all 0 has no caption and takes no part in either; `logits_per_image`, `image_embeds` and
+            `text_embeds` then cover the rows that have one.
+        image_ids (*optional*): rows with the same image id, or identical captions, are never retrieval negatives
+            of each other.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
@@ -1033,10 +1063,17 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
 
         if caption_input_ids is not None:
             caption_mask = torch.ones_like(caption_input_ids) if caption_attention_mask is None else caption_attention_mask
+            # Rows whose caption mask is all zero have no caption: retrieval and captioning use the others only.
+            has_caption = caption_mask.bool().any(-1)
+            if not has_caption.all():
+                caption_input_ids, caption_mask = caption_input_ids[has_caption], caption_mask[has_caption]
+                image_tokens = image_tokens[has_caption] if image_tokens is not None else None
+                image_ids = image_ids[has_caption] if image_ids is not None else None
+        if caption_input_ids is not None and len(caption_input_ids):
             if self.retrieval is not None and config.lambda_cl > 0:  # a task weighted 0 is off
                 caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
                 loss_cl, loss_itm, similarity, _, image_embeds, text_embeds = retrieval_losses(
-                    self.retrieval, self.xattn, image_tokens, caption_tokens, caption_mask, image_ids
+                    self.retrieval, self.xattn, image_tokens, caption_tokens, caption_mask, image_ids, caption_input_ids
                 )
                 losses["cl"] = loss_cl + loss_itm
             if self.captioner is not None and config.lambda_seq > 0:

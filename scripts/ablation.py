@@ -45,9 +45,12 @@ CONFIGURATIONS = {
     "visual features only": ["--modalities", "image"],
     "text features only": ["--modalities", "text"],
 }
-COLUMNS = [("captioning", "CIDEr"), ("captioning", "BLEU-4"), ("captioning", "METEOR"), ("retrieval", "i2t_R@1"),
-           ("retrieval", "i2t_R@5"), ("classification", "accuracy")]
-HEADERS = ["CIDEr", "BLEU-4", "METEOR", "R@1", "R@5", "3-way acc."]
+COLUMNS = [("captioning", "CIDEr"), ("captioning", "BLEU-4"), ("captioning", "METEOR"),
+           ("retrieval", "i2t_R@1"), ("retrieval", "i2t_R@5"), ("retrieval", "i2t_R@10"),
+           ("retrieval", "t2i_R@1"), ("retrieval", "t2i_R@5"), ("retrieval", "t2i_R@10"),
+           ("classification", "accuracy")]
+HEADERS = ["CIDEr", "BLEU-4", "METEOR", "i→t R@1", "i→t R@5", "i→t R@10", "t→i R@1", "t→i R@5", "t→i R@10",
+           "3-way acc."]
 
 
 def parse_args(argv=None):
@@ -58,7 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default="outputs/ablation")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
-    p.add_argument("--tasks", default="classification,retrieval,captioning")
+    p.add_argument("--tasks", default="auto", help="as train.py's --tasks (auto: every task the data has)")
+    p.add_argument("--split", default="test", choices=["validation", "test"], help="the split to evaluate on")
+    p.add_argument("--top_k", type=int, default=128, help="retrieval shortlist re-ranked by the matching score "
+                                                          "(0: rank by the embeddings alone)")
     p.add_argument("--max_train_minutes", type=float, default=3.5, help="training budget of each configuration")
     p.add_argument("--max_steps", type=int, help="step budget of each configuration (instead of minutes)")
     p.add_argument("--test_samples", type=int, default=500, help="rows of the embedded dataset's test split")
@@ -91,7 +97,7 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
         "--seed", str(seed), "--tasks", args.tasks, "--output_dir", str(folder), "--report_to", "none",
         "--no_progress"] + extra)
     model, processor = evaluation.load_model(str(folder))
-    tasks = set(args.tasks.split(","))
+    tasks = set(json.loads((folder / "train_results.json").read_text())["card"]["tasks"].split(","))
     counter = BadRowCounter()
     result = {}
     progress = not args.no_progress
@@ -101,8 +107,9 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
         result["captioning"], _ = evaluation.evaluate_captioning(model, processor, test_data, 64, args.num_beams, 30,
                                                                  progress, java=not args.no_java, counter=counter)
     if "retrieval" in tasks and model.retrieval is not None:
-        result["retrieval"] = evaluation.evaluate_retrieval(model, processor, test_data, 64, progress=progress,
-                                                            counter=counter)
+        result["retrieval"] = evaluation.evaluate_retrieval(model, processor, test_data, 64, top_k=args.top_k,
+                                                            progress=progress, counter=counter)
+    result["train_steps"] = json.loads((folder / "train_results.json").read_text())["global_step"]
     (folder / "test_results.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -150,7 +157,7 @@ def bar_chart(summary: dict, path: str):
 def main(argv=None):
     args, extra = parse_args(argv)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    test_data = undecoded(load_split(args, "test"))
+    test_data = undecoded(load_split(args, args.split))
     runs = {name: [] for name in args.configurations}
     for seed in args.seeds:
         for name in args.configurations:
@@ -158,8 +165,9 @@ def main(argv=None):
             runs[name].append(run_configuration(name, seed, args, extra, test_data))
     table, summary = summarise(runs)
     budget = f"{args.max_steps} steps" if args.max_steps else f"{args.max_train_minutes} training minutes"
-    header = (f"Ablation on {args.dataset_name or args.dataset} ({args.split if hasattr(args, 'split') else 'test'} "
-              f"split, {len(test_data)} rows), seeds {args.seeds}, {budget} per configuration. Caption metrics x100.\n\n")
+    steps = ", ".join(f"{name} {run['train_steps']}" for name, results in runs.items() for run in results[:1])
+    header = (f"Ablation on {args.dataset_name or args.dataset} ({args.split} split, {len(test_data)} rows), seeds "
+              f"{args.seeds}, {budget} per configuration (steps: {steps}). Caption metrics x100, recall in %.\n\n")
     Path(args.output_dir, "ablation.md").write_text(header + table + "\n", encoding="utf-8")
     Path(args.output_dir, "ablation.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
     bar_chart(summary, str(Path(args.output_dir, "ablation.png")))

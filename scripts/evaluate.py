@@ -36,7 +36,10 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_beams", type=int, default=3)
     p.add_argument("--max_new_tokens", type=int, default=30)
-    p.add_argument("--top_k", type=int, default=128, help="retrieval shortlist size")
+    p.add_argument("--top_k", type=int, default=128,
+                   help="retrieval shortlist size re-ranked by the matching score (0: rank by the embeddings alone)")
+    p.add_argument("--caption_samples", type=int, default=0,
+                   help="write caption_samples.png with this many photos and their generated and reference captions")
     p.add_argument("--exhaustive", action="store_true", help="score every image-text pair by cross-attention")
     p.add_argument("--no_java", action="store_true", help="caption metrics without Java (no METEOR)")
     p.add_argument("--output_dir", help="where to write eval_results.{json,md} (default: the model folder if local)")
@@ -118,7 +121,16 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
         results[f"{direction}_pair_evaluations"] = pairs
     results["seconds"] = time.perf_counter() - started
     results["gallery"] = f"{len(pixels)} images x {len(captions)} captions"
+    # How spread out the embeddings are: a mean cosine near 1 between different images (or captions) means the
+    # tower maps everything to nearly one point, which no loss on top of it can rank.
+    results["image_embeds_mean_cosine"] = _mean_off_diagonal(images[1] @ images[1].T)
+    results["text_embeds_mean_cosine"] = _mean_off_diagonal(texts[2] @ texts[2].T)
     return results
+
+
+def _mean_off_diagonal(matrix: torch.Tensor) -> float:
+    n = matrix.shape[0]
+    return float((matrix.float().sum() - matrix.float().diagonal().sum()) / max(n * n - n, 1))
 
 
 def markdown_table(results: dict) -> str:
@@ -146,6 +158,14 @@ def main(argv=None):
         results["captioning"], predictions = evaluate_captioning(
             model, processor, dataset, args.batch_size, args.num_beams, args.max_new_tokens, progress,
             java=not args.no_java, counter=counter)
+        if args.caption_samples:
+            from modeling_xattn.training_xattn import plot_caption_samples
+
+            shown = min(args.caption_samples, len(predictions))
+            output = Path(args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output"))
+            output.mkdir(parents=True, exist_ok=True)
+            plot_caption_samples([dataset[i]["image"] for i in range(shown)], predictions[:shown],
+                                 [list(dataset[i]["captions"]) for i in range(shown)], str(output / "caption_samples.png"))
     if "retrieval" in tasks and has_captions:
         results["retrieval"] = evaluate_retrieval(model, processor, dataset, args.batch_size, args.top_k,
                                                   args.exhaustive, progress, counter)

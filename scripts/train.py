@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask, XAttnProcessor, train_albert_tokenizer
 from modeling_xattn.data_xattn import (
+    TASK_TARGETS,
     BadRowCounter,
+    CaptionPairs,
     XAttnCollator,
     add_data_arguments,
     answer_vocabulary,
@@ -38,6 +40,7 @@ from modeling_xattn.data_xattn import (
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training_xattn import (
     TrainingState,
+    collator_task,
     evaluate_multitask,
     latest_checkpoint,
     metrics_markdown,
@@ -45,6 +48,8 @@ from modeling_xattn.training_xattn import (
     plot_training_curves,
     render_model_card,
     save_checkpoint_atomically,
+    select_tasks,
+    usable_rows,
     write_json,
 )
 
@@ -59,6 +64,8 @@ def parse_args(argv=None):
     model.add_argument("--tokenizer", help="tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
     model.add_argument("--vocab_size", type=int, default=1000, help="size of a tokenizer trained on the data")
     model.add_argument("--model_size", default="tiny", help="preset: tiny, small, base")
+    model.add_argument("--image_size", type=int,
+                       help="image side in pixels (default: the preset's: tiny and small 64, base 224)")
     model.add_argument("--fusion_type", default="cross_attention", choices=["cross_attention", "concat"])
     model.add_argument("--modalities", default="both", choices=["both", "image", "text"])
     model.add_argument("--no_cbam", action="store_true")
@@ -70,10 +77,15 @@ def parse_args(argv=None):
                        help="DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers")
 
     train = p.add_argument_group("optimisation (defaults: the paper's)")
-    train.add_argument("--tasks", default="classification,retrieval,captioning",
+    train.add_argument("--tasks", default="auto",
                        help="comma-separated subset of classification, retrieval, captioning; or vqa (answers as "
-                            "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning")
+                            "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning. auto (default): "
+                            "every task whose targets the training rows carry")
     train.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
+    train.add_argument("--contrastive_loss", default="margin", choices=["margin", "infonce"],
+                       help="retrieval loss: margin (the paper's Formula 2) or infonce")
+    train.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
+    train.add_argument("--contrastive_temperature", type=float, default=0.07, help="InfoNCE temperature")
     train.add_argument("--lambda_ce", type=float, default=1.0)
     train.add_argument("--lambda_cl", type=float, default=1.0)
     train.add_argument("--lambda_seq", type=float, default=1.0)
@@ -111,17 +123,20 @@ def parse_args(argv=None):
 
 def build_processor(args, train_data, accelerator):
     if args.tokenizer or args.text_backbone:
-        return XAttnProcessor.build(args.tokenizer or args.text_backbone, image_size=XAttnConfig.from_preset(args.model_size).image_size)
+        return XAttnProcessor.build(args.tokenizer or args.text_backbone, image_size=_image_size(args))
     folder = Path(args.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
         corpus = list(train_data["text"]) + [c for captions in train_data["captions"] for c in captions]
         train_albert_tokenizer(corpus, vocab_size=args.vocab_size).save_pretrained(folder)
     accelerator.wait_for_everyone()
-    return XAttnProcessor.build(str(folder), image_size=XAttnConfig.from_preset(args.model_size).image_size)
+    return XAttnProcessor.build(str(folder), image_size=_image_size(args))
 
 
-def build_model(args, processor, answers=None):
-    tasks = set(args.tasks.split(","))
+def _image_size(args) -> int:
+    return args.image_size or XAttnConfig.from_preset(args.model_size).image_size
+
+
+def build_model(args, processor, tasks, answers=None):
     if answers:
         labels = dict(id2label=dict(enumerate(answers)), problem_type="multi_label_classification")
     else:
@@ -132,6 +147,10 @@ def build_model(args, processor, answers=None):
         lambda_cl=args.lambda_cl if "retrieval" in tasks else 0.0,
         lambda_seq=args.lambda_seq if "captioning" in tasks else 0.0,
         text_config={"vocab_size": len(processor.tokenizer)},
+        image_size=_image_size(args),
+        contrastive_loss=args.contrastive_loss,
+        contrastive_margin=args.contrastive_margin,
+        contrastive_temperature=args.contrastive_temperature,
         **labels,
     )
     config = XAttnConfig.from_preset(args.model_size, **overrides)
@@ -161,32 +180,39 @@ def main(argv=None):
                       f"mixed precision: {accelerator.mixed_precision}")
 
     counter = BadRowCounter()
-    train_data, val_data = load_split(args, "train", counter), load_split(args, "validation", counter)
+    train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))
+    val_data = undecoded(load_split(args, "validation", counter))
+    try:
+        tasks = select_tasks(args.tasks, train_data)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    args.tasks = ",".join(sorted(tasks))  # what was resolved ("auto") is what the card and the tracker record
+    task = collator_task(tasks)
+    train_data, val_data = usable_rows(train_data, task, counter), usable_rows(val_data, task, counter)
+    # One example per image-caption pair: every caption trains in every epoch (validation: the first caption).
+    train_examples = CaptionPairs(train_data) if "caption" in TASK_TARGETS[task] else train_data
+    needed = args.batch_size * accelerator.num_processes
+    if len(train_examples) < needed:
+        raise SystemExit(
+            f"{len(train_examples)} training examples ({len(train_data)} usable rows) cannot fill one batch of "
+            f"{args.batch_size} x {accelerator.num_processes} process(es); lower --batch_size. {counter.summary()}")
+    accelerator.print(f"tasks: {', '.join(sorted(tasks))}; {len(train_examples)} training examples from "
+                      f"{len(train_data)} rows, {len(val_data)} validation rows")
     processor = build_processor(args, train_data, accelerator)
-    tasks = set(args.tasks.split(","))
-    unknown = tasks - {"classification", "retrieval", "captioning", "vqa"}
-    if unknown or {"classification", "vqa"} <= tasks:
-        raise SystemExit(f"--tasks {args.tasks}: unknown {sorted(unknown)} or classification with vqa (one classifier)")
     answers = answer_vocabulary(train_data, args.num_answers) if "vqa" in tasks else None
-    model = build_model(args, processor, answers)
+    model = build_model(args, processor, tasks, answers)
     if args.memory_saving:
         model.set_memory_saving(True)
-    if tasks == {"classification"}:
-        task = "classification"
-    elif "vqa" in tasks:
-        task = "vqa" if tasks == {"vqa"} else "vqa+captions"
-    else:
-        task = "multitask"
     collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
-    train_loader = DataLoader(undecoded(train_data), batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+    train_loader = DataLoader(train_examples, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                               num_workers=args.num_workers, drop_last=True)
-    val_loader = DataLoader(undecoded(val_data), batch_size=args.batch_size, collate_fn=collate,
-                            num_workers=args.num_workers)
+    val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
 
     optimizer = torch.optim.Adam(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
                                                   args.weight_decay, args.freeze_text, args.freeze_vision))
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_decay_beta,
                                                          patience=args.lr_patience)  # Formula 5
+    model_config = model.config
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     state = TrainingState()
     accelerator.register_for_checkpointing(plateau, state)
@@ -217,15 +243,20 @@ def main(argv=None):
         epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(train_loader))
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
+        steps_before = state.global_step
         for batch in loader:
             # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
             set_seed(args.seed + state.global_step, device_specific=True)
             if not batch:
-                continue
+                continue  # every row of this batch was bad (counted); the epoch check below stops a run of these
             batch.pop("row_index")
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     out = model(**batch)
+                if out.loss is None:
+                    raise RuntimeError(f"the batch at step {state.global_step} gave no loss: the model "
+                                       f"(modalities={model_config.modalities}) has no head for its targets "
+                                       f"({', '.join(k for k in batch if 'ids' in k)}); check --tasks and --modalities")
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(
                         f"non-finite loss {out.loss.item()} at step {state.global_step} (ce={out.loss_ce}, "
@@ -267,6 +298,8 @@ def main(argv=None):
             if last:
                 stop = True
                 break
+        if not stop and state.global_step == steps_before:
+            raise RuntimeError(f"epoch {epoch} made no training step: no batch had a usable row. {counter.summary()}")
     progress.close()
     accelerator.wait_for_everyone()
     final_metrics = state.history[-1] if state.history else {}
@@ -324,7 +357,7 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
     write_json(os.path.join(out, "train_results.json"), {
         "metrics": scalar_metrics, "global_step": state.global_step, "train_seconds": round(seconds, 1),
         "best_metric": state.best_metric, "metric_for_best_model": args.metric_for_best_model,
-        "num_processes": accelerator.num_processes, "bad_rows": dict(counter.counts),
+        "num_processes": accelerator.num_processes, "bad_rows": dict(counter.counts), "converted": dict(counter.converted),
     })
     write_json(os.path.join(out, "history.json"), state.history)
     plot_training_curves(state.history, os.path.join(out, "training_curves.png"))

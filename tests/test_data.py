@@ -90,11 +90,14 @@ def test_bad_rows_are_skipped_and_counted(processor, tmp_path):
         {"image": str(good), "text": b"caf\xe9 latin-1", "captions": ["ok"], "label": 2, "image_id": 6},
     ]
     counter = BadRowCounter()
-    batch = XAttnCollator(processor, counter=counter)(rows)
+    batch = XAttnCollator(processor, task="classification", counter=counter)(rows)
     assert batch["pixel_values"].shape[0] == 2 and batch["labels"].tolist() == [0, 2]
     assert counter.total == 4 and counter.counts["empty text"] == 1
-    assert "bad image" in counter.summary()
+    assert "bad image" in counter.summary() and "text bytes decoded" in counter.summary()
     assert XAttnCollator(processor, counter=counter)(rows[1:4]) == {}
+    # multitask: the row with an empty statement still trains its caption; it has no class label (-100)
+    batch = XAttnCollator(processor, counter=BadRowCounter())(rows)
+    assert batch["labels"].tolist() == [0, -100, 2] and batch["caption_attention_mask"].any(-1).tolist() == [True] * 3
 
 
 def test_decompression_bomb_is_skipped(processor, tmp_path, monkeypatch):

@@ -26,7 +26,9 @@ def build(model_class, config, seed=0):
 
 
 def run_head(model, batch):
-    """Forward each head with the inputs it takes; returns its output."""
+    """Forward each head with the inputs it takes; returns its output. Seeded: the matching loss samples its
+    negatives."""
+    torch.manual_seed(0)
     if isinstance(model, XAttnForImageTextRetrieval):
         return model(**batch, return_loss=True)
     if isinstance(model, XAttnForConditionalGeneration):
