@@ -66,6 +66,7 @@ PRESETS: dict[str, dict] = {
         num_attention_heads=4,
         intermediate_size=128,
         projection_dim=64,
+        initializer_range=0.1,  # ~1/sqrt(width), as tiny: at 0.02 the fusion attention stayed uniform on Flickr8k
         decoder_config=dict(
             hidden_size=64,
             num_hidden_layers=2,

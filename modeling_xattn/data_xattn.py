@@ -10,8 +10,10 @@ Schema (every loader returns these columns; a task ignores what it does not use)
 
 Sources: the embedded synthetic dataset (`synthetic_dataset`, no download), a local imagefolder with
 `metadata.jsonl`, CSV/JSONL files with image paths, any Hub dataset with a column mapping, COCO caption annotation
-files, Karpathy split files, and the MVSA sentiment layout. Bad rows (unreadable, truncated or missing images,
-decompression bombs, empty or undecodable text) are skipped by the collator and counted in `BadRowCounter`.
+files, Karpathy split files, and the MVSA sentiment layout; each source's own splits (`load_split`). Rows without a
+target for the task, unreadable, truncated or missing images and decompression bombs are skipped and counted in
+`BadRowCounter`; non-UTF-8 text and unusual image modes are converted and counted. `CaptionPairs` makes one training
+example per image-caption pair.
 """
 
 from __future__ import annotations
@@ -222,20 +224,19 @@ class BadRowCounter:
     _seen: set = field(default_factory=set, repr=False)
 
     def add(self, reason: str, where: str = ""):
-        if where:
-            if ("skip", reason, where) in self._seen:
-                return
-            self._seen.add(("skip", reason, where))
-        self.counts[reason] += 1
-        self.examples.setdefault(reason, where)
+        """Count a skipped row."""
+        self._record(self.counts, "skipped", reason, where)
 
     def convert(self, reason: str, where: str = ""):
         """Count a value that was repaired rather than skipped (a Latin-1 caption, a 16-bit image...)."""
-        if where:
-            if ("convert", reason, where) in self._seen:
-                return
-            self._seen.add(("convert", reason, where))
-        self.converted[reason] += 1
+        self._record(self.converted, "converted", reason, where)
+
+    def _record(self, counts: Counter, kind: str, reason: str, where: str):
+        key = (kind, reason, where)
+        if where and key in self._seen:
+            return
+        self._seen.add(key)
+        counts[reason] += 1
         self.examples.setdefault(reason, where)
 
     @property
@@ -243,11 +244,12 @@ class BadRowCounter:
         return sum(self.counts.values())
 
     def summary(self) -> str:
-        parts = [f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in self.counts.most_common()]
-        text = f"bad rows skipped: {self.total}" + (" - " + "; ".join(parts) if parts else "")
+        def listed(counts):
+            return "; ".join(f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in counts.most_common())
+
+        text = f"bad rows skipped: {self.total}" + (f" - {listed(self.counts)}" if self.counts else "")
         if self.converted:
-            fixed = [f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in self.converted.most_common()]
-            text += f"\nvalues converted: {sum(self.converted.values())} - " + "; ".join(fixed)
+            text += f"\nvalues converted: {sum(self.converted.values())} - {listed(self.converted)}"
         return text
 
 
@@ -733,7 +735,7 @@ def add_data_arguments(parser) -> None:
     data.add_argument("--text_column", default="text")
     data.add_argument("--label_column", default="label")
     data.add_argument("--answers_column", default="answers")
-    data.add_argument("--synthetic_samples", type=int, default=4000, help="rows of the embedded dataset")
+    data.add_argument("--synthetic_samples", type=int, default=4000, help="rows (images) of the embedded dataset")
     data.add_argument("--synthetic_test_samples", type=int, default=1000, help="rows of its test split")
     data.add_argument("--synthetic_objects", type=int, default=SyntheticSpec.objects, help="(most) shapes per image")
     data.add_argument("--synthetic_min_objects", type=int, default=SyntheticSpec.min_objects,

@@ -79,7 +79,8 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
                 sums[key] = sums.get(key, 0.0) + float(total)
         count += int(accelerator.gather_for_metrics(torch.tensor([size], device=accelerator.device)).sum())
         if out.logits is not None and "labels" in batch and batch["labels"].dim() == 2:  # VQA soft scores
-            scores = batch["labels"].gather(1, out.logits.argmax(-1, keepdim=True)).squeeze(1)
+            answered = ~(batch["labels"] == -100).any(-1)  # rows without a question carry -100
+            scores = batch["labels"][answered].gather(1, out.logits[answered].argmax(-1, keepdim=True)).squeeze(1)
             vqa_sum += float(accelerator.gather_for_metrics(scores).sum())
             vqa_count += int(accelerator.gather_for_metrics(torch.tensor([len(scores)], device=accelerator.device)).sum())
         if out.logits is not None and "labels" in batch and batch["labels"].dim() == 1:
@@ -260,7 +261,7 @@ def usable_rows(dataset, task: str, counter: BadRowCounter):
 
 
 def plot_caption_samples(images, predictions: list[str], references: list[list[str]], path: str, columns: int = 3):
-    """A PNG grid: each photo with its generated caption (bold) and its reference captions."""
+    """A PNG grid: each photo above its generated caption and its reference captions."""
     import textwrap
 
     import matplotlib
@@ -271,15 +272,18 @@ def plot_caption_samples(images, predictions: list[str], references: list[list[s
     from .data_xattn import load_image
 
     rows = math.ceil(len(images) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 6.4 * rows), squeeze=False)
+    figure, axes = plt.subplots(2 * rows, columns, figsize=(4.6 * columns, 7.0 * rows), squeeze=False,
+                                gridspec_kw={"height_ratios": [3, 2] * rows})
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, predicted, refs in zip(axes.flat, images, predictions, references):
-        ax.imshow(load_image(image).convert("RGB"))
-        lines = textwrap.wrap(f"generated: {predicted}", 58) + [""]
+    for index, (image, predicted, refs) in enumerate(zip(images, predictions, references)):
+        row, column = divmod(index, columns)
+        axes[2 * row, column].imshow(load_image(image).convert("RGB"))
+        lines = textwrap.wrap(f"generated: {predicted}", 52) + ["references:"]
         for reference in refs[:5]:
-            lines += textwrap.wrap(f"- {reference}", 58)
-        ax.set_title("\n".join(lines), fontsize=7.5, loc="left", y=-0.02 - 0.035 * len(lines), pad=0)
+            lines += textwrap.wrap(f"- {reference}", 52)
+        axes[2 * row + 1, column].text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8,
+                                       transform=axes[2 * row + 1, column].transAxes)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

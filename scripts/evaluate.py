@@ -21,7 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_xattn.hub_xattn import load_pretrained, load_processor
-from modeling_xattn.data_xattn import BadRowCounter, XAttnCollator, add_data_arguments, load_split, undecoded
+from modeling_xattn.data_xattn import (
+    NO_TARGET,
+    BadRowCounter,
+    XAttnCollator,
+    add_data_arguments,
+    as_label,
+    load_split,
+    undecoded,
+)
 from modeling_xattn.metrics_xattn import caption_metrics, classification_metrics, retrieval_metrics
 
 TASKS = ("classification", "retrieval", "captioning")
@@ -123,8 +131,13 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
     results["gallery"] = f"{len(pixels)} images x {len(captions)} captions"
     # How spread out the embeddings are: a mean cosine near 1 between different images (or captions) means the
     # tower maps everything to nearly one point, which no loss on top of it can rank.
+    # Matching pairs should be closer than the rest: the mean cosine of an image with its own captions and with others.
     results["image_embeds_mean_cosine"] = _mean_off_diagonal(images[1] @ images[1].T)
     results["text_embeds_mean_cosine"] = _mean_off_diagonal(texts[2] @ texts[2].T)
+    cosine = (images[1] @ texts[2].T).float()
+    own = owner[None, :] == torch.arange(len(images[1]), device=owner.device)[:, None]
+    results["matching_mean_cosine"] = float(cosine[own].mean())
+    results["non_matching_mean_cosine"] = float(cosine[~own].mean())
     return results
 
 
@@ -151,9 +164,9 @@ def main(argv=None):
     tasks = [t for t in args.tasks.split(",") if t]
     progress = not args.no_progress
     results = {}
-    if "classification" in tasks and any(label not in (-1, None) for label in dataset["label"][:50]):
+    if "classification" in tasks and any(as_label(label) != NO_TARGET for label in dataset["label"]):
         results["classification"] = evaluate_classification(model, processor, dataset, args.batch_size, progress, counter)
-    has_captions = any(dataset["captions"][:50])
+    has_captions = any(captions for captions in dataset["captions"])
     if "captioning" in tasks and has_captions and getattr(model, "captioner", None) is not None:
         results["captioning"], predictions = evaluate_captioning(
             model, processor, dataset, args.batch_size, args.num_beams, args.max_new_tokens, progress,

@@ -4,6 +4,7 @@ One process (CPU or one GPU):      python scripts/train.py
 Accelerate (any setup it knows):   accelerate launch scripts/train.py --mixed_precision bf16
 Several processes (DDP; gloo/CPU): torchrun --nproc_per_node 2 scripts/train.py
 Resume after a crash:              python scripts/train.py --output_dir outputs/xattn --resume_from_checkpoint latest
+Your own captioned photos:         python scripts/train.py --dataset imagefolder --data_dir photos/ --image_size 128
 
 With no arguments it trains the multi-task model (tiny preset) on the embedded synthetic dataset, evaluates it and
 writes a Hub-ready folder (safetensors, custom code, processor, model card) to outputs/xattn.
@@ -94,7 +95,7 @@ def parse_args(argv=None):
     train.add_argument("--weight_decay", type=float, default=1e-4)
     train.add_argument("--batch_size", type=int, default=32, help="per process")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--num_epochs", type=int, default=6)
+    train.add_argument("--num_epochs", type=int, default=3, help="an epoch is one pass over every image-caption pair")
     train.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
     train.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
     train.add_argument("--lr_decay_beta", type=float, default=0.5, help="Formula 5: lr *= beta on a plateau")
@@ -247,8 +248,10 @@ def main(argv=None):
         for batch in loader:
             # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
             set_seed(args.seed + state.global_step, device_specific=True)
-            if not batch:
-                continue  # every row of this batch was bad (counted); the epoch check below stops a run of these
+            if _any_process_empty(accelerator, batch):
+                # Every row of this batch was bad (counted). All processes skip together: one process stepping
+                # alone would wait for the others' gradients forever. The epoch check below stops a run of these.
+                continue
             batch.pop("row_index")
             with accelerator.accumulate(model):
                 with accelerator.autocast():
@@ -315,6 +318,15 @@ def main(argv=None):
                                      + (["--private"] if args.hub_private else []))
     return {"metrics": final_metrics, "output_dir": args.output_dir, "num_processes": accelerator.num_processes,
             "global_step": state.global_step, "pushed": pushed}
+
+
+def _any_process_empty(accelerator, batch) -> bool:
+    """True when this process's batch, or any other process's, has no row."""
+    empty = not batch
+    if accelerator.num_processes == 1:
+        return empty
+    flag = torch.tensor([float(empty)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def _push_script():

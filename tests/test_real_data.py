@@ -320,3 +320,57 @@ def test_flickr8k_splits_and_a_few_training_steps(tmp_path):
     result = train.main(FAST + ["--dataset", "imagefolder", "--data_dir", str(FLICKR8K), "--max_samples", "48",
                                 "--max_steps", "3", "--image_size", "128", "--output_dir", str(tmp_path / "run")])
     assert result["global_step"] == 3 and "val_i2t_R@1" in result["metrics"]
+
+
+def test_coco_annotation_files_train_with_their_own_validation_file(tmp_path):
+    images = photos(14, seed=40)
+    for split, indices in (("train", range(10)), ("val", range(10, 14))):
+        coco = {"images": [], "annotations": []}
+        for i in indices:
+            images[i].save(tmp_path / f"{i:012d}.jpg")
+            coco["images"].append({"id": i, "file_name": f"{i:012d}.jpg"})
+            coco["annotations"] += [{"image_id": i, "caption": f"A photo {i} of something."},
+                                    {"image_id": i, "caption": f"Another view {i}."}]
+        (tmp_path / f"captions_{split}.json").write_text(json.dumps(coco))
+    result = train.main(FAST + ["--dataset", "coco", "--data_file", str(tmp_path / "captions_train.json"),
+                                "--validation_file", str(tmp_path / "captions_val.json"), "--data_dir", str(tmp_path),
+                                "--max_steps", "2", "--output_dir", str(tmp_path / "run")])
+    assert result["global_step"] == 2 and "val_loss_seq" in result["metrics"]
+
+
+def test_a_hub_style_dataset_keeps_its_splits(tmp_path):
+    """A dataset repository laid out as on the Hub (one file per split), loaded by name through `datasets`."""
+    import datasets
+
+    repo = tmp_path / "user-photos"
+    (repo / "data").mkdir(parents=True)
+    for split, count in (("train", 6), ("validation", 2), ("test", 3)):
+        part = datasets.Dataset.from_dict({"image": photos(count), "caption": [f"{split} photo {i}" for i in range(count)]},
+                                          features=datasets.Features({"image": datasets.Image(),
+                                                                      "caption": datasets.Value("string")}))
+        part.to_parquet(str(repo / "data" / f"{split}-00000-of-00001.parquet"))
+    args = data_args(dataset="hub", dataset_name=str(repo), caption_column="caption")
+    sizes = {split: len(load_split(args, split, hold_out_validation=split == "train")) for split in ("train", "validation", "test")}
+    assert sizes == {"train": 6, "validation": 2, "test": 3}
+    row = load_split(args, "test")[0]
+    assert row["captions"] == ["test photo 0"] and row["label"] == NO_TARGET
+
+
+def test_vqa_rows_without_a_question_keep_their_captions(processor):
+    from modeling_xattn.data_xattn import answer_vocabulary
+
+    data = synthetic_dataset(4)
+    rows = [dict(data[i]) for i in range(4)]
+    rows[1]["question"], rows[1]["text"] = "", ""  # no question: its caption still trains
+    vocab = answer_vocabulary(data)
+    batch = XAttnCollator(processor, task="vqa+captions", answer_vocab=vocab)(rows)
+    assert (batch["labels"][1] == NO_TARGET).all() and (batch["labels"][[0, 2, 3]] >= 0).all()
+    config = XAttnConfig.from_preset("tiny", text_config={"vocab_size": len(processor.tokenizer)},
+                                     id2label=dict(enumerate(vocab)), problem_type="multi_label_classification")
+    model = XAttnForMultiTask(config).eval()
+    batch.pop("row_index")
+    with torch.no_grad():
+        out = model(**batch)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        out.logits[[0, 2, 3]], batch["labels"][[0, 2, 3]], reduction="sum") / 3
+    torch.testing.assert_close(out.loss_ce, expected)
