@@ -461,18 +461,42 @@ def answer_vocabulary(dataset, top_k: int = 3129) -> list[str]:
 # ======================================================================================================= loaders
 
 
-def _to_schema(rows: list[dict]):
+def _to_schema(rows: list[dict], class_names: list[str] | None = None):
+    """Rows -> a Dataset of the schema. With `class_names`, string labels become ids into it and the label column a
+    `ClassLabel` that carries the names (the training script names the classifier's outputs after them; a missing
+    label is then -1, ClassLabel's own mark, which `as_label` reads as -100)."""
     import datasets
 
     for row in rows:
         row.setdefault("text", "")
         row.setdefault("captions", [])
-        row["label"] = as_label(row.get("label"))
+        label = row.get("label")
+        if class_names and isinstance(label, str) and label.strip() in class_names:
+            row["label"] = class_names.index(label.strip())
+        else:
+            row["label"] = as_label(label)
+            if class_names and row["label"] == NO_TARGET:
+                row["label"] = -1
         row.setdefault("answers", [])
         row.setdefault("question", "")
     columns = {key: [row.get(key) for row in rows] for key in (*SCHEMA, "question")}
     columns["image_id"] = [str(v) for v in columns["image_id"]]
-    return datasets.Dataset.from_dict(columns)
+    dataset = datasets.Dataset.from_dict(columns)
+    return dataset.cast_column("label", datasets.ClassLabel(names=class_names)) if class_names else dataset
+
+
+def class_names(*datasets_) -> list[str]:
+    """The classifier's label names for training on `datasets_`: names a loader recorded, the sentiment names for
+    ids 0-2 (the paper's 3-way task), else "0".."K-1" for the largest id K-1 found."""
+    import datasets
+
+    top = -1
+    for dataset in datasets_:
+        feature = dataset.features.get("label")
+        if isinstance(feature, datasets.ClassLabel):
+            return list(feature.names)
+        top = max([top, *(as_label(v) for v in dataset["label"])])
+    return list(SENTIMENT_LABELS) if top < len(SENTIMENT_LABELS) else [str(i) for i in range(top + 1)]
 
 
 # The split folder names `datasets`' imagefolder recognises, mapped to the split they hold.
@@ -531,9 +555,11 @@ def load_imagefolder(data_dir: str, split: str | None = "train", caption_column:
     if not folders and (root / METADATA_FILE).exists():
         folders = {"train": root}
     if folders:
-        splits = datasets.DatasetDict({
-            name: _imagefolder_split(folder, caption_column, text_column, label_column, counter)
-            for name, folder in folders.items()})
+        rows = {name: _imagefolder_rows(folder, caption_column, text_column, label_column, counter)
+                for name, folder in folders.items()}
+        names = class_names_of([row["label"] for part in rows.values() for row in part])
+        splits = datasets.DatasetDict({name: _to_schema(part, names).cast_column("image", datasets.Image())
+                                       for name, part in rows.items()})
     else:  # no metadata: `datasets` reads class sub-folders as labels
         loaded = datasets.load_dataset("imagefolder", data_dir=data_dir)
         splits = datasets.DatasetDict({name: map_columns(part, caption_column=caption_column, text_column=text_column,
@@ -545,9 +571,46 @@ def load_imagefolder(data_dir: str, split: str | None = "train", caption_column:
     return splits[split]
 
 
-def _imagefolder_split(folder: Path, caption_column, text_column, label_column, counter):
-    import datasets
+def flickr8k_to_imagefolder(token_file: str, image_dir: str, split_files: dict[str, str], output_dir: str,
+                            image_size: int | None = None) -> dict[str, int]:
+    """Write the official Flickr8k distribution as an imagefolder: `output_dir/<split>/` with the photos and a
+    `metadata.jsonl` (`file_name`, `image_id`, `captions`), which `--dataset imagefolder` reads with its splits.
 
+    token_file: `Flickr8k.token.txt` (`<file>.jpg#<n><TAB><caption>` lines); image_dir: `Flicker8k_Dataset/`;
+    split_files: e.g. `{"train": "Flickr_8k.trainImages.txt", "validation": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt"}`; image_size: resize to this square side (None: copy the files as they are).
+    Returns the photos written per split; a listed photo that is missing is skipped and said."""
+    import shutil
+
+    captions: dict[str, list[str]] = {}
+    with open(token_file, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if "\t" in line:
+                key, caption = line.rstrip("\n").split("\t", 1)
+                captions.setdefault(key.split("#")[0], []).append(caption.strip())
+    written = {}
+    for split, listing in split_files.items():
+        folder = Path(output_dir, split)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [name.strip() for name in Path(listing).read_text().splitlines() if name.strip()]
+        rows = []
+        for name in names:
+            source = Path(image_dir, name)
+            if not source.is_file():
+                logger.warning(f"{name} is listed in {listing} but not in {image_dir}: skipped")
+                continue
+            if image_size:
+                load_image(str(source)).convert("RGB").resize((image_size, image_size), Image.BICUBIC).save(
+                    folder / name, quality=90)
+            else:
+                shutil.copyfile(source, folder / name)
+            rows.append({"file_name": name, "image_id": Path(name).stem, "captions": captions.get(name, [])})
+        (folder / METADATA_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        written[split] = len(rows)
+    return written
+
+
+def _imagefolder_rows(folder: Path, caption_column, text_column, label_column, counter) -> list[dict]:
     rows = []
     for index, meta in enumerate(read_metadata(folder / METADATA_FILE, counter)):
         name = meta.get("file_name")
@@ -571,7 +634,16 @@ def _imagefolder_split(folder: Path, caption_column, text_column, label_column, 
         })
     if not rows:
         raise ValueError(f"{folder / METADATA_FILE}: no usable row ({counter.summary()})")
-    return _to_schema(rows).cast_column("image", datasets.Image())
+    return rows
+
+
+def class_names_of(labels) -> list[str] | None:
+    """Class names when labels are names other than the sentiment ones (sorted, so every split maps a name to the
+    same id); None when they are ids or sentiment names, which `as_label` reads."""
+    names = {str(label).strip() for label in labels if isinstance(label, str) and label.strip()}
+    if all(name in SENTIMENT_LABELS or name.lstrip("-").isdigit() for name in names):
+        return None
+    return sorted(name for name in names if not name.lstrip("-").isdigit())
 
 
 def map_columns(dataset, image_column="image", caption_column=None, text_column=None, label_column=None,
@@ -777,7 +849,9 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
     elif len(splits) == 1:
         (only, load), = splits.items()
         data = load()
-        logger.warning(f"{source} has no {split} split, only {only!r}: using all {len(data)} rows of it")
+        logger.warning(f"{source} has no {split} split, only {only!r}: using all {len(data)} rows of it (a model "
+                       f"trained on this source has seen most of them; give the folder a {split}/ split for a fair "
+                       "score)")
     else:
         raise ValueError(f"{source} has no {split!r} split; it has {sorted(splits)}")
     if args.max_samples:
@@ -848,9 +922,12 @@ __all__ = [
     "NO_TARGET",
     "TASK_TARGETS",
     "as_label",
+    "class_names",
+    "class_names_of",
     "row_targets",
     "CaptionPairs",
     "read_metadata",
+    "flickr8k_to_imagefolder",
     "add_data_arguments",
     "load_split",
     "undecoded",

@@ -22,15 +22,14 @@ from tqdm.auto import tqdm
 
 from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.data_xattn import (
-    NO_TARGET,
     BadRowCounter,
     XAttnCollator,
     add_data_arguments,
-    as_label,
     load_split,
     undecoded,
 )
 from modeling_xattn.metrics_xattn import caption_metrics, classification_metrics, retrieval_metrics
+from modeling_xattn.training_xattn import usable_rows
 
 TASKS = ("classification", "retrieval", "captioning")
 
@@ -160,39 +159,57 @@ def main(argv=None):
     model, processor = load_model(args.model, args.revision)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     counter = BadRowCounter()
-    dataset = undecoded(load_split(args, args.split, counter))
+    try:
+        dataset = undecoded(load_split(args, args.split, counter))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
     tasks = [t for t in args.tasks.split(",") if t]
     progress = not args.no_progress
+    # Each task is evaluated on the rows that carry its target; a row without one is not a bad row.
+    labelled = usable_rows(dataset, "classification", BadRowCounter())
+    captioned = usable_rows(dataset, "captioning", BadRowCounter())
     results = {}
-    if "classification" in tasks and any(as_label(label) != NO_TARGET for label in dataset["label"]):
-        results["classification"] = evaluate_classification(model, processor, dataset, args.batch_size, progress, counter)
-    has_captions = any(captions for captions in dataset["captions"])
-    if "captioning" in tasks and has_captions and getattr(model, "captioner", None) is not None:
-        results["captioning"], predictions = evaluate_captioning(
-            model, processor, dataset, args.batch_size, args.num_beams, args.max_new_tokens, progress,
+    if "classification" in tasks and len(labelled):
+        results["classification"] = evaluate_classification(model, processor, labelled, args.batch_size, progress, counter)
+    output_dir = args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output")
+    if "captioning" in tasks and len(captioned) and getattr(model, "captioner", None) is not None:
+        results["captioning"], _ = evaluate_captioning(
+            model, processor, captioned, args.batch_size, args.num_beams, args.max_new_tokens, progress,
             java=not args.no_java, counter=counter)
         if args.caption_samples:
-            from modeling_xattn.training_xattn import plot_caption_samples
-
-            shown = min(args.caption_samples, len(predictions))
-            output = Path(args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output"))
-            output.mkdir(parents=True, exist_ok=True)
-            plot_caption_samples([dataset[i]["image"] for i in range(shown)], predictions[:shown],
-                                 [list(dataset[i]["captions"]) for i in range(shown)], str(output / "caption_samples.png"))
-    if "retrieval" in tasks and has_captions:
-        results["retrieval"] = evaluate_retrieval(model, processor, dataset, args.batch_size, args.top_k,
+            caption_samples(model, processor, captioned, args, Path(output_dir) / "caption_samples.png")
+    if "retrieval" in tasks and len(captioned):
+        results["retrieval"] = evaluate_retrieval(model, processor, captioned, args.batch_size, args.top_k,
                                                   args.exhaustive, progress, counter)
     results = {task: metrics for task, metrics in results.items() if metrics}
-    output_dir = args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output")
+    if not results:  # nothing to report: leave any earlier eval_results.json as it was
+        raise SystemExit(f"nothing evaluated: the {args.split} split ({len(dataset)} rows: {len(labelled)} with a "
+                         f"label, {len(captioned)} with captions) gave no result for --tasks {args.tasks} and this "
+                         f"model. {counter.summary()}")
     os.makedirs(output_dir, exist_ok=True)
     payload = {"model": args.model, "revision": args.revision, "dataset": args.dataset_name or args.dataset,
-               "split": args.split, "results": results, "bad_rows": dict(counter.counts)}
+               "data": args.dataset_name or args.data_dir or args.data_file, "split": args.split, "results": results,
+               "bad_rows": dict(counter.counts), "converted": dict(counter.converted)}
     Path(output_dir, "eval_results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     table = markdown_table(results)
     Path(output_dir, "eval_results.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     print(counter.summary())
     return payload
+
+
+def caption_samples(model, processor, dataset, args, path: Path):
+    """`caption_samples.png`: the first `--caption_samples` readable photos with their generated and reference captions."""
+    from modeling_xattn.training_xattn import plot_caption_samples
+
+    collate = XAttnCollator(processor, task="captioning")
+    rows, batch = next(batches(dataset.select(range(min(args.caption_samples, len(dataset)))), collate,
+                               args.caption_samples, False, "samples"))
+    ids = model.generate(batch["pixel_values"].to(model.device), num_beams=args.num_beams,
+                         max_new_tokens=args.max_new_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_caption_samples([row["image"] for row in rows], processor.batch_decode(ids, skip_special_tokens=True),
+                         [list(row["captions"]) for row in rows], str(path))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from modeling_xattn.data_xattn import (
     CaptionPairs,
     XAttnCollator,
     add_data_arguments,
+    class_names,
     answer_vocabulary,
     load_split,
     undecoded,
@@ -77,7 +78,7 @@ def parse_args(argv=None):
     model.add_argument("--memory_saving", "--gradient_checkpointing", dest="memory_saving", action="store_true",
                        help="DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers")
 
-    train = p.add_argument_group("optimisation (defaults: the paper's)")
+    train = p.add_argument_group("optimisation (defaults: the paper's; weight decay decoupled, see --optimizer)")
     train.add_argument("--tasks", default="auto",
                        help="comma-separated subset of classification, retrieval, captioning; or vqa (answers as "
                             "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning. auto (default): "
@@ -90,6 +91,10 @@ def parse_args(argv=None):
     train.add_argument("--lambda_ce", type=float, default=1.0)
     train.add_argument("--lambda_cl", type=float, default=1.0)
     train.add_argument("--lambda_seq", type=float, default=1.0)
+    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam"],
+                       help="adamw (default): Adam with decoupled weight decay; adam: torch's Adam, which adds the "
+                            "decay to the gradient, so that Adam's normalisation drives weights with small gradients "
+                            "to zero at the learning rate per step (see README)")
     train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
     train.add_argument("--weight_decay", type=float, default=1e-4)
@@ -137,11 +142,11 @@ def _image_size(args) -> int:
     return args.image_size or XAttnConfig.from_preset(args.model_size).image_size
 
 
-def build_model(args, processor, tasks, answers=None):
+def build_model(args, processor, tasks, label_names, answers=None):
     if answers:
         labels = dict(id2label=dict(enumerate(answers)), problem_type="multi_label_classification")
     else:
-        labels = dict(id2label={0: "positive", 1: "neutral", 2: "negative"})
+        labels = dict(id2label=dict(enumerate(label_names)))
     overrides = dict(
         fusion_type=args.fusion_type, modalities=args.modalities, use_cbam=not args.no_cbam,
         lambda_ce=args.lambda_ce if tasks & {"classification", "vqa"} else 0.0,
@@ -181,8 +186,11 @@ def main(argv=None):
                       f"mixed precision: {accelerator.mixed_precision}")
 
     counter = BadRowCounter()
-    train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))
-    val_data = undecoded(load_split(args, "validation", counter))
+    try:
+        train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))
+        val_data = undecoded(load_split(args, "validation", counter))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
     try:
         tasks = select_tasks(args.tasks, train_data)
     except ValueError as error:
@@ -201,7 +209,7 @@ def main(argv=None):
                       f"{len(train_data)} rows, {len(val_data)} validation rows")
     processor = build_processor(args, train_data, accelerator)
     answers = answer_vocabulary(train_data, args.num_answers) if "vqa" in tasks else None
-    model = build_model(args, processor, tasks, answers)
+    model = build_model(args, processor, tasks, class_names(train_data, val_data), answers)
     if args.memory_saving:
         model.set_memory_saving(True)
     collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
@@ -209,7 +217,8 @@ def main(argv=None):
                               num_workers=args.num_workers, drop_last=True)
     val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
 
-    optimizer = torch.optim.Adam(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
+    optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
                                                   args.weight_decay, args.freeze_text, args.freeze_vision))
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_decay_beta,
                                                          patience=args.lr_patience)  # Formula 5
@@ -385,7 +394,8 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         "use_cbam": str(model.config.use_cbam),
         "tasks": args.tasks,
         "training": (f"{state.global_step} steps, batch {args.batch_size} x {accelerator.num_processes} process(es), "
-                     f"Adam lr {args.learning_rate}, weight decay {args.weight_decay}, "
+                     f"{'AdamW' if args.optimizer == 'adamw' else 'Adam'} lr {args.learning_rate}, "
+                     f"weight decay {args.weight_decay}, "
                      f"plateau decay beta {args.lr_decay_beta}, seed {args.seed}, {seconds / 60:.1f} minutes"),
         "command": "python scripts/train.py " + " ".join(sys.argv[1:]) if argv_is_cli() else "scripts/train.py main(...)",
         "metrics_table": metrics_markdown(scalar_metrics),

@@ -374,3 +374,72 @@ def test_vqa_rows_without_a_question_keep_their_captions(processor):
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         out.logits[[0, 2, 3]], batch["labels"][[0, 2, 3]], reduction="sum") / 3
     torch.testing.assert_close(out.loss_ce, expected)
+
+
+def test_class_labels_name_the_classifier(tmp_path):
+    rows = [{"text": f"a photo of thing {i}", "label": ["dog", "cat", "bird", "fish", "horse"][i % 5],
+             "captions": [f"caption {i}"]} for i in range(15)]
+    rows[3]["label"] = None  # unlabelled: no classification target, its caption still trains
+    write_folder(tmp_path / "five" / "train", rows[:12])
+    write_folder(tmp_path / "five" / "validation", rows[12:])
+    splits = load_imagefolder(str(tmp_path / "five"), split=None)
+    assert splits["train"].features["label"].names == ["bird", "cat", "dog", "fish", "horse"]
+    assert as_label(splits["train"][3]["label"]) == NO_TARGET
+    result = train.main(FAST + ["--dataset", "imagefolder", "--data_dir", str(tmp_path / "five"), "--max_steps", "2",
+                                "--output_dir", str(tmp_path / "run")])
+    assert "val_accuracy" in result["metrics"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert list(config["id2label"].values()) == ["bird", "cat", "dog", "fish", "horse"]
+    ids = tmp_path / "ids"
+    write_folder(ids, [{"text": f"thing {i}", "label": i % 5} for i in range(12)])
+    train.main(FAST + ["--dataset", "imagefolder", "--data_dir", str(ids), "--max_steps", "1", "--validation_fraction",
+                       "0.2", "--output_dir", str(tmp_path / "ids_run")])
+    assert len(json.loads((tmp_path / "ids_run" / "config.json").read_text())["id2label"]) == 5
+
+
+@pytest.fixture(scope="module")
+def captions_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captions_model")
+    write_folder(root / "photos", captions_only(12))
+    train.main(FAST + ["--dataset", "imagefolder", "--data_dir", str(root / "photos"), "--max_steps", "2",
+                       "--output_dir", str(root / "model")])
+    return root / "model"
+
+
+def test_evaluation_counts_only_bad_rows_and_never_overwrites_with_nothing(captions_model, tmp_path):
+    coco_model = captions_model
+    mixed = tmp_path / "mixed"
+    write_folder(mixed, [{"text": "a statement", "label": 1} if i % 2 else {"captions": ["a caption"]} for i in range(6)])
+    payload = evaluation.main(["--model", str(coco_model), "--dataset", "imagefolder", "--data_dir", str(mixed),
+                               "--split", "train", "--no_progress", "--num_beams", "1", "--max_new_tokens", "4",
+                               "--no_java", "--top_k", "2", "--output_dir", str(tmp_path / "eval")])
+    assert payload["bad_rows"] == {} and set(payload["results"]) >= {"captioning", "retrieval"}
+    before = (tmp_path / "eval" / "eval_results.json").read_text()
+    broken = write_folder(tmp_path / "broken", captions_only(4))
+    for path in broken.glob("*.jpg"):
+        path.write_bytes(b"not a jpeg")
+    with pytest.raises(SystemExit, match="nothing evaluated"):
+        evaluation.main(["--model", str(coco_model), "--dataset", "imagefolder", "--data_dir", str(broken),
+                         "--split", "train", "--no_progress", "--output_dir", str(tmp_path / "eval")])
+    assert (tmp_path / "eval" / "eval_results.json").read_text() == before
+
+
+def test_official_flickr8k_files_become_an_imagefolder(tmp_path):
+    from modeling_xattn.data_xattn import flickr8k_to_imagefolder
+
+    source = tmp_path / "Flicker8k_Dataset"
+    source.mkdir()
+    names = [f"{1000 + i}_abc.jpg" for i in range(5)]
+    for name, image in zip(names, photos(5, seed=60)):
+        image.save(source / name)
+    tokens = "".join(f"{name}#{n}\tA caption {n} of {name} .\n" for name in names for n in range(5))
+    (tmp_path / "Flickr8k.token.txt").write_text(tokens)
+    (tmp_path / "train.txt").write_text("\n".join(names[:3] + ["missing.jpg"]))
+    (tmp_path / "dev.txt").write_text("\n".join(names[3:]))
+    written = flickr8k_to_imagefolder(str(tmp_path / "Flickr8k.token.txt"), str(source),
+                                      {"train": str(tmp_path / "train.txt"), "validation": str(tmp_path / "dev.txt")},
+                                      str(tmp_path / "flickr8k"), image_size=32)
+    assert written == {"train": 3, "validation": 2}
+    splits = load_imagefolder(str(tmp_path / "flickr8k"), split=None)
+    assert len(splits["train"]) == 3 and len(splits["validation"][0]["captions"]) == 5
+    assert splits["train"][0]["image"].size == (32, 32)

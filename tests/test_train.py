@@ -32,6 +32,7 @@ def test_main_trains_evaluates_and_writes_a_loadable_folder(tmp_path):
     assert list((out / "xattn").rglob("events.out.tfevents*")), "tensorboard events"
     results = json.loads((out / "train_results.json").read_text())
     assert {"val_loss", "val_accuracy", "val_i2t_R@1"} <= set(results["metrics"])
+    assert "AdamW" in results["card"]["training"]  # decoupled weight decay by default
     card = (out / "README.md").read_text()
     assert "val_accuracy" in card and "$" + "metrics_table" not in card
     model = AutoModelForPreTraining.from_pretrained(out, trust_remote_code=True).eval()
