@@ -80,7 +80,7 @@ PRESETS: dict[str, dict] = {
 
 FUSION_TYPES = ("cross_attention", "concat")
 MODALITIES = ("both", "image", "text")
-CONTRASTIVE_LOSSES = ("margin", "infonce")
+CONTRASTIVE_LOSSES = ("margin", "margin_squared", "infonce")
 DISTANCES = ("euclidean", "cosine")
 
 # albert-base-v2's shape; the vocabulary is albert-base-v2's 30000 SentencePiece pieces.
@@ -165,8 +165,10 @@ class XAttnConfig(PretrainedConfig):
             `"multi_label_classification"` (VQA soft scores, binary cross-entropy); inferred from labels if unset.
         classifier_dropout (`float`, defaults to 0.1): dropout in the classification MLP.
         projection_dim (`int`, defaults to 256): width of the retrieval embeddings.
-        contrastive_loss (`str`, defaults to `"margin"`): `"margin"` (the paper's Formula 2 with in-batch
-            negatives) or `"infonce"` (symmetric cross-entropy over in-batch similarities).
+        contrastive_loss (`str`, defaults to `"margin"`): `"margin"`, the paper's Formula 2 as written,
+            L = 1/N Σ [y·D + (1−y)·max(0, m − D)] over the N = B² in-batch (image, text) pairs; `"margin_squared"`,
+            Hadsell et al.'s form with both terms squared; or `"infonce"`, symmetric cross-entropy over in-batch
+            similarities / temperature.
         contrastive_margin (`float`, defaults to 1.0): margin m of Formula 2 (embeddings are L2-normalised, so the
             Euclidean distance lies in [0, 2]).
         contrastive_distance (`str`, defaults to `"euclidean"`): distance of Formula 2, `"euclidean"` or `"cosine"`
@@ -174,6 +176,8 @@ class XAttnConfig(PretrainedConfig):
         contrastive_temperature (`float`, defaults to 0.07): temperature of the InfoNCE option.
         lambda_ce (`float`, defaults to 1.0), lambda_cl (`float`, defaults to 1.0), lambda_seq (`float`, defaults
             to 1.0): the weights of Formula 4, L = λCE·LCE + λCL·LCL + λSEQ·LSEQ.
+        lambda_itm (`float`, defaults to 1.0): weight of the image-text matching loss, a term this package adds to
+            Formula 4 (L + λITM·LITM): the matching head re-ranks retrieval shortlists; 0 turns it off.
         decoder_config (`BertConfig` or `dict`): the causal caption decoder (vocabulary = the text vocabulary).
         max_caption_length (`int`, defaults to 40): longest caption (tokens) the data pipeline prepares.
         pad_token_id (`int`, defaults to 0), bos_token_id (`int`, defaults to 2, ALBERT's `[CLS]`), eos_token_id
@@ -217,6 +221,7 @@ class XAttnConfig(PretrainedConfig):
         lambda_ce: float = 1.0,
         lambda_cl: float = 1.0,
         lambda_seq: float = 1.0,
+        lambda_itm: float = 1.0,
         decoder_config=None,
         max_caption_length: int = 40,
         pad_token_id: int = 0,
@@ -260,6 +265,7 @@ class XAttnConfig(PretrainedConfig):
         self.lambda_ce = lambda_ce
         self.lambda_cl = lambda_cl
         self.lambda_seq = lambda_seq
+        self.lambda_itm = lambda_itm
         self.max_caption_length = max_caption_length
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
@@ -342,7 +348,7 @@ class XAttnConfig(PretrainedConfig):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
                 fail(field, f"must lie in [0, 1), got {value!r}")
-        for field in ("lambda_ce", "lambda_cl", "lambda_seq", "contrastive_margin"):
+        for field in ("lambda_ce", "lambda_cl", "lambda_seq", "lambda_itm", "contrastive_margin"):
             if getattr(self, field) < 0:
                 fail(field, f"must be >= 0, got {getattr(self, field)!r}")
         if self.contrastive_temperature <= 0:

@@ -347,12 +347,31 @@ class XAttnCollator:
 
     The caption of a row is `row["caption_index"]` where set (`CaptionPairs` sets it: one example per image-caption
     pair), else `caption_index` (default: the first caption).
+
+    head: the model the batch feeds, under this package's loop or `transformers.Trainer` (which needs
+    `remove_unused_columns=False`, since the collator reads the raw columns):
+        "multitask" (default; `XAttnForMultiTask`, also `XAttnForSequenceClassification`): the keys above, and
+            `labels` always (all -100 when no row has one), so that Trainer computes an evaluation loss on
+            caption-only sets too;
+        "classification": the statement/question and its labels only;
+        "retrieval" (`XAttnForImageTextRetrieval`): the caption as `input_ids`/`attention_mask`, the image ids as
+            `labels` (captions of one image are never each other's negatives);
+        "captioning" (`XAttnForConditionalGeneration`): the caption as `decoder_input_ids`/`decoder_attention_mask`
+            and as `labels` (padding -100).
     """
 
+    HEADS = ("multitask", "classification", "retrieval", "captioning")
+
     def __init__(self, processor, task: str = "multitask", answer_vocab: list[str] | None = None,
-                 counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None):
+                 counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
+                 head: str = "multitask"):
         if task not in TASK_TARGETS:
             raise ValueError(f"XAttnCollator: task must be one of {sorted(TASK_TARGETS)}, got {task!r}")
+        if head not in self.HEADS:
+            raise ValueError(f"XAttnCollator: head must be one of {self.HEADS}, got {head!r}")
+        if head in ("retrieval", "captioning") and "caption" not in TASK_TARGETS[task]:
+            raise ValueError(f"XAttnCollator: head={head!r} trains on captions, which task={task!r} does not read")
+        self.head = head
         self.processor = processor
         self.task = task
         self.answer_vocab = {a: i for i, a in enumerate(answer_vocab or [])}
@@ -409,7 +428,29 @@ class XAttnCollator:
             batch["labels"] = scores
         batch["image_ids"] = torch.tensor([_stable_id(i) for i in ids], dtype=torch.long)
         batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
-        return batch
+        return self._for_head(batch)
+
+    def _for_head(self, batch: dict) -> dict:
+        """Rename the batch's keys to the arguments of the model `head` names."""
+        if self.head == "multitask":
+            if "labels" not in batch:
+                shape = (len(batch["pixel_values"]),)
+                if self.task.startswith("vqa"):
+                    shape += (len(self.answer_vocab),)
+                batch["labels"] = torch.full(shape, NO_TARGET, dtype=torch.float if len(shape) == 2 else torch.long)
+            return batch
+        if self.head == "classification":
+            return {k: v for k, v in batch.items() if not k.startswith("caption_")}
+        if "caption_input_ids" not in batch:  # no row of this batch has a caption: nothing for this head
+            return {}
+        has_caption = batch["caption_attention_mask"].bool().any(-1)
+        ids, mask = batch["caption_input_ids"][has_caption], batch["caption_attention_mask"][has_caption]
+        common = {"pixel_values": batch["pixel_values"][has_caption], "row_index": batch["row_index"][has_caption]}
+        if self.head == "retrieval":
+            return {**common, "input_ids": ids, "attention_mask": mask, "labels": batch["image_ids"][has_caption]}
+        pad = self.processor.tokenizer.pad_token_id
+        return {**common, "decoder_input_ids": ids, "decoder_attention_mask": mask,
+                "labels": ids.masked_fill((mask == 0) | (ids == pad), NO_TARGET)}
 
 
 class CaptionPairs(torch.utils.data.Dataset):

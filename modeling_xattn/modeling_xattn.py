@@ -20,8 +20,8 @@ their losses are this file's own.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
-import math
 import os
 from dataclasses import dataclass
 
@@ -29,11 +29,22 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from transformers import AlbertModel, BertLMHeadModel, DynamicCache, EncoderDecoderCache, PreTrainedModel
+from transformers import (AlbertModel, BertLMHeadModel, DynamicCache, EncoderDecoderCache, GenerationMixin,
+                          PreTrainedModel)
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
 
 from .configuration_xattn import XAttnConfig
+
+logger = logging.get_logger(__name__)
+
+# The attention implementations the fusion layers run (`attn_implementation=` at load time or
+# `model.set_attn_implementation`); ALBERT and the caption decoder follow the same choice.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+# Weights of the task heads. A checkpoint of one head loads into any other class: the other heads' weights are expected
+# to be absent or unused, so they are neither listed as missing nor as unexpected (see `from_pretrained`).
+HEAD_PREFIXES = ("classifier", "retrieval", "captioner")
 
 # ======================================================================================================= outputs
 
@@ -93,7 +104,8 @@ class XAttnRetrievalOutput(ModelOutput):
     """Output of [`XAttnForImageTextRetrieval`].
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*, with `return_loss=True`): contrastive + matching loss.
+        loss (`torch.FloatTensor` of shape `()`, *optional*, with `labels` or `return_loss=True`):
+            λCL·loss_contrastive + λITM·loss_itm.
         loss_contrastive (`torch.FloatTensor` of shape `()`, *optional*): Formula 2 (or InfoNCE) over in-batch pairs.
         loss_itm (`torch.FloatTensor` of shape `()`, *optional*): cross-entropy of the matching head on the positive
             pairs and on the hardest in-batch negatives.
@@ -138,11 +150,13 @@ class XAttnMultiTaskOutput(ModelOutput):
     """Output of [`XAttnForMultiTask`].
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): Formula 4, λCE·LCE + λCL·LCL + λSEQ·LSEQ over the
-            tasks that have labels in this batch.
+        loss (`torch.FloatTensor` of shape `()`, *optional*): Formula 4, λCE·LCE + λCL·LCL + λSEQ·LSEQ, plus
+            λITM·LITM, over the tasks that have targets in this batch.
         loss_ce (`torch.FloatTensor` of shape `()`, *optional*): classification loss (Formula 1), with `labels`.
-        loss_cl (`torch.FloatTensor` of shape `()`, *optional*): contrastive + matching loss (Formula 2), with
+        loss_cl (`torch.FloatTensor` of shape `()`, *optional*): contrastive loss (Formula 2), with
             `caption_input_ids`.
+        loss_itm (`torch.FloatTensor` of shape `()`, *optional*): image-text matching loss on the positives and
+            sampled in-batch negatives, with `caption_input_ids`.
         loss_seq (`torch.FloatTensor` of shape `()`, *optional*): captioning loss (Formula 3), with `caption_input_ids`.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*): classification scores.
         logits_per_image (`torch.FloatTensor` of shape `(batch_size, batch_size)`, *optional*): retrieval similarities.
@@ -154,6 +168,7 @@ class XAttnMultiTaskOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     loss_ce: torch.FloatTensor | None = None
     loss_cl: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
     loss_seq: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     logits_per_image: torch.FloatTensor | None = None
@@ -239,17 +254,34 @@ class XAttnVisionEncoder(nn.Module):
 # ======================================================================================================= fusion
 
 
-class XAttnAttention(nn.Module):
-    """Multi-head attention of `hidden_states` (queries) over `context` (keys/values) through SDPA.
+def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention with explicit probabilities (which SDPA does not return). `query`/`key`/`value`: `(B, H, L, d)`;
+    `attention_mask`: boolean `(B, 1, 1, Lk)`, True = attend. Scores and softmax are fp32 under autocast (bf16 rounds
+    near-equal scores together). Returns the output `(B, Lq, H, d)` and the probabilities `(B, H, Lq, Lk)`."""
+    scores = (query @ key.transpose(-1, -2)).float() * scaling  # (B, H, Lq, Lk)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1).to(value.dtype)
+    attended = F.dropout(probs, dropout, module.training) @ value  # (B, H, Lq, d)
+    return attended.transpose(1, 2).contiguous(), probs
 
-    With `output_attentions=True` the probabilities are computed explicitly (SDPA does not return them); both paths
-    give the same output.
+
+class XAttnAttention(nn.Module):
+    """Multi-head attention of `hidden_states` (queries) over `context` (keys/values).
+
+    The kernel is the config's `attn_implementation`: `"sdpa"` (transformers' SDPA function) or `"eager"` (explicit
+    probabilities). `output_attentions=True` always takes the eager path, since SDPA cannot return the maps; both
+    paths give the same output (tested).
     """
+
+    is_causal = False  # read by transformers' SDPA function
 
     def __init__(self, config: XAttnConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key_value = nn.Linear(config.hidden_size, 2 * config.hidden_size)
         self.output = nn.Linear(config.hidden_size, config.hidden_size)
@@ -261,18 +293,12 @@ class XAttnAttention(nn.Module):
         query = self.query(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,Lq,d)
         key, value = self.key_value(context).view(batch, k_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         mask = None if context_mask is None else context_mask.bool()[:, None, None, :]  # (B, 1, 1, Lk); True = attend
-        dropout = self.dropout_prob if self.training else 0.0
-        probs = None
-        if output_attentions:
-            scores = query @ key.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Lq, Lk)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1)
-            attended = F.dropout(probs, dropout, self.training) @ value
-        else:
-            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
-        attended = attended.transpose(1, 2).reshape(batch, q_len, width)  # (B, Lq, D)
-        return self.output(attended), probs
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attended, probs = attention(self, query, key, value, mask, dropout=self.dropout_prob if self.training else 0.0,
+                                    scaling=self.scaling)
+        attended = attended.reshape(batch, q_len, width)  # (B, Lq, H, d) -> (B, Lq, D)
+        return self.output(attended), probs if output_attentions else None
 
 
 class XAttnSublayer(nn.Module):
@@ -367,6 +393,12 @@ def _checkpointed_calls(modules, checkpoint):
             del module.forward
 
 
+def full_precision(tensor: torch.Tensor):
+    """A block in which autocast is off on `tensor`'s device, so the operations inside run in the dtype of their
+    inputs (the callers cast to fp32)."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `tokens` `(B, L, D)` over the positions where `mask` `(B, L)` is 1 -> `(B, D)`."""
     weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, L, 1)
@@ -381,12 +413,63 @@ class XAttnPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["XAttnFusionLayer", "XAttnVisionEncoder"]
     _supports_sdpa = True
+    # Each head's loss is a mean over its own rows, pairs or tokens, and Formula 4 mixes several of them, so there is
+    # no single item count to normalise by: Trainer must divide the loss by the accumulation steps itself (forward
+    # takes **kwargs, which would otherwise tell Trainer that the model consumes `num_items_in_batch`).
+    accepts_loss_kwargs = False
+    _keys_to_ignore_on_load_missing = [rf"^{prefix}\." for prefix in HEAD_PREFIXES]
+    _keys_to_ignore_on_load_unexpected = [rf"^{prefix}\." for prefix in HEAD_PREFIXES]
+
+    def post_init(self):
+        super().post_init()
+        generation_config = getattr(self, "generation_config", None)  # only the models that caption have one
+        if generation_config is not None and generation_config.max_new_tokens is None:
+            self.generation_config.max_new_tokens = self.config.max_caption_length  # the longest caption trained on
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights (safetensors), config and the code files; the config's `auto_map` names every Auto class
-        this package supports, so any of them loads the folder with `trust_remote_code=True`."""
+        """Save weights (safetensors), config, generation config and the code files. The config's `auto_map` names
+        every Auto class this package supports and its `custom_pipelines` the pipelines (`pipeline_xattn.py`), so any
+        of them loads the folder with `trust_remote_code=True`."""
+        from .pipeline_xattn import CUSTOM_PIPELINES  # this import also makes transformers copy the file
+
         self.config.auto_map = dict(AUTO_MAP)
+        self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loading, plus one line naming each head the checkpoint does not hold at all (a
+        classification checkpoint loaded for captioning starts with an untrained decoder). Other missing weights get
+        transformers' own report."""
+        model = super().from_pretrained(*args, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model
+        absent = getattr(loaded, "_heads_not_in_checkpoint", ())
+        if absent:
+            logger.warning(f"{cls.__name__}: the checkpoint holds no {', '.join(absent)} weights; "
+                           f"{'they start' if len(absent) > 1 else 'it starts'} untrained")
+        return model
+
+    def tie_weights(self, missing_keys=None, recompute_mapping=True):
+        """transformers' tying. When loading a checkpoint that lacks a whole head (another head's checkpoint), both
+        sides of the decoder's tied pairs are missing: its freshly initialised embedding is then the source, and the
+        head is remembered for `from_pretrained`'s one-line note instead of a "corrupted checkpoint" warning."""
+        if missing_keys is not None:
+            state = self.state_dict()
+            absent = [prefix for prefix in HEAD_PREFIXES
+                      if (keys := [k for k in state if k.startswith(prefix + ".")]) and set(keys) <= set(missing_keys)]
+            self._heads_not_in_checkpoint = absent
+            # The sources were initialised as missing weights; declaring them present makes the targets tie to them.
+            sources = {source for source in getattr(self, "all_tied_weights_keys", {}).values()
+                       if source.split(".")[0] in absent}
+            missing_keys = set(missing_keys) - sources
+        return super().tie_weights(missing_keys=missing_keys, recompute_mapping=recompute_mapping)
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False, **kwargs):
+        """Refuse attention kernels the fusion layers do not run, naming those they do."""
+        if isinstance(attn_implementation, str) and attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation={attn_implementation!r} is not supported by {type(self).__name__}; "
+                             f"use one of {', '.join(repr(name) for name in ATTN_IMPLEMENTATIONS)}")
+        return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, **kwargs)
 
     # ---------------------------------------------------------------- memory
     def set_memory_saving(self, enabled: bool = True):
@@ -615,40 +698,65 @@ class XAttnRetrievalHead(nn.Module):
         self.text_projection = nn.Linear(config.hidden_size, config.projection_dim)
         self.itm = nn.Linear(config.hidden_size, 2)
 
+    # Embeddings, distances, similarities and the losses on them are fp32 even under bf16 autocast: bf16 keeps 8 bits
+    # of mantissa, so a cosine of 0.9991 rounds to 1.0 and a distance of 0.04 to 0.
+
     def embed_image(self, image_tokens):
-        return F.normalize(self.image_projection(image_tokens.mean(1)), dim=-1)  # (B, P)
+        projected = self.image_projection(image_tokens.mean(1))
+        with full_precision(projected):
+            return F.normalize(projected.float(), dim=-1)  # (B, P)
 
     def embed_text(self, text_tokens, mask):
-        return F.normalize(self.text_projection(masked_mean(text_tokens, mask)), dim=-1)  # (B, P)
+        projected = self.text_projection(masked_mean(text_tokens, mask))
+        with full_precision(projected):
+            return F.normalize(projected.float(), dim=-1)  # (B, P)
 
     def distance(self, image_embeds, text_embeds):
-        """Pairwise distances `(N_images, N_texts)` between L2-normalised embeddings."""
-        if self.config.contrastive_distance == "euclidean":
-            return (2.0 - 2.0 * image_embeds @ text_embeds.T).clamp(min=0.0).sqrt()  # ||a-b|| for unit vectors
-        return 1.0 - image_embeds @ text_embeds.T
+        """Pairwise distances `(N_images, N_texts)` between L2-normalised embeddings, from one matrix product (for
+        galleries; `pair_distance` is the exact form the loss differentiates)."""
+        with full_precision(image_embeds):
+            cosine = image_embeds.float() @ text_embeds.float().T
+            if self.config.contrastive_distance == "euclidean":
+                return (2.0 - 2.0 * cosine).clamp(min=0.0).sqrt()  # ||a-b|| for unit vectors
+            return 1.0 - cosine
+
+    def pair_distance(self, image_embeds, text_embeds):
+        """The same distances computed from the differences `(B, B, P)`: exact near 0, and with a finite gradient
+        there (sqrt(2 - 2cos) has an infinite one as the two vectors meet). For in-batch losses."""
+        with full_precision(image_embeds):
+            if self.config.contrastive_distance == "euclidean":
+                return torch.linalg.vector_norm(image_embeds.float()[:, None] - text_embeds.float()[None], dim=-1)
+            return 1.0 - image_embeds.float() @ text_embeds.float().T
 
     def similarity(self, image_embeds, text_embeds):
-        """Higher is closer: -distance (margin loss) or cosine / temperature (InfoNCE)."""
+        """Higher is closer: -distance (margin losses) or cosine / temperature (InfoNCE); fp32."""
         if self.config.contrastive_loss == "infonce":
-            return image_embeds @ text_embeds.T / self.config.contrastive_temperature
+            with full_precision(image_embeds):
+                return image_embeds.float() @ text_embeds.float().T / self.config.contrastive_temperature
         return -self.distance(image_embeds, text_embeds)
 
     def contrastive_loss(self, image_embeds, text_embeds, negatives_mask):
-        """Formula 2 with in-batch negatives: L = mean_pos d² + mean_neg max(0, m - d)² (positives on the diagonal,
-        negatives where `negatives_mask`); or symmetric InfoNCE."""
-        if self.config.contrastive_loss == "infonce":
-            logits = self.similarity(image_embeds, text_embeds).masked_fill(
-                ~(negatives_mask | torch.eye(len(image_embeds), dtype=torch.bool, device=image_embeds.device)),
-                float("-inf"),
-            )
-            targets = torch.arange(len(logits), device=logits.device)
-            return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-        distance = self.distance(image_embeds, text_embeds)
-        positive = distance.diagonal().pow(2).mean()
-        if not negatives_mask.any():
-            return positive
-        negative = F.relu(self.config.contrastive_margin - distance[negatives_mask]).pow(2).mean()
-        return positive + negative
+        """Formula 2 over the B x B in-batch (image i, text j) pairs, y = 1 for matching pairs (the diagonal and
+        any pair `negatives_mask` does not call a negative: the same image, or an identical caption), 0 otherwise:
+
+            "margin" (the paper's):   L = 1/N Σ [y·D + (1−y)·max(0, m − D)]
+            "margin_squared":         L = 1/N Σ [y·D² + (1−y)·max(0, m − D)²]
+            "infonce":                (CE(S, diag) + CE(Sᵀ, diag)) / 2 with S = cos / τ, matches other than the
+                                      diagonal masked out
+
+        N = B², D the Euclidean distance between the L2-normalised embeddings (or 1 − cos), m the margin."""
+        with full_precision(image_embeds):
+            matching = ~negatives_mask
+            if self.config.contrastive_loss == "infonce":
+                eye = torch.eye(len(image_embeds), dtype=torch.bool, device=image_embeds.device)
+                logits = self.similarity(image_embeds, text_embeds).masked_fill(matching & ~eye, float("-inf"))
+                targets = torch.arange(len(logits), device=logits.device)
+                return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+            distance = self.pair_distance(image_embeds, text_embeds)  # (B, B)
+            hinge = F.relu(self.config.contrastive_margin - distance)
+            if self.config.contrastive_loss == "margin_squared":
+                distance, hinge = distance.pow(2), hinge.pow(2)
+            return torch.where(matching, distance, hinge).mean()
 
 
 class XAttnCaptionHead(nn.Module):
@@ -720,8 +828,8 @@ def sample_negatives(image_embeds, text_embeds, negatives, temperature):
     text from softmax(cos(i, .) / temperature), for text j an image likewise. Hard negatives are likely, but not always
     the single closest pair. Returns `(text_for_image, image_for_text, valid)`; rows with no negative are not valid.
     The draw uses torch's global generator (the training loop seeds it every step, so a resumed run repeats it)."""
-    with torch.no_grad():
-        cosine = (image_embeds.float() @ text_embeds.float().T) / temperature  # (B, B), in fp32 under autocast
+    with torch.no_grad(), full_precision(image_embeds):
+        cosine = (image_embeds.float() @ text_embeds.float().T) / temperature  # (B, B), fp32 under autocast
         logits = cosine.masked_fill(~negatives, float("-inf"))
         valid = negatives.any(dim=1) & negatives.any(dim=0)
         safe = torch.where(negatives, logits, torch.zeros_like(logits))  # rows without negatives: never used
@@ -892,23 +1000,29 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         self.retrieval = XAttnRetrievalHead(config)
         self.post_init()
 
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=False, image_ids=None,
-                return_dict=None, **kwargs) -> XAttnRetrievalOutput | tuple:
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, return_loss=None,
+                image_ids=None, return_dict=None, **kwargs) -> XAttnRetrievalOutput | tuple:
         r"""
         pixel_values / input_ids / attention_mask: a batch of matching (image i, text i) pairs.
-        return_loss (`bool`): compute Formula 2 over in-batch negatives plus the matching loss on hard negatives.
-        image_ids (`(batch_size,)`, *optional*): pairs with the same id are never used as negatives (several
-            captions of one image in a batch); nor are pairs with identical texts.
+        labels (`(batch_size,)`, *optional*): which image each pair shows (any integer id). Pairs with equal labels
+            match each other and are never negatives (several captions of one image in a batch), nor are pairs with
+            identical texts; `torch.arange(batch_size)` when every pair has its own image. Giving labels computes the
+            loss, as for every transformers model (and so under `Trainer`).
+        return_loss (`bool`, *optional*): compute the loss without labels (each pair its own image), or not at all
+            (`False`). Defaults to "when labels are given".
+        image_ids: the former name of `labels`, still accepted.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        labels = image_ids if labels is None else labels
+        return_loss = labels is not None if return_loss is None else return_loss
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         image_tokens, _ = self.xattn.encode_image(pixel_values)
         text_tokens = self.xattn.encode_text(input_ids, attention_mask)
         if return_loss:
             loss_cl, loss_itm, similarity, itm_logits, image_embeds, text_embeds = retrieval_losses(
-                self.retrieval, self.xattn, image_tokens, text_tokens, attention_mask, image_ids, input_ids
+                self.retrieval, self.xattn, image_tokens, text_tokens, attention_mask, labels, input_ids
             )
-            loss = loss_cl + loss_itm
+            loss = self.config.lambda_cl * loss_cl + self.config.lambda_itm * loss_itm
         else:
             loss = loss_cl = loss_itm = None
             image_embeds = self.retrieval.embed_image(image_tokens)
@@ -923,9 +1037,10 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class _CaptionGenerationMixin:
+class _CaptionGenerationMixin(GenerationMixin):
     """`generate()` for models holding `self.xattn` and `self.captioner`: the image (and prompt) are encoded once,
-    then transformers' `GenerationMixin.generate` drives the decoder (greedy, beam search, sampling, KV cache)."""
+    then transformers' `GenerationMixin.generate` drives the decoder (greedy, beam search, sampling, KV cache).
+    Inheriting `GenerationMixin` gives the model a `generation_config`, saved and loaded with it."""
 
     def _encode_for_caption(self, pixel_values, input_ids=None, attention_mask=None):
         if self.config.use_text and input_ids is None:
@@ -937,28 +1052,33 @@ class _CaptionGenerationMixin:
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.LongTensor:
+                 attention_mask: torch.Tensor | None = None, generation_config=None,
+                 **generate_kwargs) -> torch.LongTensor:
         """Caption `pixel_values`, optionally conditioned on a prompt/question (`input_ids`, encoded by the fused
-        encoder, never by the decoder). Extra keyword arguments go to `GenerationMixin.generate` (`num_beams`,
-        `max_new_tokens`, `use_cache`, `do_sample`, ...). Returns token ids starting with `bos_token_id`; decode them
-        with the processor's `batch_decode(..., skip_special_tokens=True)`."""
+        encoder, never by the decoder).
+
+        Decoding starts from the model's `generation_config` (saved with the model as `generation_config.json`;
+        `max_new_tokens` defaults to `config.max_caption_length`), or the `generation_config` given; keyword arguments
+        override single fields (`num_beams`, `max_new_tokens`, `do_sample`, `use_cache`, ...), as in every
+        transformers model. Returns token ids starting with `bos_token_id`; decode them with the processor's
+        `batch_decode(..., skip_special_tokens=True)`."""
         memory, memory_mask = self._encode_for_caption(pixel_values, input_ids, attention_mask)
+        generation_config = copy.deepcopy(self.generation_config if generation_config is None else generation_config)
+        model_kwargs = generation_config.update(**generate_kwargs)  # call-time fields override; the rest are inputs
+        generation_config.validate()
         start = torch.full((len(memory), 1), self.config.bos_token_id, dtype=torch.long, device=memory.device)
-        generate_kwargs.setdefault("max_new_tokens", self.config.max_caption_length)
         decoder = self.captioner.text_decoder
-        if generate_kwargs.get("use_cache", True) and not any(k in generate_kwargs for k in _CACHE_ARGS):
+        if generation_config.use_cache is not False and not any(k in model_kwargs for k in _CACHE_ARGS):  # None: on
             # The decoder cross-attends, so its cache must hold self- and cross-attention keys; generate() would make
             # a self-attention-only cache for a decoder-only config.
             cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
-            generate_kwargs[_cache_argument(decoder)] = cache
+            model_kwargs[_cache_argument(decoder)] = cache
         return decoder.generate(
             input_ids=start,
+            generation_config=generation_config,
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask,
-            bos_token_id=self.config.bos_token_id,
-            eos_token_id=self.config.eos_token_id,
-            pad_token_id=self.config.pad_token_id,
-            **generate_kwargs,
+            **model_kwargs,
         )
 
 
@@ -1037,7 +1157,9 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         r"""
         pixel_values: images `(B, 3, H, W)`, encoded once for every task.
         input_ids / attention_mask: statement, tweet or question for classification/VQA.
-        labels (*optional*): class ids `(B,)` (-100 = no label for that row) or soft scores `(B, num_labels)`.
+        labels (*optional*): class ids `(B,)` (-100 = no label for that row) or soft scores `(B, num_labels)` (a row
+            of -100 = none). Labels that are all -100 (a caption-only batch; `XAttnCollator` always sends `labels`,
+            which is how `Trainer` knows to report an evaluation loss) add no classification loss.
         caption_input_ids / caption_attention_mask (*optional*): a reference caption per image; gives the
             contrastive + matching loss (LCL) and the captioning loss (LSEQ). A row whose `caption_attention_mask`
             is all 0 has no caption and takes no part in either; `logits_per_image`, `image_embeds` and
@@ -1053,12 +1175,16 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         losses = {}
         logits = similarity = caption_logits = image_embeds = text_embeds = None
 
+        labelled = labels is not None and bool((labels != -100).any())
+        if labelled and input_ids is None and config.use_text:
+            raise ValueError("labels were given without input_ids: the classifier reads the image with its statement "
+                             "or question")
         if input_ids is not None or not config.use_text:
             mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
             text_tokens = self.xattn.encode_text(input_ids, mask) if config.use_text else None
             *_, fused, _, _ = self.xattn.fuse(text_tokens, mask, image_tokens)
             logits = self.classifier(fused)
-            if labels is not None:
+            if labelled:
                 losses["ce"] = self.classifier.loss(logits, labels, config.problem_type)
 
         if caption_input_ids is not None:
@@ -1070,12 +1196,11 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
                 image_tokens = image_tokens[has_caption] if image_tokens is not None else None
                 image_ids = image_ids[has_caption] if image_ids is not None else None
         if caption_input_ids is not None and len(caption_input_ids):
-            if self.retrieval is not None and config.lambda_cl > 0:  # a task weighted 0 is off
+            if self.retrieval is not None and (config.lambda_cl > 0 or config.lambda_itm > 0):  # weighted 0: off
                 caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
-                loss_cl, loss_itm, similarity, _, image_embeds, text_embeds = retrieval_losses(
+                losses["cl"], losses["itm"], similarity, _, image_embeds, text_embeds = retrieval_losses(
                     self.retrieval, self.xattn, image_tokens, caption_tokens, caption_mask, image_ids, caption_input_ids
                 )
-                losses["cl"] = loss_cl + loss_itm
             if self.captioner is not None and config.lambda_seq > 0:
                 # The caption is only the decoder's target; the fused encoder sees the image and an empty prompt.
                 prompt_ids, prompt_mask = default_prompt(config, len(caption_input_ids), caption_input_ids.device)
@@ -1090,10 +1215,11 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
                 losses["seq"] = decoded.loss
                 caption_logits = decoded.logits
 
-        weights = {"ce": config.lambda_ce, "cl": config.lambda_cl, "seq": config.lambda_seq}
-        loss = sum(weights[name] * value for name, value in losses.items()) if losses else None  # Formula 4
+        weights = {"ce": config.lambda_ce, "cl": config.lambda_cl, "itm": config.lambda_itm, "seq": config.lambda_seq}
+        loss = sum(weights[name] * value for name, value in losses.items()) if losses else None  # Formula 4 (+ ITM)
         output = XAttnMultiTaskOutput(
-            loss=loss, loss_ce=losses.get("ce"), loss_cl=losses.get("cl"), loss_seq=losses.get("seq"),
+            loss=loss, loss_ce=losses.get("ce"), loss_cl=losses.get("cl"), loss_itm=losses.get("itm"),
+            loss_seq=losses.get("seq"),
             logits=logits, logits_per_image=similarity, caption_logits=caption_logits, image_embeds=image_embeds,
             text_embeds=text_embeds,
         )

@@ -37,6 +37,43 @@ class TrainingState:
         self.history = list(state["history"])
 
 
+class PreviousLossDecay:
+    """Formula 5: after every evaluation, when the validation loss is not lower than at the previous evaluation,
+    every learning rate is multiplied by β. Unlike `ReduceLROnPlateau`, it compares with the previous evaluation
+    (not the best so far) and waits for nothing. Its state goes into accelerate's checkpoints, so a resumed run
+    compares with the evaluation before the interruption."""
+
+    def __init__(self, optimizer, beta: float):
+        if not 0.0 < beta <= 1.0:
+            raise ValueError(f"beta must lie in (0, 1], got {beta!r}")
+        self.optimizer = optimizer
+        self.beta = beta
+        self.previous_loss: float | None = None
+
+    def step(self, loss: float) -> bool:
+        """Record this evaluation's loss; returns whether the learning rates were multiplied by β."""
+        loss = float(loss)
+        decay = self.previous_loss is not None and loss >= self.previous_loss
+        if decay:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.beta
+        self.previous_loss = loss
+        return decay
+
+    def state_dict(self):
+        return {"previous_loss": self.previous_loss, "lrs": [group["lr"] for group in self.optimizer.param_groups]}
+
+    def load_state_dict(self, state):
+        self.previous_loss = state["previous_loss"]
+        for group, lr in zip(self.optimizer.param_groups, state["lrs"]):
+            group["lr"] = lr
+
+
+def generation_overrides(num_beams: int | None = None, max_new_tokens: int | None = None) -> dict:
+    """The generation arguments a command line set; the others come from the model's `generation_config`."""
+    return {k: v for k, v in dict(num_beams=num_beams, max_new_tokens=max_new_tokens).items() if v is not None}
+
+
 def parameter_groups(model, learning_rate, backbone_learning_rate=None, weight_decay=1e-4, freeze_text=False,
                      freeze_vision=False):
     """Adam groups: pretrained towers (ALBERT, DenseNet features) may get their own learning rate or be frozen."""
@@ -72,7 +109,7 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
         with accelerator.autocast():
             out = model(**batch, image_ids=image_ids)
         size = len(batch["pixel_values"])
-        for key in ("loss", "loss_ce", "loss_cl", "loss_seq"):
+        for key in ("loss", "loss_ce", "loss_cl", "loss_itm", "loss_seq"):
             value = getattr(out, key)
             if value is not None:
                 total = accelerator.gather_for_metrics(value.detach().float().reshape(1) * size).sum()

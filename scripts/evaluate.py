@@ -29,7 +29,7 @@ from modeling_xattn.data_xattn import (
     undecoded,
 )
 from modeling_xattn.metrics_xattn import caption_metrics, classification_metrics, retrieval_metrics
-from modeling_xattn.training_xattn import usable_rows
+from modeling_xattn.training_xattn import generation_overrides, usable_rows
 
 TASKS = ("classification", "retrieval", "captioning")
 
@@ -41,8 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_beams", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=30)
+    p.add_argument("--num_beams", type=int, help="default: the model's generation_config.json")
+    p.add_argument("--max_new_tokens", type=int, help="default: the model's generation_config.json")
     p.add_argument("--top_k", type=int, default=128,
                    help="retrieval shortlist size re-ranked by the matching score (0: rank by the embeddings alone)")
     p.add_argument("--caption_samples", type=int, default=0,
@@ -84,12 +84,12 @@ def evaluate_classification(model, processor, dataset, batch_size=32, progress=T
 
 
 @torch.inference_mode()
-def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=3, max_new_tokens=30, progress=True,
+def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=None, max_new_tokens=None, progress=True,
                         java=True, counter=None) -> tuple[dict, list[str]]:
     collate = XAttnCollator(processor, task="captioning", counter=counter)
     predictions, references = [], []
     for rows, batch in batches(dataset, collate, batch_size, progress, "captioning"):
-        ids = model.generate(batch["pixel_values"].to(model.device), num_beams=num_beams, max_new_tokens=max_new_tokens)
+        ids = model.generate(batch["pixel_values"].to(model.device), **generation_overrides(num_beams, max_new_tokens))
         predictions += processor.batch_decode(ids, skip_special_tokens=True)
         references += [list(row["captions"]) for row in rows]
     if not predictions:
@@ -205,8 +205,8 @@ def caption_samples(model, processor, dataset, args, path: Path):
     collate = XAttnCollator(processor, task="captioning")
     rows, batch = next(batches(dataset.select(range(min(args.caption_samples, len(dataset)))), collate,
                                args.caption_samples, False, "samples"))
-    ids = model.generate(batch["pixel_values"].to(model.device), num_beams=args.num_beams,
-                         max_new_tokens=args.max_new_tokens)
+    ids = model.generate(batch["pixel_values"].to(model.device),
+                         **generation_overrides(args.num_beams, args.max_new_tokens))
     path.parent.mkdir(parents=True, exist_ok=True)
     plot_caption_samples([row["image"] for row in rows], processor.batch_decode(ids, skip_special_tokens=True),
                          [list(row["captions"]) for row in rows], str(path))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from modeling_xattn.data_xattn import load_image
 from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.processing_xattn import to_rgb
+from modeling_xattn.training_xattn import generation_overrides
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -35,8 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--text", help="statement (classify), question (answer) or query (rank-images)")
     p.add_argument("--captions", nargs="+", help="candidate captions (rank-captions)")
-    p.add_argument("--num_beams", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=30)
+    p.add_argument("--num_beams", type=int, help="default: the model's generation_config.json")
+    p.add_argument("--max_new_tokens", type=int, help="default: the model's generation_config.json")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--top_k", type=int, default=10, help="results shown when ranking")
     p.add_argument("--json", action="store_true")
@@ -90,7 +91,7 @@ def main(argv=None):
         names, images = [str(p) for p, _ in batch], [image for _, image in batch]
         if args.command == "caption":
             inputs = processor(images=images)
-            ids = model.generate(inputs["pixel_values"], num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+            ids = model.generate(inputs["pixel_values"], **generation_overrides(args.num_beams, args.max_new_tokens))
             for name, text in zip(names, processor.batch_decode(ids, skip_special_tokens=True)):
                 results.append({"image": name, "caption": text})
         elif args.command in ("classify", "answer"):

@@ -41,6 +41,7 @@ from modeling_xattn.data_xattn import (
 )
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training_xattn import (
+    PreviousLossDecay,
     TrainingState,
     collator_task,
     evaluate_multitask,
@@ -84,13 +85,18 @@ def parse_args(argv=None):
                             "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning. auto (default): "
                             "every task whose targets the training rows carry")
     train.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
-    train.add_argument("--contrastive_loss", default="margin", choices=["margin", "infonce"],
-                       help="retrieval loss: margin (the paper's Formula 2) or infonce")
+    train.add_argument("--contrastive_loss", default="margin", choices=["margin", "margin_squared", "infonce"],
+                       help="retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's "
+                            "squared form) or infonce")
     train.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
     train.add_argument("--contrastive_temperature", type=float, default=0.07, help="InfoNCE temperature")
     train.add_argument("--lambda_ce", type=float, default=1.0)
     train.add_argument("--lambda_cl", type=float, default=1.0)
     train.add_argument("--lambda_seq", type=float, default=1.0)
+    train.add_argument("--lambda_itm", type=float, default=1.0,
+                       help="weight of the image-text matching loss (not in the paper; trains the re-ranking head)")
+    train.add_argument("--num_beams", type=int, default=3,
+                       help="beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
     train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam"],
                        help="adamw (default): Adam with decoupled weight decay; adam: torch's Adam, which adds the "
                             "decay to the gradient, so that Adam's normalisation drives weights with small gradients "
@@ -103,8 +109,8 @@ def parse_args(argv=None):
     train.add_argument("--num_epochs", type=int, default=3, help="an epoch is one pass over every image-caption pair")
     train.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
     train.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
-    train.add_argument("--lr_decay_beta", type=float, default=0.5, help="Formula 5: lr *= beta on a plateau")
-    train.add_argument("--lr_patience", type=int, default=1, help="evaluations without improvement before decay")
+    train.add_argument("--lr_decay_beta", type=float, default=0.5,
+                       help="Formula 5: lr *= beta after an evaluation whose loss is not below the previous one's")
     train.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up of the learning rate")
     train.add_argument("--max_grad_norm", type=float, default=1.0)
     train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
@@ -152,6 +158,7 @@ def build_model(args, processor, tasks, label_names, answers=None):
         lambda_ce=args.lambda_ce if tasks & {"classification", "vqa"} else 0.0,
         lambda_cl=args.lambda_cl if "retrieval" in tasks else 0.0,
         lambda_seq=args.lambda_seq if "captioning" in tasks else 0.0,
+        lambda_itm=args.lambda_itm if "retrieval" in tasks else 0.0,
         text_config={"vocab_size": len(processor.tokenizer)},
         image_size=_image_size(args),
         contrastive_loss=args.contrastive_loss,
@@ -161,8 +168,11 @@ def build_model(args, processor, tasks, label_names, answers=None):
     )
     config = XAttnConfig.from_preset(args.model_size, **overrides)
     if args.text_backbone or args.vision_backbone:
-        return XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone, vision=args.vision_backbone)
-    return XAttnForMultiTask(config)
+        model = XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone, vision=args.vision_backbone)
+    else:
+        model = XAttnForMultiTask(config)
+    model.generation_config.num_beams = args.num_beams  # saved as generation_config.json with the model
+    return model
 
 
 def main(argv=None):
@@ -220,8 +230,7 @@ def main(argv=None):
     optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
                                                   args.weight_decay, args.freeze_text, args.freeze_vision))
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_decay_beta,
-                                                         patience=args.lr_patience)  # Formula 5
+    plateau = PreviousLossDecay(optimizer, args.lr_decay_beta)  # Formula 5
     model_config = model.config
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     state = TrainingState()
@@ -272,7 +281,7 @@ def main(argv=None):
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(
                         f"non-finite loss {out.loss.item()} at step {state.global_step} (ce={out.loss_ce}, "
-                        f"cl={out.loss_cl}, seq={out.loss_seq}); lower --learning_rate or check the data. "
+                        f"cl={out.loss_cl}, itm={out.loss_itm}, seq={out.loss_seq}); lower --learning_rate or check the data. "
                         f"The last checkpoint is in {checkpoints_dir}.")
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
@@ -287,7 +296,7 @@ def main(argv=None):
             state.global_step += 1
             progress.update(1)
             logs = {"step": state.global_step, "train_loss": out.loss.item(), "lr": optimizer.param_groups[0]["lr"]}
-            for key in ("loss_ce", "loss_cl", "loss_seq"):
+            for key in ("loss_ce", "loss_cl", "loss_itm", "loss_seq"):
                 if getattr(out, key) is not None:
                     logs[f"train_{key}"] = getattr(out, key).item()
             progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
@@ -396,7 +405,7 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         "training": (f"{state.global_step} steps, batch {args.batch_size} x {accelerator.num_processes} process(es), "
                      f"{'AdamW' if args.optimizer == 'adamw' else 'Adam'} lr {args.learning_rate}, "
                      f"weight decay {args.weight_decay}, "
-                     f"plateau decay beta {args.lr_decay_beta}, seed {args.seed}, {seconds / 60:.1f} minutes"),
+                     f"lr x {args.lr_decay_beta} when the validation loss stops falling (Formula 5), seed {args.seed}, {seconds / 60:.1f} minutes"),
         "command": "python scripts/train.py " + " ".join(sys.argv[1:]) if argv_is_cli() else "scripts/train.py main(...)",
         "metrics_table": metrics_markdown(scalar_metrics),
         "model_index": "",

@@ -93,3 +93,25 @@ def test_image_only_model_captions():
     model = XAttnForConditionalGeneration(config).eval()
     out = model.generate(make_batch(config, batch_size=2)["pixel_values"], max_new_tokens=4)
     assert out.shape[0] == 2
+
+
+def test_generate_starts_from_the_models_generation_config(captioner, tiny_config, tmp_path):
+    pixels = make_batch(tiny_config, batch_size=2)["pixel_values"]
+    assert captioner.generation_config.max_new_tokens == tiny_config.max_caption_length  # the default length
+    captioner.generation_config.num_beams = 3
+    captioner.generation_config.max_new_tokens = 2
+    configured = captioner.generate(pixels)
+    assert configured.shape[1] <= 3  # [CLS] + 2 new tokens
+    assert torch.equal(configured, captioner.generate(pixels, generation_config=captioner.generation_config))
+    explicit = captioner.generate(pixels, num_beams=3, max_new_tokens=2)
+    assert torch.equal(configured, explicit)
+    longer = captioner.generate(pixels, max_new_tokens=5, min_new_tokens=5)  # call-time arguments override
+    assert longer.shape[1] == 6 and torch.equal(longer, captioner.generate(pixels, num_beams=3, max_new_tokens=5,
+                                                                           min_new_tokens=5))
+    assert captioner.generation_config.max_new_tokens == 2  # overriding did not change the model's config
+
+    captioner.save_pretrained(tmp_path)  # saved as generation_config.json and used after loading
+    assert '"num_beams": 3' in (tmp_path / "generation_config.json").read_text()
+    reloaded = XAttnForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.generation_config.num_beams == 3 and reloaded.generation_config.max_new_tokens == 2
+    assert torch.equal(reloaded.generate(pixels), configured)

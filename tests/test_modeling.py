@@ -131,22 +131,23 @@ def test_every_parameter_gets_a_gradient_from_the_multitask_loss(tiny_config):
 
 
 def test_formula_4_weights_and_task_subsets(tiny_config):
-    config = XAttnConfig.from_preset("tiny", lambda_ce=0.5, lambda_cl=2.0, lambda_seq=0.25)
+    config = XAttnConfig.from_preset("tiny", lambda_ce=0.5, lambda_cl=2.0, lambda_seq=0.25, lambda_itm=3.0)
     model = build(XAttnForMultiTask, config)
     batch = make_batch(config)
     captions = dict(caption_input_ids=batch["input_ids"], caption_attention_mask=batch["attention_mask"])
     with torch.no_grad():
         full = model(**batch, labels=torch.tensor([0, 1, 2]), **captions)
-        expected = 0.5 * full.loss_ce + 2.0 * full.loss_cl + 0.25 * full.loss_seq
+        expected = 0.5 * full.loss_ce + 2.0 * full.loss_cl + 3.0 * full.loss_itm + 0.25 * full.loss_seq
         assert torch.isclose(full.loss, expected)
         only_cls = model(**batch, labels=torch.tensor([0, 1, 2]))
-        assert only_cls.loss_cl is None and only_cls.loss_seq is None
+        assert only_cls.loss_cl is None and only_cls.loss_itm is None and only_cls.loss_seq is None
         assert torch.isclose(only_cls.loss, 0.5 * only_cls.loss_ce)
         only_captions = model(pixel_values=batch["pixel_values"], **captions)
         assert only_captions.loss_ce is None and only_captions.logits is None
-        assert torch.isclose(only_captions.loss, 2.0 * only_captions.loss_cl + 0.25 * only_captions.loss_seq)
-        unlabeled = model(**batch, labels=torch.tensor([-100, -100, -100]))
-        assert unlabeled.loss_ce == 0
+        assert torch.isclose(only_captions.loss, 2.0 * only_captions.loss_cl + 3.0 * only_captions.loss_itm
+                             + 0.25 * only_captions.loss_seq)
+        unlabeled = model(**batch, labels=torch.tensor([-100, -100, -100]))  # a caption-only batch's labels
+        assert unlabeled.loss_ce is None and unlabeled.loss is None and unlabeled.logits is not None
 
 
 def test_padding_does_not_change_outputs(tiny_config):
@@ -255,17 +256,6 @@ def test_cbam_matches_woo_et_al():
     torch.testing.assert_close(out, refined * expected_spatial)
 
 
-def test_margin_contrastive_loss_is_formula_2(tiny_config):
-    model = build(XAttnForImageTextRetrieval, tiny_config)
-    head = model.retrieval
-    image = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
-    text = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
-    negatives = ~torch.eye(3, dtype=torch.bool)
-    distance = torch.cdist(image, text)
-    expected = distance.diagonal().pow(2).mean() + torch.relu(1.0 - distance[negatives]).pow(2).mean()
-    torch.testing.assert_close(head.contrastive_loss(image, text, negatives), expected, rtol=1e-4, atol=1e-5)
-
-
 def test_shared_image_ids_are_never_negatives():
     config = XAttnConfig.from_preset("tiny", contrastive_margin=2.0)  # every negative inside the margin
     model = build(XAttnForImageTextRetrieval, config)
@@ -273,9 +263,9 @@ def test_shared_image_ids_are_never_negatives():
     with torch.no_grad():
         same = model(**batch, return_loss=True, image_ids=torch.tensor([7, 7, 7]))
         distinct = model(**batch, return_loss=True)
-    # no negatives: the contrastive loss is the positive term alone and matching sees positives only
+    # no negatives: every pair matches (y = 1), so Formula 2 is the mean distance over all B x B pairs
     distance = -same.logits_per_image
-    torch.testing.assert_close(same.loss_contrastive, distance.diagonal().pow(2).mean())
+    torch.testing.assert_close(same.loss_contrastive, distance.mean(), rtol=1e-4, atol=1e-5)
     assert not torch.isclose(same.loss_contrastive, distinct.loss_contrastive)
 
 

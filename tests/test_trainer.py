@@ -1,0 +1,89 @@
+"""Every model class trains under `transformers.Trainer` with `XAttnCollator`: losses are scaled right under gradient
+accumulation, retrieval returns a loss when labels are given, and caption-only evaluation sets report `eval_loss`."""
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from modeling_xattn import (XAttnConfig, XAttnForConditionalGeneration, XAttnForImageTextRetrieval, XAttnForMultiTask,
+                            XAttnForSequenceClassification)
+from modeling_xattn.data_xattn import XAttnCollator, synthetic_dataset
+
+
+def tiny(processor, **overrides):
+    """The tiny preset without dropout, so that two runs over the same rows give the same gradients."""
+    return XAttnConfig.from_preset(
+        "tiny", text_config={"vocab_size": len(processor.tokenizer)}, hidden_dropout_prob=0.0, classifier_dropout=0.0,
+        decoder_config={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}, **overrides)
+
+
+def frozen_batch_norm(model):
+    """Keep DenseNet's BatchNorm layers in eval mode (Trainer calls model.train() every step): batch statistics of one
+    batch of 8 and of two batches of 4 differ, which would make the gradients differ for a reason unrelated to
+    accumulation."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+            module.train = lambda mode=True, module=module: module
+    return model
+
+
+def arguments(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True, remove_unused_columns=False,
+                  save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def sgd_step_gradient(model_class, config, dataset, collator, tmp_path, batch_size, accumulation):
+    """-Δθ of one plain SGD step at learning rate 1 (no momentum, decay or clipping): the gradient Trainer applied."""
+    torch.manual_seed(0)
+    model = frozen_batch_norm(model_class(config))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = arguments(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                     max_steps=1, learning_rate=1.0, optim="sgd", weight_decay=0.0, max_grad_norm=0.0,
+                     lr_scheduler_type="constant")
+    Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
+    return {name: before[name] - p.detach() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("model_class", [XAttnForMultiTask, XAttnForSequenceClassification])
+def test_gradient_accumulation_gives_the_same_gradients(model_class, processor, tmp_path):
+    dataset = synthetic_dataset(8, seed=3)  # one optimiser step sees all 8 rows either way
+    collator = XAttnCollator(processor, task="classification")
+    config = tiny(processor)
+    whole = sgd_step_gradient(model_class, config, dataset, collator, tmp_path / "a", batch_size=8, accumulation=1)
+    halves = sgd_step_gradient(model_class, config, dataset, collator, tmp_path / "b", batch_size=4, accumulation=2)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in whole.values()))
+    assert norm > 0
+    for name, gradient in whole.items():
+        torch.testing.assert_close(halves[name], gradient, atol=1e-5 * float(norm), rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("model_class,head", [(XAttnForImageTextRetrieval, "retrieval"),
+                                              (XAttnForConditionalGeneration, "captioning"),
+                                              (XAttnForMultiTask, "multitask")])
+def test_caption_models_train_and_report_eval_loss_on_caption_only_sets(model_class, head, processor, tmp_path):
+    rows = synthetic_dataset(24, seed=4).remove_columns(["text", "label"])  # captions only, as COCO or Flickr
+    train, evaluation = rows.select(range(16)), rows.select(range(16, 24))
+    collator = XAttnCollator(processor, task="captioning", head=head)
+    torch.manual_seed(0)
+    model = model_class(tiny(processor))
+    args = arguments(tmp_path, per_device_train_batch_size=8, per_device_eval_batch_size=8, max_steps=2,
+                     learning_rate=1e-3, eval_strategy="no")
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, data_collator=collator)
+    result = trainer.train()
+    assert result.training_loss > 0 and torch.isfinite(torch.tensor(result.training_loss))
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and metrics["eval_loss"] > 0
+
+
+def test_retrieval_returns_a_loss_when_labels_are_given(processor):
+    model = XAttnForImageTextRetrieval(tiny(processor)).eval()
+    batch = XAttnCollator(processor, task="captioning", head="retrieval")(list(synthetic_dataset(4, seed=5)))
+    batch.pop("row_index")
+    with torch.no_grad():
+        assert model(**batch).loss is not None
+        unlabelled = {k: v for k, v in batch.items() if k != "labels"}
+        assert model(**unlabelled).loss is None
+        assert model(**unlabelled, return_loss=True).loss is not None
