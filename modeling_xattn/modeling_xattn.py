@@ -769,6 +769,9 @@ class XAttnCaptionHead(nn.Module):
         decoder_width = config.decoder_config.hidden_size
         self.projection = nn.Linear(config.hidden_size, decoder_width) if decoder_width != config.hidden_size else nn.Identity()
         self.text_decoder = BertLMHeadModel(config.decoder_config)
+        # transformers picks a loss from the class name, and "BertLMHeadModel" names none (it warns, then falls back
+        # to the causal-LM loss): name it
+        self.text_decoder.loss_type = "ForCausalLM"
 
     def memory(self, encoder_output: XAttnModelOutput):
         """The fused tokens the decoder reads: the prompt stream then the image stream, with their mask."""

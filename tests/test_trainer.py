@@ -87,3 +87,32 @@ def test_retrieval_returns_a_loss_when_labels_are_given(processor):
         unlabelled = {k: v for k, v in batch.items() if k != "labels"}
         assert model(**unlabelled).loss is None
         assert model(**unlabelled, return_loss=True).loss is not None
+
+
+def test_readme_trainer_example_runs_on_a_folder_of_captioned_photos(tmp_path, monkeypatch):
+    """README's Trainer code, as written, on a folder of photos with captions only (train/ and validation/)."""
+    import json
+    import re
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "Trainer(" in block)
+    rng = np.random.default_rng(0)
+    words = ["a dog runs on the grass", "two children play in the snow", "a man rides a red bike"]
+    for split, count in (("train", 12), ("validation", 4)):
+        folder = tmp_path / "photos" / split
+        folder.mkdir(parents=True)
+        with open(folder / "metadata.jsonl", "w") as metadata:
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+                row = {"file_name": f"{i}.jpg", "captions": [words[i % 3], words[(i + 1) % 3]]}
+                metadata.write(json.dumps(row) + "\n")
+    monkeypatch.chdir(tmp_path)
+    code = code.replace("num_train_epochs=3", "num_train_epochs=1")  # one step is enough to show it runs
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 1 and "eval_loss" in trainer.evaluate()
