@@ -954,10 +954,12 @@ class _RetrievalMixin:
     def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256):
         """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers."""
         scores = []
+        if len(image_index) == 0:  # nothing shortlisted (k = 0): no fusion call on an empty batch
+            return torch.zeros(0, device=image_tokens.device)
         for images, texts in zip(image_index.split(batch_size), text_index.split(batch_size)):
             *_, fused, _, _ = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images])
             scores.append(self.retrieval.itm(fused).float().log_softmax(-1)[:, 1])
-        return torch.cat(scores) if scores else torch.zeros(0, device=image_tokens.device)
+        return torch.cat(scores)
 
     @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,

@@ -65,6 +65,10 @@ def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
         assert torch.equal(exhaustive, covered)
         short, short_pairs = model.rank(images, texts, direction=direction, k=2)
         assert short_pairs == 2 * (6 if direction == "i2t" else 30)
+        embeddings_only, none_scored = model.rank(images, texts, direction=direction, k=0)  # evaluate --top_k 0
+        assert none_scored == 0
+        similarity = model.retrieval.similarity(images[1], texts[2])
+        torch.testing.assert_close(embeddings_only, similarity - 1e4)
     # batched gallery encoding equals one big batch
     one = model.encode_gallery_images(batch["pixel_values"], batch_size=64)
     torch.testing.assert_close(images[1], one[1])
