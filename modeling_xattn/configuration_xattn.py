@@ -287,6 +287,8 @@ class XAttnConfig(PretrainedConfig):
         if kwargs.get("id2label") is None and kwargs.get("num_labels") is None:
             kwargs["id2label"] = {0: "positive", 1: "neutral", 2: "negative"}
             kwargs["label2id"] = {"positive": 0, "neutral": 1, "negative": 2}
+        elif kwargs.get("id2label") is not None and kwargs.get("label2id") is None:  # keep the two maps in step
+            kwargs["label2id"] = {str(label): int(index) for index, label in kwargs["id2label"].items()}
         kwargs.setdefault("tie_word_embeddings", True)  # the caption decoder's output layer is its input embedding
         super().__init__(**kwargs)
         self.validate_fields()

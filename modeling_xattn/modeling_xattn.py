@@ -438,15 +438,27 @@ class XAttnPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """transformers' loading, plus one line naming each head the checkpoint does not hold at all (a
-        classification checkpoint loaded for captioning starts with an untrained decoder). Other missing weights get
+        """transformers' loading, plus one line naming each head that starts untrained: one the checkpoint does not
+        hold at all (a classification checkpoint loaded for captioning), or one its training weighted 0 (a
+        captions-only run saves a classifier it never trained: `lambda_ce=0` in its config). Other missing weights get
         transformers' own report."""
         model = super().from_pretrained(*args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
-        absent = getattr(loaded, "_heads_not_in_checkpoint", ())
+        absent = list(getattr(loaded, "_heads_not_in_checkpoint", ()))
+        config = loaded.config
+        weighted_zero = {"classifier": config.lambda_ce == 0, "captioner": config.lambda_seq == 0,
+                         "retrieval": config.lambda_cl == 0 and config.lambda_itm == 0}
+        untrained = [name for name, zero in weighted_zero.items()
+                     if zero and name not in absent and getattr(loaded, name, None) is not None]
+        notes = []
         if absent:
-            logger.warning(f"{cls.__name__}: the checkpoint holds no {', '.join(absent)} weights; "
-                           f"{'they start' if len(absent) > 1 else 'it starts'} untrained")
+            notes.append(f"the checkpoint holds no {', '.join(absent)} weights")
+        if untrained:
+            notes.append(f"its training gave the {', '.join(untrained)} a loss weight of 0")
+        if notes:
+            logger.warning(f"{cls.__name__}: {'; '.join(notes)}: "
+                           f"{'these heads start' if len(absent) + len(untrained) > 1 else 'this head starts'} "
+                           "untrained")
         return model
 
     def tie_weights(self, missing_keys=None, recompute_mapping=True):
@@ -826,11 +838,13 @@ def negative_pairs(image_ids=None, text_ids=None, text_mask=None, batch_size=Non
     return negatives
 
 
-def sample_negatives(image_embeds, text_embeds, negatives, temperature):
+def sample_negatives(image_embeds, text_embeds, negatives, temperature, draw: bool = True):
     """ITM negatives drawn in proportion to similarity among each row's real negatives (ALBEF/BLIP): for image i a
     text from softmax(cos(i, .) / temperature), for text j an image likewise. Hard negatives are likely, but not always
-    the single closest pair. Returns `(text_for_image, image_for_text, valid)`; rows with no negative are not valid.
-    The draw uses torch's global generator (the training loop seeds it every step, so a resumed run repeats it)."""
+    the single closest pair. The draw uses torch's global generator (the training loop seeds it every step, so a
+    resumed run repeats it). With `draw=False` (evaluation) each row takes its most similar real negative, so an
+    evaluation loss is the same every time it is computed. Returns `(text_for_image, image_for_text, valid)`; rows
+    with no negative are not valid."""
     with torch.no_grad(), full_precision(image_embeds):
         cosine = (image_embeds.float() @ text_embeds.float().T) / temperature  # (B, B), fp32 under autocast
         logits = cosine.masked_fill(~negatives, float("-inf"))
@@ -841,9 +855,12 @@ def sample_negatives(image_embeds, text_embeds, negatives, temperature):
         rows = valid.nonzero(as_tuple=True)[0]
         text_for_image = torch.zeros(len(negatives), dtype=torch.long, device=negatives.device)
         image_for_text = torch.zeros_like(text_for_image)
-        if len(rows):
+        if len(rows) and draw:
             text_for_image[rows] = torch.multinomial(weights_i2t[rows], 1).squeeze(1)
             image_for_text[rows] = torch.multinomial(weights_t2i[rows], 1).squeeze(1)
+        elif len(rows):
+            text_for_image[rows] = weights_i2t[rows].argmax(1)
+            image_for_text[rows] = weights_t2i[rows].argmax(1)
     return text_for_image, image_for_text, valid
 
 
@@ -861,7 +878,7 @@ def retrieval_losses(head: XAttnRetrievalHead, base: XAttnModel, image_tokens, t
     negatives = negative_pairs(image_ids, input_ids, attention_mask, len(image_tokens), image_tokens.device)
     loss_contrastive = head.contrastive_loss(image_embeds, text_embeds, negatives)
     text_for_image, image_for_text, valid = sample_negatives(image_embeds, text_embeds, negatives,
-                                                             head.config.contrastive_temperature)
+                                                             head.config.contrastive_temperature, draw=head.training)
 
     # Matching head on [positives; (image i, sampled text); (sampled image, text j)], the image encoded once.
     rows = torch.arange(len(image_tokens), device=image_tokens.device)

@@ -92,12 +92,14 @@ class XAttnImageTextClassificationPipeline(_XAttnPipeline):
         return preprocess, {}, {"top_k": top_k}
 
     def __call__(self, image, text=None, **kwargs):
-        """`image` with `text=`, or a dict / list of dicts `{"image": ..., "text": ...}`."""
+        """`image` with `text=`, or a dict / list of dicts `{"image": ..., "text": ...}`. A list of images takes one
+        text for all of them or a list of one text per image."""
         if text is not None:
             if isinstance(image, (list, tuple)):
-                if isinstance(text, str) or len(text) != len(image):
-                    raise ValueError("give one text per image")
-                image = [{"image": i, "text": t} for i, t in zip(image, text)]
+                texts = [text] * len(image) if isinstance(text, str) else list(text)
+                if len(texts) != len(image):
+                    raise ValueError(f"{len(image)} images and {len(texts)} texts: give one text, or one per image")
+                image = [{"image": i, "text": t} for i, t in zip(image, texts)]
             else:
                 image = {"image": image, "text": text}
         return super().__call__(image, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -67,6 +68,29 @@ class PreviousLossDecay:
         self.previous_loss = state["previous_loss"]
         for group, lr in zip(self.optimizer.param_groups, state["lrs"]):
             group["lr"] = lr
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {...} while saving" notice when the removed tensors are exactly the
+    model's tied weights (the caption decoder's output layer is its input embedding): that is expected, and loading
+    ties them again. Any other shared tensor is still reported."""
+
+    def __init__(self, tied: set[str]):
+        super().__init__()
+        self.tied = tied
+
+    def filter(self, record):
+        message = record.getMessage()
+        if "Removed shared tensor" not in message:
+            return True
+        names = set(re.findall(r"'([^']+)'", message))
+        return not names or not names <= self.tied
+
+
+def quiet_tied_weights_notice(model) -> None:
+    """Install `_TiedWeightsNotice` for `model` on accelerate's logger."""
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice(tied))
 
 
 def generation_overrides(num_beams: int | None = None, max_new_tokens: int | None = None) -> dict:

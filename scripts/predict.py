@@ -8,6 +8,9 @@
 
 `--model` is a folder or a Hub id (with `--revision`). `--json` prints JSON instead of text. A folder of images is
 processed in batches with a progress bar; unreadable images are skipped and listed.
+
+Ranking scores are two-stage (`model.rank`): the `--top_k` candidates the embeddings shortlist carry the matching
+head's log-probability (0 is a sure match, higher is better); the others their embedding similarity minus 10,000.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from modeling_xattn.training_xattn import (
     metrics_markdown,
     parameter_groups,
     plot_training_curves,
+    quiet_tied_weights_notice,
     render_model_card,
     save_checkpoint_atomically,
     select_tasks,
@@ -222,6 +223,7 @@ def main(argv=None):
     model = build_model(args, processor, tasks, class_names(train_data, val_data), answers)
     if args.memory_saving:
         model.set_memory_saving(True)
+    quiet_tied_weights_notice(model)
     collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
     train_loader = DataLoader(train_examples, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                               num_workers=args.num_workers, drop_last=True)

@@ -262,3 +262,14 @@ def test_a_truly_missing_weight_still_warns(tiny_config, tmp_path, transformers_
     XAttnForSequenceClassification.from_pretrained(tmp_path)
     text = "\n".join(transformers_log)
     assert "xattn.fusion_projection.weight" in text and "MISSING" in text
+
+
+def test_a_head_its_training_weighted_zero_is_named_on_loading(tmp_path, transformers_log):
+    config = XAttnConfig.from_preset("tiny", lambda_ce=0.0)  # as train.py saves a captions-only run
+    XAttnForMultiTask(config).save_pretrained(tmp_path)
+    transformers_log.clear()
+    XAttnForSequenceClassification.from_pretrained(tmp_path)
+    assert len(transformers_log) == 1 and "classifier" in transformers_log[0] and "weight of 0" in transformers_log[0]
+    transformers_log.clear()
+    XAttnForConditionalGeneration.from_pretrained(tmp_path)  # the captioner was trained: nothing to say
+    assert transformers_log == []

@@ -68,7 +68,7 @@ PULL = textwrap.dedent("""
     with torch.no_grad():
         logits = model(pixel_values=inputs["pixel_values"], **text).logits
         captions = model.generate(inputs["pixel_values"], max_new_tokens=5)
-    save_file({"logits": logits, "captions": captions, **{k: v for k, v in text.items()}}, out_file)
+    save_file({"logits": logits, "captions": captions.contiguous(), **{k: v for k, v in text.items()}}, out_file)
 """)
 
 

@@ -72,7 +72,12 @@ def help_text(*argv: str) -> str:
 
 
 def check_script(words: list[str]):
-    """`scripts/x.py [subcommand] --option ...`: the file exists and its parser knows every option."""
+    """`scripts/x.py [subcommand] --option ... [-- train.py options]`: the file exists and its parser knows every
+    option (ablation.py hands what follows `--` to train.py)."""
+    if "--" in words:
+        cut = words.index("--")
+        check_script(["scripts/train.py", *words[cut + 1:]])
+        words = words[:cut]
     script = words[0]
     assert (REPO / script).is_file(), f"README runs {script}, which does not exist"
     argv = [script]
