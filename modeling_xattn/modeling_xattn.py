@@ -81,6 +81,27 @@ class XAttnModelOutput(ModelOutput):
 
 
 @dataclass
+class XAttnFusionOutput(ModelOutput):
+    """What the fusion layers give for already-encoded streams ([`XAttnModel.fuse`]).
+
+    Args:
+        pooled (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): the fused vector Y_C.
+        text_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length, hidden_size)`, *optional*).
+        text_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
+        image_hidden_state (`torch.FloatTensor` of shape `(batch_size, grid*grid, hidden_size)`, *optional*).
+        text_to_image_attentions / image_to_text_attentions (`tuple(torch.FloatTensor)`, *optional*): as in
+            [`XAttnModelOutput`], with `output_attentions=True`.
+    """
+
+    pooled: torch.FloatTensor | None = None
+    text_hidden_state: torch.FloatTensor | None = None
+    text_attention_mask: torch.LongTensor | None = None
+    image_hidden_state: torch.FloatTensor | None = None
+    text_to_image_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_to_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class XAttnSequenceClassifierOutput(ModelOutput):
     """Output of [`XAttnForSequenceClassification`].
 
@@ -578,8 +599,8 @@ class XAttnModel(XAttnPreTrainedModel):
         return self.text_projection(hidden)
 
     # ---------------------------------------------------------------- fusion
-    def fuse(self, text_tokens, text_mask, image_tokens, output_attentions=False):
-        """Run the fusion layers on already-encoded streams; returns (text, image, pooled Y_C, t->i maps, i->t maps)."""
+    def fuse(self, text_tokens, text_mask, image_tokens, output_attentions=False) -> XAttnFusionOutput:
+        """Run the fusion layers on already-encoded streams (either may be None for a one-modality model)."""
         text_to_image, image_to_text = [], []
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
@@ -596,9 +617,15 @@ class XAttnModel(XAttnPreTrainedModel):
             pooled.append(masked_mean(text_tokens, text_mask))
         if image_tokens is not None:
             pooled.append(image_tokens.mean(1))
-        fused = self.fusion_projection(torch.cat(pooled, dim=-1))  # (B, streams*D) -> (B, D)
-        maps = (tuple(text_to_image), tuple(image_to_text)) if output_attentions and self.config.use_cross_attention else (None, None)
-        return text_tokens, image_tokens, fused, *maps
+        maps = output_attentions and self.config.use_cross_attention
+        return XAttnFusionOutput(
+            pooled=self.fusion_projection(torch.cat(pooled, dim=-1)),  # (B, streams*D) -> (B, D)
+            text_hidden_state=text_tokens,
+            text_attention_mask=text_mask if text_tokens is not None else None,
+            image_hidden_state=image_tokens,
+            text_to_image_attentions=tuple(text_to_image) if maps else None,
+            image_to_text_attentions=tuple(image_to_text) if maps else None,
+        )
 
     def forward(
         self,
@@ -634,15 +661,15 @@ class XAttnModel(XAttnPreTrainedModel):
             else:
                 raise ValueError("pixel_values are required: this model fuses images (config.modalities="
                                  f"{self.config.modalities!r})")
-        text_tokens, image_tokens, fused, t2i, i2t = self.fuse(text_tokens, attention_mask, image_tokens, output_attentions)
+        fused = self.fuse(text_tokens, attention_mask, image_tokens, output_attentions)
         output = XAttnModelOutput(
-            pooler_output=fused,
-            text_last_hidden_state=text_tokens,
-            image_last_hidden_state=image_tokens,
-            text_attention_mask=attention_mask if text_tokens is not None else None,
+            pooler_output=fused.pooled,
+            text_last_hidden_state=fused.text_hidden_state,
+            image_last_hidden_state=fused.image_hidden_state,
+            text_attention_mask=fused.text_attention_mask,
             cbam_spatial_attention=spatial,
-            text_to_image_attentions=t2i,
-            image_to_text_attentions=i2t,
+            text_to_image_attentions=fused.text_to_image_attentions,
+            image_to_text_attentions=fused.image_to_text_attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -770,6 +797,25 @@ class XAttnRetrievalHead(nn.Module):
                 distance, hinge = distance.pow(2), hinge.pow(2)
             return torch.where(matching, distance, hinge).mean()
 
+    def matching_pairs(self, image_embeds, text_embeds, negatives_mask):
+        """The (image, text) pairs the matching head trains on: every given pair (a match), then for each row with a
+        real negative one sampled text for its image and one sampled image for its text (`sample_negatives`; the
+        hardest in evaluation). Returns `(image_index, text_index, targets)`, targets 1 = match."""
+        text_for_image, image_for_text, valid = sample_negatives(
+            image_embeds, text_embeds, negatives_mask, self.config.contrastive_temperature, draw=self.training)
+        rows = torch.arange(len(image_embeds), device=image_embeds.device)
+        negative_rows = rows[valid]
+        image_index = torch.cat([rows, negative_rows, image_for_text[negative_rows]])
+        text_index = torch.cat([rows, text_for_image[negative_rows], negative_rows])
+        targets = torch.cat([torch.ones_like(rows), torch.zeros(2 * len(negative_rows), dtype=torch.long,
+                                                                device=rows.device)])
+        return image_index, text_index, targets
+
+    def matching_loss(self, fused_pooled, targets):
+        """Cross-entropy of the matching head on fused pairs `(P, hidden_size)`; returns `(loss, logits (P, 2))`."""
+        logits = self.itm(fused_pooled)
+        return F.cross_entropy(logits.float(), targets), logits
+
 
 class XAttnCaptionHead(nn.Module):
     """A causal BERT decoder (transformers' `BertLMHeadModel`, as BLIP's text decoder) cross-attending to the fused
@@ -785,14 +831,14 @@ class XAttnCaptionHead(nn.Module):
         # to the causal-LM loss): name it
         self.text_decoder.loss_type = "ForCausalLM"
 
-    def memory(self, encoder_output: XAttnModelOutput):
+    def memory(self, fused: XAttnFusionOutput):
         """The fused tokens the decoder reads: the prompt stream then the image stream, with their mask."""
         states, masks = [], []
-        if encoder_output.text_last_hidden_state is not None:
-            states.append(encoder_output.text_last_hidden_state)
-            masks.append(encoder_output.text_attention_mask.long())
-        if encoder_output.image_last_hidden_state is not None:
-            image = encoder_output.image_last_hidden_state
+        if fused.text_hidden_state is not None:
+            states.append(fused.text_hidden_state)
+            masks.append(fused.text_attention_mask.long())
+        if fused.image_hidden_state is not None:
+            image = fused.image_hidden_state
             states.append(image)
             masks.append(torch.ones(image.shape[:2], dtype=torch.long, device=image.device))
         return self.projection(torch.cat(states, dim=1)), torch.cat(masks, dim=1)
@@ -864,34 +910,6 @@ def sample_negatives(image_embeds, text_embeds, negatives, temperature, draw: bo
     return text_for_image, image_for_text, valid
 
 
-def retrieval_losses(head: XAttnRetrievalHead, base: XAttnModel, image_tokens, text_tokens_raw, attention_mask,
-                     image_ids=None, input_ids=None):
-    """Contrastive loss on unimodal embeddings plus matching loss on positives and sampled in-batch hard negatives.
-
-    `image_tokens`: encoded images `(B, N, D)`; `text_tokens_raw`: encoded texts `(B, L, D)` before fusion;
-    `image_ids` / `input_ids`: pairs sharing an image id or an identical text are never each other's negatives.
-    Returns (loss_contrastive, loss_itm, similarity, itm_logits of the given pairs, image_embeds, text_embeds).
-    """
-    image_embeds = head.embed_image(image_tokens)
-    text_embeds = head.embed_text(text_tokens_raw, attention_mask)
-    similarity = head.similarity(image_embeds, text_embeds)
-    negatives = negative_pairs(image_ids, input_ids, attention_mask, len(image_tokens), image_tokens.device)
-    loss_contrastive = head.contrastive_loss(image_embeds, text_embeds, negatives)
-    text_for_image, image_for_text, valid = sample_negatives(image_embeds, text_embeds, negatives,
-                                                             head.config.contrastive_temperature, draw=head.training)
-
-    # Matching head on [positives; (image i, sampled text); (sampled image, text j)], the image encoded once.
-    rows = torch.arange(len(image_tokens), device=image_tokens.device)
-    neg_rows = rows[valid]
-    image_index = torch.cat([rows, neg_rows, image_for_text[neg_rows]])
-    text_index = torch.cat([rows, text_for_image[neg_rows], neg_rows])
-    *_, fused, _, _ = base.fuse(text_tokens_raw[text_index], attention_mask[text_index], image_tokens[image_index])
-    itm_logits = head.itm(fused)
-    targets = torch.cat([torch.ones_like(rows), torch.zeros(2 * len(neg_rows), dtype=torch.long, device=rows.device)])
-    loss_itm = F.cross_entropy(itm_logits.float(), targets)
-    return loss_contrastive, loss_itm, similarity, itm_logits[: len(rows)], image_embeds, text_embeds
-
-
 # ======================================================================================================= task models
 
 
@@ -924,9 +942,40 @@ class XAttnForSequenceClassification(XAttnPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+@dataclass
+class XAttnRetrievalLosses(ModelOutput):
+    """The retrieval losses of one batch of (image i, text i) pairs and what they were computed from."""
+
+    loss_contrastive: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None  # of the given pairs
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
 class _RetrievalMixin:
     """Retrieval API for models holding `self.xattn` and `self.retrieval`: unimodal embeddings, the matching score,
     and two-stage gallery search (images and texts encoded once, embeddings shortlist, cross-attention re-ranks)."""
+
+    def _retrieval_losses(self, image_tokens, text_tokens, text_mask, image_ids=None, input_ids=None):
+        """Formula 2 on the unimodal embeddings and the matching loss on the given pairs and sampled in-batch
+        negatives, fused once. `image_tokens` `(B, N, D)` and `text_tokens` `(B, L, D)` are encoded, not fused;
+        pairs sharing an image id or an identical text are never each other's negatives."""
+        image_embeds = self.retrieval.embed_image(image_tokens)
+        text_embeds = self.retrieval.embed_text(text_tokens, text_mask)
+        negatives = negative_pairs(image_ids, input_ids, text_mask, len(image_tokens), image_tokens.device)
+        image_index, text_index, targets = self.retrieval.matching_pairs(image_embeds, text_embeds, negatives)
+        fused = self.xattn.fuse(text_tokens[text_index], text_mask[text_index], image_tokens[image_index])
+        loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooled, targets)
+        return XAttnRetrievalLosses(
+            loss_contrastive=self.retrieval.contrastive_loss(image_embeds, text_embeds, negatives),
+            loss_itm=loss_itm,
+            logits_per_image=self.retrieval.similarity(image_embeds, text_embeds),
+            itm_logits=itm_logits[: len(image_tokens)],
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+        )
 
     def get_image_features(self, pixel_values=None, image_hidden_states=None) -> torch.Tensor:
         """L2-normalised image embeddings `(B, projection_dim)`; pass `image_hidden_states` from
@@ -944,7 +993,7 @@ class _RetrievalMixin:
         """Probability `(B,)` that image i and text i match, from the fused representation."""
         encoded = self.xattn(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                              image_hidden_states=image_hidden_states, return_dict=True)
-        return self.retrieval.itm(encoded.pooler_output).softmax(-1)[:, 1]
+        return self.retrieval.itm(encoded.pooler_output).float().softmax(-1)[:, 1]
 
     # ---------------------------------------------------------------- gallery search (two-stage)
     @torch.inference_mode()
@@ -974,8 +1023,8 @@ class _RetrievalMixin:
         if len(image_index) == 0:  # nothing shortlisted (k = 0): no fusion call on an empty batch
             return torch.zeros(0, device=image_tokens.device)
         for images, texts in zip(image_index.split(batch_size), text_index.split(batch_size)):
-            *_, fused, _, _ = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images])
-            scores.append(self.retrieval.itm(fused).float().log_softmax(-1)[:, 1])
+            fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images])
+            scores.append(self.retrieval.itm(fused.pooled).float().log_softmax(-1)[:, 1])
         return torch.cat(scores)
 
     @torch.inference_mode()
@@ -1041,20 +1090,22 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         image_tokens, _ = self.xattn.encode_image(pixel_values)
         text_tokens = self.xattn.encode_text(input_ids, attention_mask)
         if return_loss:
-            loss_cl, loss_itm, similarity, itm_logits, image_embeds, text_embeds = retrieval_losses(
-                self.retrieval, self.xattn, image_tokens, text_tokens, attention_mask, labels, input_ids
-            )
-            loss = self.config.lambda_cl * loss_cl + self.config.lambda_itm * loss_itm
+            losses = self._retrieval_losses(image_tokens, text_tokens, attention_mask, labels, input_ids)
+            loss = self.config.lambda_cl * losses.loss_contrastive + self.config.lambda_itm * losses.loss_itm
         else:
-            loss = loss_cl = loss_itm = None
             image_embeds = self.retrieval.embed_image(image_tokens)
             text_embeds = self.retrieval.embed_text(text_tokens, attention_mask)
-            similarity = self.retrieval.similarity(image_embeds, text_embeds)
-            *_, fused, _, _ = self.xattn.fuse(text_tokens, attention_mask, image_tokens)
-            itm_logits = self.retrieval.itm(fused)
+            losses = XAttnRetrievalLosses(
+                logits_per_image=self.retrieval.similarity(image_embeds, text_embeds),
+                itm_logits=self.retrieval.itm(self.xattn.fuse(text_tokens, attention_mask, image_tokens).pooled),
+                image_embeds=image_embeds,
+                text_embeds=text_embeds,
+            )
+            loss = None
         output = XAttnRetrievalOutput(
-            loss=loss, loss_contrastive=loss_cl, loss_itm=loss_itm, logits_per_image=similarity,
-            itm_logits=itm_logits, image_embeds=image_embeds, text_embeds=text_embeds,
+            loss=loss, loss_contrastive=losses.loss_contrastive, loss_itm=losses.loss_itm,
+            logits_per_image=losses.logits_per_image, itm_logits=losses.itm_logits, image_embeds=losses.image_embeds,
+            text_embeds=losses.text_embeds,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1064,13 +1115,16 @@ class _CaptionGenerationMixin(GenerationMixin):
     then transformers' `GenerationMixin.generate` drives the decoder (greedy, beam search, sampling, KV cache).
     Inheriting `GenerationMixin` gives the model a `generation_config`, saved and loaded with it."""
 
-    def _encode_for_caption(self, pixel_values, input_ids=None, attention_mask=None):
-        if self.config.use_text and input_ids is None:
-            device = pixel_values.device if pixel_values is not None else self.device
-            input_ids, attention_mask = default_prompt(self.config, len(pixel_values), device)
-        encoded = self.xattn(pixel_values=pixel_values, input_ids=input_ids if self.config.use_text else None,
-                             attention_mask=attention_mask, return_dict=True)
-        return self.captioner.memory(encoded)
+    def _caption_memory(self, image_tokens, input_ids=None, attention_mask=None):
+        """Fuse encoded images `(B, N, D)` with a prompt or question (default: the empty prompt) and return what the
+        decoder cross-attends to: `(memory (B, L + N, D_dec), memory_mask)`."""
+        text_tokens = None
+        if self.config.use_text:
+            if input_ids is None:
+                input_ids, attention_mask = default_prompt(self.config, len(image_tokens), image_tokens.device)
+            attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            text_tokens = self.xattn.encode_text(input_ids, attention_mask)
+        return self.captioner.memory(self.xattn.fuse(text_tokens, attention_mask, image_tokens))
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None,
@@ -1084,7 +1138,8 @@ class _CaptionGenerationMixin(GenerationMixin):
         override single fields (`num_beams`, `max_new_tokens`, `do_sample`, `use_cache`, ...), as in every
         transformers model. Returns token ids starting with `bos_token_id`; decode them with the processor's
         `batch_decode(..., skip_special_tokens=True)`."""
-        memory, memory_mask = self._encode_for_caption(pixel_values, input_ids, attention_mask)
+        image_tokens, _ = self.xattn.encode_image(pixel_values)  # encoded once for every decoding step and beam
+        memory, memory_mask = self._caption_memory(image_tokens, input_ids, attention_mask)
         generation_config = copy.deepcopy(self.generation_config if generation_config is None else generation_config)
         model_kwargs = generation_config.update(**generate_kwargs)  # call-time fields override; the rest are inputs
         generation_config.validate()
@@ -1150,7 +1205,8 @@ class XAttnForConditionalGeneration(_CaptionGenerationMixin, XAttnPreTrainedMode
             decoder_input_ids = labels.masked_fill(labels == -100, self.config.pad_token_id)
             decoder_attention_mask = (labels != -100).long() if decoder_attention_mask is None else decoder_attention_mask
             decoder_attention_mask[:, 0] = 1
-        memory, memory_mask = self._encode_for_caption(pixel_values, input_ids, attention_mask)
+        image_tokens, _ = self.xattn.encode_image(pixel_values)
+        memory, memory_mask = self._caption_memory(image_tokens, input_ids, attention_mask)
         decoded = self.captioner(memory, memory_mask, decoder_input_ids, decoder_attention_mask, labels)
         output = XAttnCaptionOutput(loss=decoded.loss, logits=decoded.logits, encoder_hidden_states=memory,
                                     encoder_attention_mask=memory_mask)
@@ -1204,8 +1260,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         if input_ids is not None or not config.use_text:
             mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
             text_tokens = self.xattn.encode_text(input_ids, mask) if config.use_text else None
-            *_, fused, _, _ = self.xattn.fuse(text_tokens, mask, image_tokens)
-            logits = self.classifier(fused)
+            logits = self.classifier(self.xattn.fuse(text_tokens, mask, image_tokens).pooled)
             if labelled:
                 losses["ce"] = self.classifier.loss(logits, labels, config.problem_type)
 
@@ -1220,18 +1275,14 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         if caption_input_ids is not None and len(caption_input_ids):
             if self.retrieval is not None and (config.lambda_cl > 0 or config.lambda_itm > 0):  # weighted 0: off
                 caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
-                losses["cl"], losses["itm"], similarity, _, image_embeds, text_embeds = retrieval_losses(
-                    self.retrieval, self.xattn, image_tokens, caption_tokens, caption_mask, image_ids, caption_input_ids
-                )
+                retrieval = self._retrieval_losses(image_tokens, caption_tokens, caption_mask, image_ids,
+                                                   caption_input_ids)
+                losses["cl"], losses["itm"] = retrieval.loss_contrastive, retrieval.loss_itm
+                similarity, image_embeds, text_embeds = (retrieval.logits_per_image, retrieval.image_embeds,
+                                                         retrieval.text_embeds)
             if self.captioner is not None and config.lambda_seq > 0:
                 # The caption is only the decoder's target; the fused encoder sees the image and an empty prompt.
-                prompt_ids, prompt_mask = default_prompt(config, len(caption_input_ids), caption_input_ids.device)
-                prompt_tokens = self.xattn.encode_text(prompt_ids, prompt_mask) if config.use_text else None
-                text_out, image_out, *_ = self.xattn.fuse(prompt_tokens, prompt_mask, image_tokens)
-                memory, memory_mask = self.captioner.memory(XAttnModelOutput(
-                    text_last_hidden_state=text_out, image_last_hidden_state=image_out,
-                    text_attention_mask=prompt_mask if text_out is not None else None,
-                ))
+                memory, memory_mask = self._caption_memory(image_tokens)
                 decoded = self.captioner(memory, memory_mask, caption_input_ids, caption_mask,
                                          caption_labels(caption_input_ids, caption_mask, config.pad_token_id))
                 losses["seq"] = decoded.loss

@@ -8,15 +8,12 @@ import math
 import os
 import re
 import shutil
-import string
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 
 from .data_xattn import BadRowCounter, _missing_target_reason, row_targets
-from .metrics_xattn import recall_at_k
 
 BACKBONE_PREFIXES = ("xattn.text_model.", "xattn.vision_model.features.")
 
@@ -115,61 +112,6 @@ def parameter_groups(model, learning_rate, backbone_learning_rate=None, weight_d
     return groups
 
 
-@torch.no_grad()
-def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict:
-    """Validation losses per task (Formula 4 and its parts), 3-way or VQA accuracy, and image->text retrieval over the whole
-    validation set from the unimodal embeddings (exhaustive; one caption per image)."""
-    model.eval()
-    sums, count, correct, labelled, vqa_sum, vqa_count = {}, 0, 0, 0, 0.0, 0
-    image_embeds, text_embeds, ids = [], [], []
-    unwrapped = accelerator.unwrap_model(model)
-    for step, batch in enumerate(dataloader):
-        if max_batches is not None and step >= max_batches:
-            break
-        if not batch:
-            continue
-        image_ids = batch.pop("image_ids")
-        batch.pop("row_index", None)
-        with accelerator.autocast():
-            out = model(**batch, image_ids=image_ids)
-        size = len(batch["pixel_values"])
-        for key in ("loss", "loss_ce", "loss_cl", "loss_itm", "loss_seq"):
-            value = getattr(out, key)
-            if value is not None:
-                total = accelerator.gather_for_metrics(value.detach().float().reshape(1) * size).sum()
-                sums[key] = sums.get(key, 0.0) + float(total)
-        count += int(accelerator.gather_for_metrics(torch.tensor([size], device=accelerator.device)).sum())
-        if out.logits is not None and "labels" in batch and batch["labels"].dim() == 2:  # VQA soft scores
-            answered = ~(batch["labels"] == -100).any(-1)  # rows without a question carry -100
-            scores = batch["labels"][answered].gather(1, out.logits[answered].argmax(-1, keepdim=True)).squeeze(1)
-            vqa_sum += float(accelerator.gather_for_metrics(scores).sum())
-            vqa_count += int(accelerator.gather_for_metrics(torch.tensor([len(scores)], device=accelerator.device)).sum())
-        if out.logits is not None and "labels" in batch and batch["labels"].dim() == 1:
-            predictions, labels = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
-            mask = labels != -100
-            correct += int((predictions[mask] == labels[mask]).sum())
-            labelled += int(mask.sum())
-        if out.image_embeds is not None:  # the forward pass's own retrieval embeddings: nothing is encoded twice
-            if "caption_attention_mask" in batch:  # the embeddings cover the rows that have a caption
-                image_ids = image_ids[batch["caption_attention_mask"].bool().any(-1)]
-            gathered = accelerator.gather_for_metrics((out.image_embeds, out.text_embeds, image_ids))
-            image_embeds.append(gathered[0].float())
-            text_embeds.append(gathered[1].float())
-            ids.append(gathered[2])
-    metrics = {f"val_{key}": value / max(count, 1) for key, value in sums.items()}
-    if labelled:
-        metrics["val_accuracy"] = 100.0 * correct / labelled
-    if vqa_count:
-        metrics["val_vqa_accuracy"] = 100.0 * vqa_sum / vqa_count  # min(#annotators / 3, 1) of the top answer
-    if image_embeds:
-        images, texts, all_ids = torch.cat(image_embeds), torch.cat(text_embeds), torch.cat(ids)
-        similarity = -unwrapped.retrieval.distance(images, texts)
-        positives = all_ids[:, None] == all_ids[None, :]
-        metrics.update({f"val_i2t_{k}": v for k, v in recall_at_k(similarity, positives).items()})
-    model.train()
-    return metrics
-
-
 # --------------------------------------------------------------------------------------------- checkpoints
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
@@ -236,16 +178,6 @@ def plot_training_curves(history: list[dict], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def render_model_card(template_path: str, values: dict) -> str:
-    """Fill `model_card.md`'s `$placeholders`; unknown placeholders stay visible rather than vanish."""
-    return string.Template(Path(template_path).read_text(encoding="utf-8")).safe_substitute(values)
-
-
-def metrics_markdown(metrics: dict) -> str:
-    rows = [f"| {key} | {value:.4g} |" for key, value in sorted(metrics.items()) if isinstance(value, (int, float))]
-    return "| metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
 def write_json(path: str, data) -> None:

@@ -21,22 +21,9 @@ from pathlib import Path
 import torch
 
 from modeling_xattn.data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded
+from modeling_xattn.evaluation_xattn import evaluate_model, load_model
+from modeling_xattn.train_xattn import parse_args as parse_train_args, train
 
-
-def _script(name: str):
-    """scripts/<name>.py under a private module name (scripts/evaluate.py must not shadow the `evaluate` library)."""
-    import importlib.util
-
-    module_name = f"xattn_script_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).resolve().parent / f"{name}.py")
-        sys.modules[module_name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[module_name])
-    return sys.modules[module_name]
-
-
-evaluation = _script("evaluate")
-train = _script("train")
 
 CONFIGURATIONS = {
     "full model": [],
@@ -93,22 +80,13 @@ def data_arguments(args) -> list[str]:
 def run_configuration(name, seed, args, extra, test_data) -> dict:
     folder = Path(args.output_dir) / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
     budget = ["--max_steps", str(args.max_steps)] if args.max_steps else ["--max_train_minutes", str(args.max_train_minutes), "--num_epochs", "1000"]
-    train.main(data_arguments(args) + CONFIGURATIONS[name] + budget + [
+    train(parse_train_args(data_arguments(args) + CONFIGURATIONS[name] + budget + [
         "--seed", str(seed), "--tasks", args.tasks, "--output_dir", str(folder), "--report_to", "none",
-        "--no_progress"] + extra)
-    model, processor = evaluation.load_model(str(folder))
+        "--no_progress"] + extra))
+    model, processor = load_model(str(folder))
     tasks = set(json.loads((folder / "train_results.json").read_text())["card"]["tasks"].split(","))
-    counter = BadRowCounter()
-    result = {}
-    progress = not args.no_progress
-    if "classification" in tasks:
-        result["classification"] = evaluation.evaluate_classification(model, processor, test_data, 64, progress, counter)
-    if "captioning" in tasks and model.captioner is not None:
-        result["captioning"], _ = evaluation.evaluate_captioning(model, processor, test_data, 64, args.num_beams, 30,
-                                                                 progress, java=not args.no_java, counter=counter)
-    if "retrieval" in tasks and model.retrieval is not None:
-        result["retrieval"] = evaluation.evaluate_retrieval(model, processor, test_data, 64, top_k=args.top_k,
-                                                            progress=progress, counter=counter)
+    result = evaluate_model(model, processor, test_data, tasks, 64, args.num_beams, 30, args.top_k,
+                            java=not args.no_java, progress=not args.no_progress, counter=BadRowCounter())
     result["train_steps"] = json.loads((folder / "train_results.json").read_text())["global_step"]
     (folder / "test_results.json").write_text(json.dumps(result, indent=2))
     return result

@@ -207,7 +207,7 @@ def bench_generation(args, device) -> dict:
 
     def encode():
         with torch.inference_mode(), autocast(device, args.precision):
-            model._encode_for_caption(pixels)
+            model._caption_memory(model.xattn.encode_image(pixels)[0])
 
     # encoding the images (DenseNet, ALBERT on the prompt, fusion) is the same with and without the cache; timed
     # alone so that the decoder's own speed-up can be given beside the whole call's

@@ -12,19 +12,9 @@ Prints the commit hash and the line that loads exactly that revision.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
-from pathlib import Path
 
-import torch
-
-import modeling_xattn  # noqa: F401  (registers the classes)
-from modeling_xattn.hub_xattn import load_pretrained, load_processor, model_index
-from modeling_xattn.training_xattn import render_model_card
-
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
-UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.png"]
+from modeling_xattn.publishing_xattn import push_folder
 
 
 def parse_args(argv=None):
@@ -41,78 +31,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def probe_inputs(model, processor):
-    """A fixed image-text pair for the parity check."""
-    generator = torch.Generator().manual_seed(0)
-    size = model.config.image_size
-    pixels = torch.rand(2, 3, size, size, generator=generator) * 2 - 1
-    text = processor(text=["a photo of a red circle", "two dogs"])
-    return {"pixel_values": pixels, **text}
-
-
-@torch.no_grad()
-def assert_parity(original, reloaded, inputs):
-    first, second = original(**inputs), reloaded(**inputs)
-    for key in ("logits",):
-        if not torch.equal(getattr(first, key), getattr(second, key)):
-            raise RuntimeError(f"reloaded model differs from the trained one in {key}; refusing to push")
-    if getattr(original, "captioner", None) is not None:
-        a = original.generate(inputs["pixel_values"], max_new_tokens=5)
-        b = reloaded.generate(inputs["pixel_values"], max_new_tokens=5)
-        if not torch.equal(a, b):
-            raise RuntimeError("reloaded model generates differently; refusing to push")
-
-
-def build_card(folder: Path, repo_id: str, eval_results: dict | None) -> str:
-    train_results = json.loads((folder / "train_results.json").read_text()) if (folder / "train_results.json").exists() else {}
-    values = dict(train_results.get("card", {}))
-    values.setdefault("datasets", eval_results.get("dataset", "unknown") if eval_results else "unknown")
-    values.setdefault("base_models", "  []")
-    values["model_id"] = repo_id
-    values["model_index"] = model_index(repo_id.split("/")[-1], eval_results)
-    if eval_results:
-        from modeling_xattn.training_xattn import metrics_markdown
-
-        flat = {f"{task}/{k}": v for task, metrics in eval_results["results"].items() for k, v in metrics.items()
-                if isinstance(v, (int, float))}
-        values["metrics_table"] = metrics_markdown(flat) + f"\n\n(split: {eval_results.get('split')})"
-    for key in ("training", "command", "metrics_table", "model_size", "parameters", "fusion_type", "modalities",
-                "use_cbam", "tasks"):
-        values.setdefault(key, "not recorded")
-    return render_model_card(str(TEMPLATE), values).replace("<repo>", repo_id)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    from huggingface_hub import HfApi
-
-    folder = Path(args.folder)
-    model = load_pretrained(str(folder)).eval()
-    processor = load_processor(str(folder))
-    eval_path = Path(args.eval_results) if args.eval_results else folder / "eval_results.json"
-    eval_results = json.loads(eval_path.read_text()) if eval_path.exists() else None
-
-    with tempfile.TemporaryDirectory() as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        for extra in ("training_curves.png", "train_results.json", "eval_results.json", "eval_results.md"):
-            if (folder / extra).exists():
-                Path(staging, extra).write_bytes((folder / extra).read_bytes())
-        Path(staging, "README.md").write_text(build_card(folder, args.repo_id, eval_results), encoding="utf-8")
-        reloaded = load_pretrained(staging).eval()
-        assert_parity(model, reloaded, probe_inputs(model, processor))
-
-        api = HfApi(endpoint=args.endpoint, token=args.token)
-        api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-        if args.revision != "main":
-            api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
-        info = api.upload_folder(folder_path=staging, repo_id=args.repo_id, revision=args.revision,
-                                 commit_message=args.commit_message, create_pr=args.create_pr,
-                                 allow_patterns=UPLOADED)
-    commit = info.oid
-    print(f"pushed {args.repo_id} at commit {commit}" + (f" (pull request {info.pr_url})" if info.pr_url else ""))
-    print(f'AutoModelForPreTraining.from_pretrained("{args.repo_id}", trust_remote_code=True, revision="{commit}")')
-    return {"commit": commit, "repo_id": args.repo_id, "pr_url": info.pr_url}
+    return push_folder(args.folder, args.repo_id, args.private, args.revision, args.create_pr, args.commit_message,
+                       args.eval_results, args.token, args.endpoint)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,409 @@
+"""The training job behind `scripts/train.py`: options, model and processor set-up, the Accelerate loop (exact
+resume, DDP, Formula 5), the best/final folders and the model card. `scripts/train.py` and `scripts/ablation.py` call
+`train(parse_args(argv))`; so can a notebook.
+
+The loop runs on one process or several (`accelerate launch`, `torchrun`) alike; see `scripts/train.py` for the
+commands.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .configuration_xattn import XAttnConfig
+from .modeling_xattn import XAttnForMultiTask
+from .processing_xattn import XAttnProcessor, train_albert_tokenizer
+from .data_xattn import (
+    TASK_TARGETS,
+    BadRowCounter,
+    CaptionPairs,
+    XAttnCollator,
+    add_data_arguments,
+    class_names,
+    answer_vocabulary,
+    load_split,
+    undecoded,
+)
+from .evaluation_xattn import evaluate_multitask
+from .publishing_xattn import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
+from .training_xattn import (
+    PreviousLossDecay,
+    TrainingState,
+    collator_task,
+    latest_checkpoint,
+    parameter_groups,
+    plot_training_curves,
+    quiet_tied_weights_notice,
+    save_checkpoint_atomically,
+    select_tasks,
+    usable_rows,
+    write_json,
+)
+
+
+
+def parse_args(argv=None, description: str | None = None):
+    """The training options (`scripts/train.py --help` lists them)."""
+    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(p)
+
+    model = p.add_argument_group("model")
+    model.add_argument("--tokenizer", help="tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
+    model.add_argument("--vocab_size", type=int, default=1000, help="size of a tokenizer trained on the data")
+    model.add_argument("--model_size", default="tiny", help="preset: tiny, small, base")
+    model.add_argument("--image_size", type=int,
+                       help="image side in pixels (default: the preset's: tiny and small 64, base 224)")
+    model.add_argument("--fusion_type", default="cross_attention", choices=["cross_attention", "concat"])
+    model.add_argument("--modalities", default="both", choices=["both", "image", "text"])
+    model.add_argument("--no_cbam", action="store_true")
+    model.add_argument("--text_backbone", help="pretrained ALBERT: Hub id or folder (albert/albert-base-v2)")
+    model.add_argument("--vision_backbone", help="'imagenet' (torchvision DenseNet121) or a .safetensors file")
+    model.add_argument("--freeze_text", action="store_true")
+    model.add_argument("--freeze_vision", action="store_true")
+    model.add_argument("--memory_saving", "--gradient_checkpointing", dest="memory_saving", action="store_true",
+                       help="DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers")
+
+    train = p.add_argument_group("optimisation (defaults: the paper's; weight decay decoupled, see --optimizer)")
+    train.add_argument("--tasks", default="auto",
+                       help="comma-separated subset of classification, retrieval, captioning; or vqa (answers as "
+                            "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning. auto (default): "
+                            "every task whose targets the training rows carry")
+    train.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
+    train.add_argument("--contrastive_loss", default="margin", choices=["margin", "margin_squared", "infonce"],
+                       help="retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's "
+                            "squared form) or infonce")
+    train.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
+    train.add_argument("--contrastive_temperature", type=float, default=0.07, help="InfoNCE temperature")
+    train.add_argument("--lambda_ce", type=float, default=1.0)
+    train.add_argument("--lambda_cl", type=float, default=1.0)
+    train.add_argument("--lambda_seq", type=float, default=1.0)
+    train.add_argument("--lambda_itm", type=float, default=1.0,
+                       help="weight of the image-text matching loss (not in the paper; trains the re-ranking head)")
+    train.add_argument("--num_beams", type=int, default=3,
+                       help="beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
+    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam"],
+                       help="adamw (default): Adam with decoupled weight decay; adam: torch's Adam, which adds the "
+                            "decay to the gradient, so that Adam's normalisation drives weights with small gradients "
+                            "to zero at the learning rate per step (see README)")
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
+    train.add_argument("--weight_decay", type=float, default=1e-4)
+    train.add_argument("--batch_size", type=int, default=32, help="per process")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--num_epochs", type=int, default=3, help="an epoch is one pass over every image-caption pair")
+    train.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
+    train.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
+    train.add_argument("--lr_decay_beta", type=float, default=0.5,
+                       help="Formula 5: lr *= beta after an evaluation whose loss is not below the previous one's")
+    train.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up of the learning rate")
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+
+    run = p.add_argument_group("evaluation and checkpoints")
+    run.add_argument("--output_dir", default="outputs/xattn")
+    run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: every epoch)")
+    run.add_argument("--save_steps", type=int, default=0, help="save_state every N steps (0: every epoch)")
+    run.add_argument("--save_total_limit", type=int, default=2)
+    run.add_argument("--metric_for_best_model", default="val_loss",
+                     help="validation metric that picks the best checkpoint (val_loss, val_accuracy, val_i2t_R@1, ...)")
+    run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    run.add_argument("--report_to", default="tensorboard", help="Accelerate tracker, or 'none'")
+    run.add_argument("--no_progress", action="store_true")
+    run.add_argument("--push_to_hub", action="store_true", help="push the final folder with scripts/push_to_hub.py")
+    run.add_argument("--hub_model_id", help="user/name to push to")
+    run.add_argument("--hub_private", action="store_true")
+    return p.parse_args(argv)
+
+
+def build_processor(args, train_data, accelerator):
+    if args.tokenizer or args.text_backbone:
+        return XAttnProcessor.build(args.tokenizer or args.text_backbone, image_size=_image_size(args))
+    folder = Path(args.output_dir) / "tokenizer"
+    if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
+        corpus = list(train_data["text"]) + [c for captions in train_data["captions"] for c in captions]
+        train_albert_tokenizer(corpus, vocab_size=args.vocab_size).save_pretrained(folder)
+    accelerator.wait_for_everyone()
+    return XAttnProcessor.build(str(folder), image_size=_image_size(args))
+
+
+def _image_size(args) -> int:
+    return args.image_size or XAttnConfig.from_preset(args.model_size).image_size
+
+
+def build_model(args, processor, tasks, label_names, answers=None):
+    if answers:
+        labels = dict(id2label=dict(enumerate(answers)), problem_type="multi_label_classification")
+    else:
+        labels = dict(id2label=dict(enumerate(label_names)))
+    overrides = dict(
+        fusion_type=args.fusion_type, modalities=args.modalities, use_cbam=not args.no_cbam,
+        lambda_ce=args.lambda_ce if tasks & {"classification", "vqa"} else 0.0,
+        lambda_cl=args.lambda_cl if "retrieval" in tasks else 0.0,
+        lambda_seq=args.lambda_seq if "captioning" in tasks else 0.0,
+        lambda_itm=args.lambda_itm if "retrieval" in tasks else 0.0,
+        text_config={"vocab_size": len(processor.tokenizer)},
+        image_size=_image_size(args),
+        contrastive_loss=args.contrastive_loss,
+        contrastive_margin=args.contrastive_margin,
+        contrastive_temperature=args.contrastive_temperature,
+        **labels,
+    )
+    config = XAttnConfig.from_preset(args.model_size, **overrides)
+    if args.text_backbone or args.vision_backbone:
+        model = XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone, vision=args.vision_backbone)
+    else:
+        model = XAttnForMultiTask(config)
+    model.generation_config.num_beams = args.num_beams  # saved as generation_config.json with the model
+    return model
+
+
+def train(args) -> dict:
+    """Train, evaluate and write the Hub-ready folder for parsed options (`parse_args`); returns the final metrics,
+    the folder, the process count, the step reached and the push's commit (when `--push_to_hub`)."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    # Without an accelerator, Accelerate only forms a multi-process (gloo) group when told it runs on the CPU;
+    # otherwise `torchrun --nproc_per_node 2` on a CPU machine silently trains two independent single-process runs.
+    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    accelerator = Accelerator(
+        cpu=args.cpu or not has_accelerator,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        # a batch may carry labels for only some tasks: their heads then get no gradient in that step
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)  # before building the model: identical initial weights on every process and every run
+    accelerator.print(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
+                      f"mixed precision: {accelerator.mixed_precision}")
+
+    counter = BadRowCounter()
+    try:
+        train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))
+        val_data = undecoded(load_split(args, "validation", counter))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    try:
+        tasks = select_tasks(args.tasks, train_data)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    args.tasks = ",".join(sorted(tasks))  # what was resolved ("auto") is what the card and the tracker record
+    task = collator_task(tasks)
+    train_data, val_data = usable_rows(train_data, task, counter), usable_rows(val_data, task, counter)
+    # One example per image-caption pair: every caption trains in every epoch (validation: the first caption).
+    train_examples = CaptionPairs(train_data) if "caption" in TASK_TARGETS[task] else train_data
+    needed = args.batch_size * accelerator.num_processes
+    if len(train_examples) < needed:
+        raise SystemExit(
+            f"{len(train_examples)} training examples ({len(train_data)} usable rows) cannot fill one batch of "
+            f"{args.batch_size} x {accelerator.num_processes} process(es); lower --batch_size. {counter.summary()}")
+    accelerator.print(f"tasks: {', '.join(sorted(tasks))}; {len(train_examples)} training examples from "
+                      f"{len(train_data)} rows, {len(val_data)} validation rows")
+    processor = build_processor(args, train_data, accelerator)
+    answers = answer_vocabulary(train_data, args.num_answers) if "vqa" in tasks else None
+    model = build_model(args, processor, tasks, class_names(train_data, val_data), answers)
+    if args.memory_saving:
+        model.set_memory_saving(True)
+    quiet_tied_weights_notice(model)
+    collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
+    train_loader = DataLoader(train_examples, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+                              num_workers=args.num_workers, drop_last=True)
+    val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
+
+    optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
+                                                  args.weight_decay, args.freeze_text, args.freeze_vision))
+    plateau = PreviousLossDecay(optimizer, args.lr_decay_beta)  # Formula 5
+    model_config = model.config
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    state = TrainingState()
+    accelerator.register_for_checkpointing(plateau, state)
+
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_steps or steps_per_epoch * args.num_epochs
+    eval_steps = args.eval_steps or steps_per_epoch
+    save_steps = args.save_steps or steps_per_epoch
+    checkpoints_dir = os.path.join(args.output_dir, "checkpoints")
+
+    if args.resume_from_checkpoint:
+        path = latest_checkpoint(checkpoints_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+        if path is None:
+            accelerator.print(f"no checkpoint in {checkpoints_dir}; starting from scratch")
+        else:
+            accelerator.load_state(path)
+            accelerator.print(f"resumed from {path} at step {state.global_step}")
+    if args.report_to != "none":
+        accelerator.init_trackers("xattn", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    kill_after = int(os.environ.get("XATTN_TEST_KILL_AFTER_STEP", "0"))  # tests: die by SIGKILL mid-epoch
+    started = time.time()
+    progress = tqdm(total=max_steps, initial=state.global_step, disable=args.no_progress or not accelerator.is_local_main_process,
+                    desc="training")
+    model.train()
+    stop = state.global_step >= max_steps
+    while not stop:
+        epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(train_loader))
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
+        steps_before = state.global_step
+        for batch in loader:
+            # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
+            set_seed(args.seed + state.global_step, device_specific=True)
+            if _any_process_empty(accelerator, batch):
+                # Every row of this batch was bad (counted). All processes skip together: one process stepping
+                # alone would wait for the others' gradients forever. The epoch check below stops a run of these.
+                continue
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    out = model(**batch)
+                if out.loss is None:
+                    raise RuntimeError(f"the batch at step {state.global_step} gave no loss: the model "
+                                       f"(modalities={model_config.modalities}) has no head for its targets "
+                                       f"({', '.join(k for k in batch if 'ids' in k)}); check --tasks and --modalities")
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {out.loss.item()} at step {state.global_step} (ce={out.loss_ce}, "
+                        f"cl={out.loss_cl}, itm={out.loss_itm}, seq={out.loss_seq}); lower --learning_rate or check the data. "
+                        f"The last checkpoint is in {checkpoints_dir}.")
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if args.warmup_steps and state.global_step < args.warmup_steps:
+                    for group, base in zip(optimizer.param_groups, _base_lrs(args, optimizer)):
+                        group["lr"] = base * (state.global_step + 1) / args.warmup_steps
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            progress.update(1)
+            logs = {"step": state.global_step, "train_loss": out.loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+            for key in ("loss_ce", "loss_cl", "loss_itm", "loss_seq"):
+                if getattr(out, key) is not None:
+                    logs[f"train_{key}"] = getattr(out, key).item()
+            progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
+            timed_out = args.max_train_minutes and (time.time() - started) / 60 >= args.max_train_minutes
+            last = state.global_step >= max_steps or timed_out
+            if state.global_step % eval_steps == 0 or last:
+                metrics = evaluate_multitask(model, val_loader, accelerator)
+                logs.update(metrics)
+                if state.global_step >= args.warmup_steps:
+                    plateau.step(metrics.get("val_loss", logs["train_loss"]))
+                _keep_best(args, accelerator, model, processor, state, metrics)
+                accelerator.print(f"step {state.global_step}: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in metrics.items()))
+            state.history.append(logs)
+            accelerator.log(logs, step=state.global_step)
+            if state.global_step % save_steps == 0 or last:
+                save_checkpoint_atomically(accelerator, checkpoints_dir, state.global_step, args.save_total_limit)
+            if kill_after and state.global_step == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if last:
+                stop = True
+                break
+        if not stop and state.global_step == steps_before:
+            raise RuntimeError(f"epoch {epoch} made no training step: no batch had a usable row. {counter.summary()}")
+    progress.close()
+    accelerator.wait_for_everyone()
+    final_metrics = state.history[-1] if state.history else {}
+    if accelerator.is_main_process:
+        _write_outputs(args, accelerator, model, processor, state, final_metrics, counter, time.time() - started)
+    accelerator.end_training()
+    accelerator.print(counter.summary())
+    pushed = None
+    if args.push_to_hub and accelerator.is_main_process:
+        if not args.hub_model_id:
+            raise SystemExit("--push_to_hub needs --hub_model_id user/name")
+        pushed = push_folder(args.output_dir, args.hub_model_id, private=args.hub_private,
+                             endpoint=os.environ.get("HF_ENDPOINT"))
+    return {"metrics": final_metrics, "output_dir": args.output_dir, "num_processes": accelerator.num_processes,
+            "global_step": state.global_step, "pushed": pushed}
+
+
+def _any_process_empty(accelerator, batch) -> bool:
+    """True when this process's batch, or any other process's, has no row."""
+    empty = not batch
+    if accelerator.num_processes == 1:
+        return empty
+    flag = torch.tensor([float(empty)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def _base_lrs(args, optimizer):
+    return [args.learning_rate] + [args.backbone_learning_rate or args.learning_rate] * (len(optimizer.param_groups) - 1)
+
+
+def _keep_best(args, accelerator, model, processor, state, metrics):
+    """Save the model as `best/` when the chosen validation metric improves (lower is better for losses)."""
+    key = args.metric_for_best_model
+    if key not in metrics:
+        return
+    value, lower_is_better = metrics[key], "loss" in key or "rank" in key
+    better = state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric)
+    if better:
+        state.best_metric = value
+        best = os.path.join(args.output_dir, "best")
+        accelerator.unwrap_model(model).save_pretrained(best, is_main_process=accelerator.is_main_process,
+                                                        save_function=accelerator.save)
+        if accelerator.is_main_process:
+            processor.save_pretrained(best)
+            write_json(os.path.join(best, "metrics.json"), {**metrics, "step": state.global_step})
+
+
+def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds):
+    """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
+    out = args.output_dir
+    model = accelerator.unwrap_model(model)
+    model.save_pretrained(out, save_function=accelerator.save)
+    processor.save_pretrained(out)
+    scalar_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
+    results = {
+        "metrics": scalar_metrics, "global_step": state.global_step, "train_seconds": round(seconds, 1),
+        "best_metric": state.best_metric, "metric_for_best_model": args.metric_for_best_model,
+        "num_processes": accelerator.num_processes, "bad_rows": dict(counter.counts), "converted": dict(counter.converted),
+    }
+    write_json(os.path.join(out, "history.json"), state.history)
+    plot_training_curves(state.history, os.path.join(out, "training_curves.png"))
+    base_models = [m for m in (args.text_backbone, args.vision_backbone and "torchvision/densenet121") if m]
+    values = {
+        "model_id": Path(out).name,
+        "base_models": "\n".join(f"  - {m}" for m in base_models) if base_models else "  []",
+        "datasets": args.dataset_name or args.dataset,
+        "model_size": args.model_size,
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "fusion_type": model.config.fusion_type,
+        "modalities": model.config.modalities,
+        "use_cbam": str(model.config.use_cbam),
+        "tasks": args.tasks,
+        "training": (f"{state.global_step} steps, batch {args.batch_size} x {accelerator.num_processes} process(es), "
+                     f"{'AdamW' if args.optimizer == 'adamw' else 'Adam'} lr {args.learning_rate}, "
+                     f"weight decay {args.weight_decay}, "
+                     f"lr x {args.lr_decay_beta} when the validation loss stops falling (Formula 5), seed {args.seed}, {seconds / 60:.1f} minutes"),
+        "command": "python scripts/train.py " + " ".join(sys.argv[1:]) if argv_is_cli() else "scripts/train.py main(...)",
+        "metrics_table": metrics_table(scalar_metrics),
+        "model_index": "",
+    }
+    results["card"] = {k: v for k, v in values.items() if k not in ("model_index", "metrics_table", "model_id")}
+    write_json(os.path.join(out, "train_results.json"), results)
+    if MODEL_CARD_TEMPLATE.exists():
+        Path(out, "README.md").write_text(render_model_card(values), encoding="utf-8")
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name == "train.py"
+
+
