@@ -36,7 +36,7 @@ PRESETS: dict[str, dict] = {
         num_attention_heads=4,
         intermediate_size=64,
         projection_dim=32,
-        initializer_range=0.1,  # ~1/sqrt(width): 0.02 suits width 768 and left the tiny model on a long plateau
+        initializer_range=0.1,  # ~1/sqrt(width): 0.02 is 1/sqrt(width) for the base preset's 768-wide layers
         decoder_config=dict(
             hidden_size=32,
             num_hidden_layers=2,
@@ -66,7 +66,7 @@ PRESETS: dict[str, dict] = {
         num_attention_heads=4,
         intermediate_size=128,
         projection_dim=64,
-        initializer_range=0.1,  # ~1/sqrt(width), as tiny: at 0.02 the fusion attention stayed uniform on Flickr8k
+        initializer_range=0.1,  # ~1/sqrt(width), as tiny
         decoder_config=dict(
             hidden_size=64,
             num_hidden_layers=2,
@@ -78,6 +78,8 @@ PRESETS: dict[str, dict] = {
     "base": dict(),  # the defaults below are the paper's sizes
 }
 
+# The paper's 3-way sentiment classes, in label-id order: the default classifier and the embedded dataset's labels.
+SENTIMENT_LABELS = ("positive", "neutral", "negative")
 FUSION_TYPES = ("cross_attention", "concat")
 MODALITIES = ("both", "image", "text")
 CONTRASTIVE_LOSSES = ("margin", "margin_squared", "infonce")
@@ -285,8 +287,8 @@ class XAttnConfig(PretrainedConfig):
         self.decoder_config = BertConfig(**decoder_kwargs)
 
         if kwargs.get("id2label") is None and kwargs.get("num_labels") is None:
-            kwargs["id2label"] = {0: "positive", 1: "neutral", 2: "negative"}
-            kwargs["label2id"] = {"positive": 0, "neutral": 1, "negative": 2}
+            kwargs["id2label"] = dict(enumerate(SENTIMENT_LABELS))
+            kwargs["label2id"] = {label: index for index, label in enumerate(SENTIMENT_LABELS)}
         elif kwargs.get("id2label") is not None and kwargs.get("label2id") is None:  # keep the two maps in step
             kwargs["label2id"] = {str(label): int(index) for index, label in kwargs["id2label"].items()}
         kwargs.setdefault("tie_word_embeddings", True)  # the caption decoder's output layer is its input embedding
@@ -394,4 +396,4 @@ def _as_dict(config) -> dict:
 
 XAttnConfig.register_for_auto_class()
 
-__all__ = ["XAttnConfig", "PRESETS", "densenet_grid_size"]
+__all__ = ["XAttnConfig", "PRESETS", "SENTIMENT_LABELS", "densenet_grid_size"]

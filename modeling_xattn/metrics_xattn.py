@@ -136,6 +136,11 @@ def classification_metrics(predictions, labels, num_labels: int | None = None) -
     return {"accuracy": float((predictions == labels).float().mean() * 100), "macro_f1": 100 * sum(f1s) / len(f1s)}
 
 
+def vqa_score(count: int) -> float:
+    """The standard VQA soft score of an answer given by `count` of the annotators: min(count / 3, 1)."""
+    return min(count / 3.0, 1.0)
+
+
 def vqa_accuracy(predicted_answers: list[str], human_answers: list[list[str]]) -> float:
     """VQA accuracy (percent): each prediction scores min(#annotators who gave it / 3, 1)."""
     if len(predicted_answers) != len(human_answers):
@@ -145,7 +150,7 @@ def vqa_accuracy(predicted_answers: list[str], human_answers: list[list[str]]) -
     total = 0.0
     for predicted, given in zip(predicted_answers, human_answers):
         counts = Counter(clean_text(a).lower() for a in given)
-        total += min(counts[clean_text(predicted).lower()] / 3.0, 1.0)
+        total += vqa_score(counts[clean_text(predicted).lower()])
     return 100.0 * total / max(len(predicted_answers), 1)
 
 

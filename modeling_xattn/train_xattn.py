@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -249,7 +248,6 @@ def train(args) -> dict:
     if args.report_to != "none":
         accelerator.init_trackers("xattn", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
-    kill_after = int(os.environ.get("XATTN_TEST_KILL_AFTER_STEP", "0"))  # tests: die by SIGKILL mid-epoch
     started = time.time()
     progress = tqdm(total=max_steps, initial=state.global_step, disable=args.no_progress or not accelerator.is_local_main_process,
                     desc="training")
@@ -310,8 +308,6 @@ def train(args) -> dict:
             accelerator.log(logs, step=state.global_step)
             if state.global_step % save_steps == 0 or last:
                 save_checkpoint_atomically(accelerator, checkpoints_dir, state.global_step, args.save_total_limit)
-            if kill_after and state.global_step == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
             if last:
                 stop = True
                 break

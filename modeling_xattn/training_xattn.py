@@ -154,12 +154,19 @@ def latest_checkpoint(checkpoints_dir: str) -> str | None:
 # --------------------------------------------------------------------------------------------- reporting
 
 
-def plot_training_curves(history: list[dict], path: str) -> None:
-    """A PNG of every loss and metric in `history` against the step."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures go to files, no display is needed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: list[dict], path: str) -> None:
+    """A PNG of every loss and metric in `history` against the step."""
+    plt = pyplot()
 
     keys = sorted({k for row in history for k in row if k != "step" and isinstance(row[k], (int, float))})
     losses = [k for k in keys if "loss" in k]
@@ -257,10 +264,7 @@ def plot_caption_samples(images, predictions: list[str], references: list[list[s
     """A PNG grid: each photo above its generated caption and its reference captions."""
     import textwrap
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from .data_xattn import load_image
 

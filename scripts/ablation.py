@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from modeling_xattn.training_xattn import pyplot
 from modeling_xattn.data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded
-from modeling_xattn.evaluation_xattn import evaluate_model, load_model
+from modeling_xattn.evaluation_xattn import evaluate_model, load_model, markdown_table
 from modeling_xattn.train_xattn import parse_args as parse_train_args, train
 
 
@@ -94,8 +95,7 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
 
 def summarise(runs: dict[str, list[dict]]) -> tuple[str, dict]:
     """Markdown table, rows = configurations, cells = mean (± std over seeds), '–' where a task does not apply."""
-    lines = ["| configuration | " + " | ".join(HEADERS) + " |", "|---|" + "---|" * len(HEADERS)]
-    summary = {}
+    rows, summary = [], {}
     for name, results in runs.items():
         cells, summary[name] = [], {}
         for (task, metric), header in zip(COLUMNS, HEADERS):
@@ -108,15 +108,12 @@ def summarise(runs: dict[str, list[dict]]) -> tuple[str, dict]:
             summary[name][header] = {"mean": mean, "std": std, "values": values}
             scale = 100 if task == "captioning" else 1  # caption metrics shown x100, as papers print them
             cells.append(f"{mean * scale:.1f}" + (f" ± {std * scale:.1f}" if len(values) > 1 else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines), summary
+        rows.append(dict(zip(["configuration", *HEADERS], [name, *cells])))
+    return markdown_table(rows, ["configuration", *HEADERS]), summary
 
 
 def bar_chart(summary: dict, path: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     headers = [h for h in HEADERS if any(h in s for s in summary.values())]
     figure, axes = plt.subplots(1, len(headers), figsize=(3.2 * len(headers), 3.6), squeeze=False)

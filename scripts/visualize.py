@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel
 
+from modeling_xattn.training_xattn import pyplot
 from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.processing_xattn import to_rgb
 
@@ -44,10 +45,7 @@ def attention_maps(model, processor, image: Image.Image, text: str):
 
 
 def render(image: Image.Image, tokens, maps, cbam, path: str, max_words: int = 12):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     special = {"[CLS]", "[SEP]", "<pad>"}
     words = [i for i, t in enumerate(tokens) if t not in special][:max_words]

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch.nn.functional import normalize
 
 from modeling_xattn import (XAttnConfig, XAttnForConditionalGeneration, XAttnForImageTextRetrieval, XAttnForMultiTask,
                             XAttnForSequenceClassification, XAttnModel)

@@ -4,7 +4,6 @@ real negatives, the folder's own splits, bad files, and the real photos in ../sh
 import json
 import logging
 import shutil
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from conftest import SHARED_SAMPLE, load_script
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.data_xattn import (
     NO_TARGET,
-    BadRowCounter,
     CaptionPairs,
     XAttnCollator,
     add_data_arguments,
