@@ -18,6 +18,7 @@ example per image-caption pair.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -191,8 +192,10 @@ class XAttnCollator:
 
     Rows that lack one target keep the others: a row without a label gets `labels = -100` (its statement, if any,
     is still encoded), a row without a caption gets an all-zero `caption_attention_mask` (the model's "no caption"),
-    a VQA row without a question gets soft scores of -100. A batch in which no row has a label has no `labels` /
-    `input_ids`; one in which no row has a caption has no `caption_input_ids`.
+    a VQA row without a question gets soft scores of -100. A batch in which no row has a statement has no
+    `input_ids` (and labels of -100 only); one in which no row has a caption has no `caption_input_ids`. Every batch
+    carries `image_ids` (the models take them: captions of one image are never each other's negatives);
+    `with_row_index=True` adds `row_index`, the positions in `rows` of the rows that were kept.
 
     The caption of a row is `row["caption_index"]` where set (`CaptionPairs` sets it: one example per image-caption
     pair), else `caption_index` (default: the first caption).
@@ -213,7 +216,7 @@ class XAttnCollator:
 
     def __init__(self, processor, task: str = "multitask", answer_vocab: list[str] | None = None,
                  counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
-                 head: str = "multitask"):
+                 head: str = "multitask", with_row_index: bool = False):
         if task not in TASK_TARGETS:
             raise ValueError(f"XAttnCollator: task must be one of {sorted(TASK_TARGETS)}, got {task!r}")
         if head not in self.HEADS:
@@ -221,6 +224,7 @@ class XAttnCollator:
         if head in ("retrieval", "captioning") and "caption" not in TASK_TARGETS[task]:
             raise ValueError(f"XAttnCollator: head={head!r} trains on captions, which task={task!r} does not read")
         self.head = head
+        self.with_row_index = with_row_index
         self.processor = processor
         self.task = task
         self.answer_vocab = {a: i for i, a in enumerate(answer_vocab or [])}
@@ -277,7 +281,10 @@ class XAttnCollator:
             batch["labels"] = scores
         batch["image_ids"] = torch.tensor([_stable_id(i) for i in ids], dtype=torch.long)
         batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
-        return self._for_head(batch)
+        batch = self._for_head(batch)
+        if not self.with_row_index:
+            batch.pop("row_index", None)
+        return batch
 
     def _for_head(self, batch: dict) -> dict:
         """Rename the batch's keys to the arguments of the model `head` names."""
@@ -710,8 +717,22 @@ def add_data_arguments(parser) -> None:
     data.add_argument("--num_workers", type=int, default=0)
 
 
+def data_options(**values) -> argparse.Namespace:
+    """The data options as `add_data_arguments` defines them, with `values` set: what `load_split` takes outside a
+    command line, e.g. `load_split(data_options(dataset="imagefolder", data_dir="photos/"), "validation")`."""
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    options = parser.parse_args([])
+    for key, value in values.items():
+        if not hasattr(options, key):
+            raise ValueError(f"data_options: unknown option {key!r}; see add_data_arguments")
+        setattr(options, key, value)
+    return options
+
+
 def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_validation: bool = False):
-    """The `split` ("train", "validation" or "test") of the dataset the arguments name, in the common schema.
+    """The `split` ("train", "validation" or "test") of the dataset that `args` (parsed data options, or a dict of
+    them: see `data_options`) names, in the common schema.
 
     The source's own splits are used as they are (imagefolder split folders, Karpathy's train+restval/val/test,
     COCO/table `--data_file` + `--validation_file`, Hub splits, MVSA's 8:1:1, the embedded dataset's train and
@@ -724,6 +745,8 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
     """
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got {split!r}")
+    if isinstance(args, dict):
+        args = data_options(**args)
     splits = _source_splits(args, counter if counter is not None else BadRowCounter())
     source = _source_name(args)
     if split == "train" and hold_out_validation and "validation" not in splits and "train" in splits:

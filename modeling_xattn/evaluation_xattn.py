@@ -30,7 +30,8 @@ def load_model(name: str, revision: str | None = None):
 
 
 def batches(dataset, collate, batch_size, progress=False, desc=None):
-    """Yield `(rows that made it into the batch, batch)`; rows the collator skips are counted by it."""
+    """Yield `(rows that made it into the batch, batch)` (the collator needs `with_row_index=True`); rows the
+    collator skips are counted by it."""
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collate(rows)
@@ -40,7 +41,8 @@ def batches(dataset, collate, batch_size, progress=False, desc=None):
 
 @torch.inference_mode()
 def evaluate_classification(model, processor, dataset, batch_size=32, progress=True, counter=None) -> dict:
-    collate = XAttnCollator(processor, task="classification", counter=counter, head="classification")
+    collate = XAttnCollator(processor, task="classification", counter=counter, head="classification",
+                            with_row_index=True)
     predictions, labels = [], []
     for _, batch in batches(dataset, collate, batch_size, progress, "classification"):
         logits = model(pixel_values=batch["pixel_values"].to(model.device),
@@ -63,7 +65,7 @@ def generate_captions(model, processor, pixel_values, num_beams=None, max_new_to
 @torch.inference_mode()
 def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=None, max_new_tokens=None, progress=True,
                         java=True, counter=None) -> tuple[dict, list[str]]:
-    collate = XAttnCollator(processor, task="captioning", counter=counter)
+    collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
     predictions, references = [], []
     for rows, batch in batches(dataset, collate, batch_size, progress, "captioning"):
         predictions += generate_captions(model, processor, batch["pixel_values"], num_beams, max_new_tokens)
@@ -74,16 +76,22 @@ def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=None
 
 
 @torch.inference_mode()
+def encode_gallery(model, processor, pixel_values, captions: list[str], batch_size=64):
+    """Images and captions of a gallery, each encoded once in batches: `(images, texts)` as `model.rank` takes them."""
+    images = model.encode_gallery_images(pixel_values, batch_size)
+    tokens = processor(captions=captions)
+    texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], 256)
+    return images, texts
+
+
+@torch.inference_mode()
 def rank_gallery(model, processor, pixel_values, captions: list[str], direction="i2t", top_k=128, exhaustive=False,
                  batch_size=64, encoded=None):
     """Two-stage ranking of a gallery: images and captions are encoded once (pass `encoded` from an earlier call
     to reuse them), the embeddings shortlist `top_k` per query, the matching head re-ranks the shortlist.
     Returns `(scores (num_images, num_captions), pairs scored by cross-attention, encoded)`."""
     if encoded is None:
-        images = model.encode_gallery_images(pixel_values, batch_size)
-        tokens = processor(captions=captions)
-        texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], 256)
-        encoded = (images, texts)
+        encoded = encode_gallery(model, processor, pixel_values, captions, batch_size)
     scores, pairs = model.rank(*encoded, direction=direction, k=top_k, exhaustive=exhaustive)
     return scores, pairs, encoded
 
@@ -94,7 +102,7 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
     """Gallery = the split's images and all their captions; any of an image's captions is a hit."""
     if getattr(model, "retrieval", None) is None:
         return {}
-    collate = XAttnCollator(processor, task="captioning", counter=counter)
+    collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
     pixels, captions, owner, count = [], [], [], 0
     for rows, batch in batches(dataset, collate, batch_size, progress, "retrieval: images"):
         for row in rows:
@@ -158,7 +166,7 @@ def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_be
 
 def caption_samples(model, processor, dataset, count: int, path, num_beams=None, max_new_tokens=None) -> None:
     """A picture of the first `count` readable photos of `dataset` with their generated and reference captions."""
-    collate = XAttnCollator(processor, task="captioning")
+    collate = XAttnCollator(processor, task="captioning", with_row_index=True)
     rows, batch = next(batches(dataset.select(range(min(count, len(dataset)))), collate, count))
     predictions = generate_captions(model, processor, batch["pixel_values"], num_beams, max_new_tokens)
     plot_caption_samples([row["image"] for row in rows], predictions, [list(row["captions"]) for row in rows],
@@ -235,6 +243,6 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     return metrics
 
 
-__all__ = ["TASKS", "batches", "caption_samples", "embedding_spread", "evaluate_captioning",
+__all__ = ["TASKS", "batches", "caption_samples", "embedding_spread", "encode_gallery", "evaluate_captioning",
            "evaluate_classification", "evaluate_model", "evaluate_multitask", "evaluate_retrieval",
            "generate_captions", "load_model", "markdown_table", "rank_gallery"]

@@ -46,7 +46,7 @@ from modeling_xattn import (
     XAttnForMultiTask,
     XAttnForSequenceClassification,
 )
-from modeling_xattn.evaluation_xattn import markdown_table
+from modeling_xattn.evaluation_xattn import encode_gallery, markdown_table
 from modeling_xattn.modeling_xattn import XAttnFusionLayer
 
 SECTIONS = ("fusion", "generation", "retrieval", "training", "inference")
@@ -266,12 +266,11 @@ def bench_retrieval(args, device) -> dict:
     data = synthetic_dataset(args.gallery_images, seed=1, captions_per_image=5)  # the embedded test split's seed
     captions = [c for cs in data["captions"] for c in cs]
     owner = torch.tensor([i for i, cs in enumerate(data["captions"]) for _ in cs])
-    batch = processor(images=list(data["image"]), captions=captions)
+    pixel_values = processor(images=list(data["image"]))["pixel_values"]
 
     start = time.perf_counter()
     with autocast(device, args.precision):
-        images = model.encode_gallery_images(batch["pixel_values"])
-        texts = model.encode_gallery_texts(batch["caption_input_ids"], batch["caption_attention_mask"])
+        images, texts = encode_gallery(model, processor, pixel_values, captions)
     synchronize(device)
     encode_s = time.perf_counter() - start
     result = {"config": f"{len(data)} images x {len(captions)} captions, k={args.top_k}, model: {source}",

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_xattn.data_xattn import load_image
+from modeling_xattn.evaluation_xattn import rank_gallery
 from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.processing_xattn import to_rgb
 from modeling_xattn.training_xattn import generation_overrides
@@ -108,10 +109,8 @@ def main(argv=None):
             tokens, embeds = model.encode_gallery_images(processor(images=images)["pixel_values"])
             gallery += list(zip(names, embeds, tokens))
         else:  # rank-captions
-            captions = processor(captions=args.captions)
-            texts = model.encode_gallery_texts(captions["caption_input_ids"], captions["caption_attention_mask"])
-            images_encoded = model.encode_gallery_images(processor(images=images)["pixel_values"])
-            scores, _ = model.rank(images_encoded, texts, direction="i2t", k=args.top_k)
+            scores, _, _ = rank_gallery(model, processor, processor(images=images)["pixel_values"], args.captions,
+                                        direction="i2t", top_k=args.top_k)
             for name, row in zip(names, scores):
                 order = row.argsort(descending=True)[: args.top_k]
                 results.append({"image": name, "captions": [{"caption": args.captions[j], "score": float(row[j])}

@@ -89,10 +89,23 @@ def test_multitask_model_generates_with_the_same_encoder(tiny_config, tmp_path):
 
 
 def test_image_only_model_captions():
+    """The visual-features-only ablation captions from the image stream alone: generate's tokens are the decoder's
+    own greedy choices, step by step, for each image."""
     config = XAttnConfig.from_preset("tiny", modalities="image")
+    torch.manual_seed(0)
     model = XAttnForConditionalGeneration(config).eval()
-    out = model.generate(make_batch(config, batch_size=2)["pixel_values"], max_new_tokens=4)
-    assert out.shape[0] == 2
+    pixels = make_batch(config, batch_size=2)["pixel_values"]
+    out = model.generate(pixels, max_new_tokens=4, min_new_tokens=4, num_beams=1)
+    assert out.shape == (2, 5) and (out[:, 0] == config.bos_token_id).all()
+    tokens = out[:, :1]
+    with torch.no_grad():
+        for _ in range(4):
+            logits = model(pixel_values=pixels, decoder_input_ids=tokens).logits
+            tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    for row in range(2):  # compared up to the first EOS, which min_new_tokens forbids in generate
+        stop = (tokens[row] == config.eos_token_id).nonzero()
+        end = int(stop[0]) if len(stop) else tokens.shape[1]
+        assert torch.equal(out[row, :end], tokens[row, :end])
 
 
 def test_generate_starts_from_the_models_generation_config(captioner, tiny_config, tmp_path):

@@ -85,13 +85,41 @@ def test_ablation_runs_every_configuration(tmp_path):
     assert table.count("\n|") >= 6 and (tmp_path / "ablation.png").stat().st_size > 1000
 
 
-def test_visualize_renders_a_grid(trained, images, tmp_path):
+def test_visualize_renders_a_grid(trained, images, tmp_path, capsys):
     out = visualize.main(["--model", str(trained), "--image", str(images / "0.png"), "--text",
                           "there is a red shape and a blue shape", "--output", str(tmp_path / "attention.png")])
+    layers = json.loads((trained / "config.json").read_text())["num_fusion_layers"]
+    assert f"{layers} layers x" in capsys.readouterr().out and Path(out).exists()
+
+
+def test_a_known_attention_map_is_drawn_where_it_attends(tmp_path):
+    """One word attending only to the top-left region of an 8x8 grid: in the rendered picture that word's panel is
+    red at its top-left and blue at its bottom-right (jet colour map), on a grey photo."""
+    import numpy as np
     from PIL import Image
 
-    picture = Image.open(out)
-    assert picture.size[0] > 500 and picture.size[1] > 300
+    from modeling_xattn.visualization_xattn import overlay, render
+
+    grid = torch.zeros(8, 8)
+    grid[0, 0] = 1.0
+    grey = np.full((224, 224, 3), 128, dtype=np.uint8)
+    blended = overlay(grey, grid).astype(int)
+    assert blended[5, 5, 0] > blended[5, 5, 2] + 60 and blended[-5, -5, 2] > blended[-5, -5, 0] + 60
+
+    maps = torch.zeros(1, 3, 8, 8)  # (layers, tokens, grid, grid): [CLS] dog [SEP]
+    maps[0, 1] = grid
+    path = render(Image.fromarray(grey), ["[CLS]", "▁dog", "[SEP]"], maps, None, str(tmp_path / "a.png"))
+    picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    height, width, _ = picture.shape
+    panel = picture[height // 2:, width // 2:]  # layer 1 x the word "dog": the bottom-right cell of a 2x2 grid
+    drawn = np.abs(panel - 255).sum(-1) > 30  # not the white background
+    rows, columns = drawn.sum(1), drawn.sum(0)  # the heatmap's rows and columns are mostly drawn; the title's not
+    rows, columns = np.flatnonzero(rows > rows.max() / 2), np.flatnonzero(columns > columns.max() / 2)
+    top, bottom, left, right = rows.min(), rows.max(), columns.min(), columns.max()
+    inset = (bottom - top) // 40  # well inside the first of the 8x8 regions
+    top_left, bottom_right = panel[top + inset, left + inset], panel[bottom - inset, right - inset]
+    assert top_left[0] > top_left[2] + 60, top_left  # red where the word attends
+    assert bottom_right[2] > bottom_right[0] + 60, bottom_right  # blue elsewhere
 
 
 @pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="shared COCO sample not present (a user's clone has none)")
