@@ -40,6 +40,11 @@ class _XAttnPipeline(Pipeline):
     _load_feature_extractor = False
     _pipeline_calls_generate = False  # generation arguments go to the model's own generate (see XAttnCaptioningPipeline)
 
+    @staticmethod
+    def _given(**values) -> dict:
+        """The call's options that were given (not None), for `_sanitize_parameters`."""
+        return {key: value for key, value in values.items() if value is not None}
+
     def _image_inputs(self, image, timeout=None):
         if isinstance(image, dict):
             image = image["image"]
@@ -51,11 +56,7 @@ class XAttnCaptioningPipeline(_XAttnPipeline):
     and generation arguments (`max_new_tokens`, `num_beams`, `do_sample`, ... or `generate_kwargs={...}`)."""
 
     def _sanitize_parameters(self, prompt=None, timeout=None, generate_kwargs=None, **kwargs):
-        preprocess, forward = {}, dict(generate_kwargs or {})
-        if prompt is not None:
-            preprocess["prompt"] = prompt
-        if timeout is not None:
-            preprocess["timeout"] = timeout
+        preprocess, forward = self._given(prompt=prompt, timeout=timeout), dict(generate_kwargs or {})
         for key in _GENERATION_ARGS:
             if key in kwargs:
                 forward[key] = kwargs.pop(key)
@@ -84,12 +85,7 @@ class XAttnImageTextClassificationPipeline(_XAttnPipeline):
     sigmoid per answer for a multi-label (VQA soft-score) model. `top_k=None` returns every label."""
 
     def _sanitize_parameters(self, text=None, top_k=None, timeout=None, **kwargs):
-        preprocess = {}
-        if text is not None:
-            preprocess["text"] = text
-        if timeout is not None:
-            preprocess["timeout"] = timeout
-        return preprocess, {}, {"top_k": top_k}
+        return self._given(text=text, timeout=timeout), {}, {"top_k": top_k}
 
     def __call__(self, image, text=None, **kwargs):
         """`image` with `text=`, or a dict / list of dicts `{"image": ..., "text": ...}`. A list of images takes one
@@ -130,14 +126,8 @@ class XAttnCaptionRankingPipeline(_XAttnPipeline):
     each candidate, `"{}"` by default."""
 
     def _sanitize_parameters(self, candidate_labels=None, hypothesis_template=None, timeout=None, **kwargs):
-        preprocess = {}
-        if candidate_labels is not None:
-            preprocess["candidate_labels"] = candidate_labels
-        if hypothesis_template is not None:
-            preprocess["hypothesis_template"] = hypothesis_template
-        if timeout is not None:
-            preprocess["timeout"] = timeout
-        return preprocess, {}, {}
+        return self._given(candidate_labels=candidate_labels, hypothesis_template=hypothesis_template,
+                           timeout=timeout), {}, {}
 
     def preprocess(self, image, candidate_labels=None, hypothesis_template="{}", timeout=None):
         if not candidate_labels:

@@ -146,3 +146,25 @@ def test_predict_every_command(trained, images, capsys):
                             "a blue square", "a green cross", "--json"])
     assert len(options[0]["captions"]) == 3
     assert json.loads(capsys.readouterr().out)["command"] == "rank-captions"
+
+
+def test_readme_evaluation_from_python_runs_as_written(trained, tmp_path, monkeypatch, capsys):
+    """README's notebook evaluation, on an imagefolder of labelled, captioned rows the test writes."""
+    import re
+
+    from modeling_xattn.data_xattn import synthetic_dataset
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "evaluate_model(" in b)
+    folder = tmp_path / "photos" / "validation"
+    folder.mkdir(parents=True)
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for i, row in enumerate(synthetic_dataset(6, seed=11)):
+            row["image"].save(folder / f"{i}.png")
+            metadata.write(json.dumps({"file_name": f"{i}.png", "text": row["text"], "label": row["label"],
+                                       "captions": list(row["captions"])}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace("outputs/xattn", str(trained)), "README.md", "exec"), {})
+    table = capsys.readouterr().out
+    for row in ("| classification | accuracy |", "| captioning | CIDEr |", "| retrieval | i2t_R@1 |"):
+        assert row in table
