@@ -83,29 +83,4 @@ def load_processor(name: str, revision: str | None = None, token=None):
     return AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=True, token=token)
 
 
-TASK_TYPES = {
-    "classification": ("text-classification", "Image-text classification"),
-    "captioning": ("image-to-text", "Image captioning"),
-    "retrieval": ("image-text-retrieval", "Image-text retrieval"),
-}
-
-
-def model_index(model_name: str, eval_results: dict | None) -> str:
-    """The `model-index` YAML block of a model card, from scripts/evaluate.py's JSON."""
-    if not eval_results or not eval_results.get("results"):
-        return ""
-    dataset = eval_results.get("dataset", "unknown")
-    lines = ["model-index:", f"- name: {model_name}", "  results:"]
-    for task, metrics in eval_results["results"].items():
-        task_type, task_name = TASK_TYPES.get(task, (task, task))
-        lines += [f"  - task:", f"      type: {task_type}", f"      name: {task_name}",
-                  f"    dataset:", f"      name: {dataset}", f"      type: {dataset}",
-                  f"      split: {eval_results.get('split', 'validation')}", "    metrics:"]
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metric_type = key.lower().replace("@", "_at_").replace("-", "_")
-                lines += [f"    - type: {metric_type}", f"      value: {round(float(value), 4)}", f"      name: {key}"]
-    return "\n".join(lines)
-
-
-__all__ = ["UnsafeCheckpointError", "check_safe", "load_pretrained", "load_processor", "model_index", "list_files"]
+__all__ = ["UnsafeCheckpointError", "check_safe", "load_pretrained", "load_processor", "list_files"]

@@ -14,13 +14,37 @@ from pathlib import Path
 import torch
 
 from .evaluation_xattn import markdown_table
-from .hub_xattn import load_pretrained, load_processor, model_index
+from .hub_xattn import load_pretrained, load_processor
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.png"]
 CARD_FIELDS = ("training", "command", "metrics_table", "model_size", "parameters", "fusion_type", "modalities",
                "use_cbam", "tasks")
 EXTRA_FILES = ("training_curves.png", "train_results.json", "eval_results.json", "eval_results.md")
+# The Hub task type and name of each task in the card's model-index.
+TASK_TYPES = {
+    "classification": ("text-classification", "Image-text classification"),
+    "captioning": ("image-to-text", "Image captioning"),
+    "retrieval": ("image-text-retrieval", "Image-text retrieval"),
+}
+
+
+def model_index(model_name: str, eval_results: dict | None) -> str:
+    """The `model-index` YAML block of a model card, from scripts/evaluate.py's JSON."""
+    if not eval_results or not eval_results.get("results"):
+        return ""
+    dataset = eval_results.get("dataset", "unknown")
+    lines = ["model-index:", f"- name: {model_name}", "  results:"]
+    for task, metrics in eval_results["results"].items():
+        task_type, task_name = TASK_TYPES.get(task, (task, task))
+        lines += ["  - task:", f"      type: {task_type}", f"      name: {task_name}",
+                  "    dataset:", f"      name: {dataset}", f"      type: {dataset}",
+                  f"      split: {eval_results.get('split', 'validation')}", "    metrics:"]
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metric_type = key.lower().replace("@", "_at_").replace("-", "_")
+                lines += [f"    - type: {metric_type}", f"      value: {round(float(value), 4)}", f"      name: {key}"]
+    return "\n".join(lines)
 
 
 def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
@@ -109,5 +133,5 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
     return {"commit": commit, "repo_id": repo_id, "pr_url": info.pr_url}
 
 
-__all__ = ["MODEL_CARD_TEMPLATE", "assert_parity", "build_card", "metrics_table", "probe_inputs", "push_folder",
-           "render_model_card"]
+__all__ = ["MODEL_CARD_TEMPLATE", "assert_parity", "build_card", "metrics_table", "model_index", "probe_inputs",
+           "push_folder", "render_model_card"]

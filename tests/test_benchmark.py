@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+import modeling_xattn.benchmark_xattn as library
 from conftest import load_script
 
-benchmark = load_script("benchmark")
+benchmark = load_script("benchmark")  # the command line; its figures come from the library module
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +50,10 @@ def test_on_a_machine_that_runs_every_flop_alike_the_figures_are_flop_ratios(mon
     rate = 1e9
 
     def fake_measure(fn, device, repeats, warmup):
-        seconds = benchmark.count_flops(fn) / rate
+        seconds = library.count_flops(fn) / rate
         return {"median_s": seconds, "times_s": [seconds]}
 
-    monkeypatch.setattr(benchmark, "measure", fake_measure)
+    monkeypatch.setattr(library, "measure", fake_measure)
     results = benchmark.main(["--smoke", "--sections", "fusion,retrieval,training", "--output_dir",
                               str(tmp_path)])["results"]
     assert results["fusion"]["ratio"] == pytest.approx(1.0)
@@ -91,7 +92,7 @@ def test_memory_probe_reports_its_own_peak_not_its_parents():
     import torch
 
     ballast = torch.ones(3 * 2**30 // 4)  # 3 GiB, touched
-    args = benchmark.parse_args(["--smoke", "--device", "cpu"])
-    probe = benchmark.run_memory_probe(args, "default")
-    assert benchmark.current_rss_bytes() > 3 * 2**30 > probe["peak_bytes"] >= probe["model_ready_bytes"] > 0
+    args = library.parse_args(["--smoke", "--device", "cpu"])
+    probe = library.run_memory_probe(args, "default")
+    assert library.current_rss_bytes() > 3 * 2**30 > probe["peak_bytes"] >= probe["model_ready_bytes"] > 0
     del ballast

@@ -1,0 +1,148 @@
+"""The paper's ablation study behind `scripts/ablation.py` (its docstring has the commands): each configuration
+trained with the same seed, data and budget through `train_xattn.train`, evaluated with `evaluation_xattn`, and
+summarised as a table (mean ± std over seeds) and a bar chart.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from .training_xattn import pyplot
+from .data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded
+from .evaluation_xattn import evaluate_model, load_model, markdown_table
+from .train_xattn import parse_args as parse_train_args, train
+
+
+CONFIGURATIONS = {
+    "full model": [],
+    "w/o cross-attention": ["--fusion_type", "concat"],
+    "w/o CBAM": ["--no_cbam"],
+    "visual features only": ["--modalities", "image"],
+    "text features only": ["--modalities", "text"],
+}
+COLUMNS = [("captioning", "CIDEr"), ("captioning", "BLEU-4"), ("captioning", "METEOR"),
+           ("retrieval", "i2t_R@1"), ("retrieval", "i2t_R@5"), ("retrieval", "i2t_R@10"),
+           ("retrieval", "t2i_R@1"), ("retrieval", "t2i_R@5"), ("retrieval", "t2i_R@10"),
+           ("classification", "accuracy")]
+HEADERS = ["CIDEr", "BLEU-4", "METEOR", "i→t R@1", "i→t R@5", "i→t R@10", "t→i R@1", "t→i R@5", "t→i R@10",
+           "3-way acc."]
+
+
+def parse_args(argv=None, description: str | None = None):
+    """The ablation's options, and the train.py options given after `--`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", default="outputs/ablation")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
+    p.add_argument("--tasks", default="auto", help="as train.py's --tasks (auto: every task the data has)")
+    p.add_argument("--split", default="test", choices=["validation", "test"], help="the split to evaluate on")
+    p.add_argument("--top_k", type=int, default=128, help="retrieval shortlist re-ranked by the matching score "
+                                                          "(0: rank by the embeddings alone)")
+    p.add_argument("--max_train_minutes", type=float, default=3.5, help="training budget of each configuration")
+    p.add_argument("--max_steps", type=int, help="step budget of each configuration (instead of minutes)")
+    p.add_argument("--test_samples", type=int, default=500, help="rows of the embedded dataset's test split")
+    p.add_argument("--num_beams", type=int, default=3)
+    p.add_argument("--no_java", action="store_true")
+    p.add_argument("--no_progress", action="store_true")
+    add_data_arguments(p)
+    args = p.parse_args(argv)
+    args.synthetic_test_samples = args.test_samples
+    return args, extra
+
+
+def data_arguments(args) -> list[str]:
+    """The data options, passed on to train.py unchanged so every configuration sees the same rows."""
+    names = ["dataset", "data_dir", "data_file", "validation_file", "dataset_name", "dataset_config_name",
+             "dataset_revision", "image_column", "caption_column", "text_column", "label_column", "answers_column",
+             "synthetic_samples", "data_seed", "validation_fraction", "max_samples"]
+    out = []
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name}", str(value)]
+    return out
+
+
+def run_configuration(name, seed, args, extra, test_data) -> dict:
+    folder = Path(args.output_dir) / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
+    budget = ["--max_steps", str(args.max_steps)] if args.max_steps else ["--max_train_minutes", str(args.max_train_minutes), "--num_epochs", "1000"]
+    train(parse_train_args(data_arguments(args) + CONFIGURATIONS[name] + budget + [
+        "--seed", str(seed), "--tasks", args.tasks, "--output_dir", str(folder), "--report_to", "none",
+        "--no_progress"] + extra))
+    model, processor = load_model(str(folder))
+    tasks = set(json.loads((folder / "train_results.json").read_text())["card"]["tasks"].split(","))
+    result = evaluate_model(model, processor, test_data, tasks, 64, args.num_beams, 30, args.top_k,
+                            java=not args.no_java, progress=not args.no_progress, counter=BadRowCounter())
+    result["train_steps"] = json.loads((folder / "train_results.json").read_text())["global_step"]
+    (folder / "test_results.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summarise(runs: dict[str, list[dict]]) -> tuple[str, dict]:
+    """Markdown table, rows = configurations, cells = mean (± std over seeds), '–' where a task does not apply."""
+    rows, summary = [], {}
+    for name, results in runs.items():
+        cells, summary[name] = [], {}
+        for (task, metric), header in zip(COLUMNS, HEADERS):
+            values = [r[task][metric] for r in results if metric in r.get(task, {})]
+            if not values:
+                cells.append("–")
+                continue
+            mean = statistics.mean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[name][header] = {"mean": mean, "std": std, "values": values}
+            scale = 100 if task == "captioning" else 1  # caption metrics shown x100, as papers print them
+            cells.append(f"{mean * scale:.1f}" + (f" ± {std * scale:.1f}" if len(values) > 1 else ""))
+        rows.append(dict(zip(["configuration", *HEADERS], [name, *cells])))
+    return markdown_table(rows, ["configuration", *HEADERS]), summary
+
+
+def bar_chart(summary: dict, path: str):
+    plt = pyplot()
+
+    headers = [h for h in HEADERS if any(h in s for s in summary.values())]
+    figure, axes = plt.subplots(1, len(headers), figsize=(3.2 * len(headers), 3.6), squeeze=False)
+    for ax, header in zip(axes[0], headers):
+        names = [n for n in summary if header in summary[n]]
+        means = [summary[n][header]["mean"] for n in names]
+        stds = [summary[n][header]["std"] for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=7)
+        ax.set_title(header)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv=None, description: str | None = None):
+    """Train and evaluate every configuration for every seed; write the table, the JSON and the chart."""
+    args, extra = parse_args(argv, description)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    test_data = undecoded(load_split(args, args.split))
+    runs = {name: [] for name in args.configurations}
+    for seed in args.seeds:
+        for name in args.configurations:
+            torch.manual_seed(seed)
+            runs[name].append(run_configuration(name, seed, args, extra, test_data))
+    table, summary = summarise(runs)
+    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.max_train_minutes} training minutes"
+    steps = ", ".join(f"{name} {run['train_steps']}" for name, results in runs.items() for run in results[:1])
+    header = (f"Ablation on {args.dataset_name or args.dataset} ({args.split} split, {len(test_data)} rows), seeds "
+              f"{args.seeds}, {budget} per configuration (steps: {steps}). Caption metrics x100, recall in %.\n\n")
+    Path(args.output_dir, "ablation.md").write_text(header + table + "\n", encoding="utf-8")
+    Path(args.output_dir, "ablation.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    bar_chart(summary, str(Path(args.output_dir, "ablation.png")))
+    print(header + table)
+    return summary
+
+

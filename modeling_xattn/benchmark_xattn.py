@@ -1,0 +1,511 @@
+"""The performance benchmark behind `scripts/benchmark.py` (its docstring lists the sections): every figure is a
+ratio measured in one run on one machine, side by side, written as JSON and a markdown table.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .configuration_xattn import XAttnConfig
+from .evaluation_xattn import encode_gallery, markdown_table
+from .modeling_xattn import (XAttnForConditionalGeneration, XAttnForMultiTask, XAttnForSequenceClassification,
+                             XAttnFusionLayer)
+
+SECTIONS = ("fusion", "generation", "retrieval", "training", "inference")
+TARGETS = {
+    "fusion": "<= 0.6x LXMERT's time",
+    "generation": ">= 3x tokens/s with the cache",
+    "retrieval": ">= 20x less time, R@1 within 1 point",
+    "mfu": ">= 30% MFU on CPU",
+    "memory": ">= 40% less peak memory when saving",
+}
+
+
+def parse_args(argv=None, description: str | None = None):
+    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
+    p.add_argument("--output_dir", default="outputs/benchmark")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per figure (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="on CUDA: autocast dtype (CPU: fp32)")
+    p.add_argument("--compile", action="store_true", help="also measure both fusion layers under torch.compile")
+    p.add_argument("--model", help="trained multi-task model folder for the retrieval figure (default: "
+                                   "outputs/xattn if it exists, else an untrained tiny model)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes everywhere (the tests use it; not a benchmark)")
+    # sizes (defaults: the paper's base preset and a 1,000-image gallery)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--fusion_hidden", type=int, default=768)
+    p.add_argument("--gallery_images", type=int, default=1000)
+    p.add_argument("--top_k", type=int, default=128)
+    p.add_argument("--retrieval_repeats", type=int, default=1,
+                   help="timed runs of each ranking (exhaustive scoring at full size: over 45 minutes on 2 CPU cores)")
+    p.add_argument("--new_tokens", type=int, default=30)
+    p.add_argument("--generation_batch", type=int, default=8)
+    p.add_argument("--model_size", default="base", help="preset of the generation, training and inference figures")
+    p.add_argument("--_memory_probe", choices=["default", "saving"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.batch_size, args.fusion_hidden, args.gallery_images, args.top_k = 4, 64, 12, 4
+        args.new_tokens, args.generation_batch, args.model_size = 6, 2, "tiny"
+        args.repeats, args.warmup = 1, 0
+    return args
+
+
+# ======================================================================================================= timing
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA (unless `--precision fp32`); fp32 on the CPU (this machine's CPU has no fast bf16)."""
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, device, repeats: int, warmup: int) -> dict:
+    """Median (and all) wall times of `fn()` in seconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(repeats, 1)):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "times_s": [round(t, 6) for t in times]}
+
+
+def count_flops(fn) -> int:
+    """Model FLOPs of one call of `fn` (matmuls, convolutions, attention) by torch's FLOP counter. Attention runs
+    through SDPA's math backend while counting, so its two matmuls are counted on every device."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(device, precision: str, repeats: int = 10) -> float:
+    """This machine's peak matmul rate in FLOP/s in the precision the figures ran in, which MFU is measured against:
+    the fastest of `repeats` products (the peak, so a slow moment of a shared machine cannot inflate MFU). The product
+    is 2048^3 on a CPU and 8192^3 on a GPU, large enough to reach each one's peak."""
+    size = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if device.type == "cuda" and precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    timing = measure(lambda: a @ b, device, repeats, warmup=2)
+    return 2 * size**3 / min(timing["times_s"])
+
+
+# ======================================================================================================= sections
+
+
+def bench_fusion(args, device) -> dict:
+    from transformers import LxmertConfig
+    from transformers.models.lxmert.modeling_lxmert import LxmertXLayer
+
+    hidden, heads, batch = args.fusion_hidden, max(args.fusion_hidden // 64, 1), args.batch_size
+    ours_config = XAttnConfig(hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden,
+                              hidden_dropout_prob=0.1, attention_dropout_prob=0.0)
+    lxmert_config = LxmertConfig(hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden,
+                                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, hidden_act="gelu")
+    torch.manual_seed(0)
+    layers = {"ours": XAttnFusionLayer(ours_config), "lxmert": LxmertXLayer(lxmert_config)}
+    text = torch.randn(batch, 32, hidden, device=device, requires_grad=True)
+    image = torch.randn(batch, 49, hidden, device=device, requires_grad=True)
+    text_mask = torch.ones(batch, 32, dtype=torch.long, device=device)
+    text_mask[: batch // 2, 24:] = 0  # half the statements are padded, as in real batches
+    additive_mask = (1.0 - text_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min  # LXMERT's format
+
+    def step(name, layer):
+        def run():
+            with autocast(device, args.precision):
+                if name.startswith("ours"):
+                    new_text, new_image, *_ = layer(text, text_mask, image)
+                else:
+                    new_text, new_image = layer(text, additive_mask, image, None)
+                loss = new_text.float().sum() + new_image.float().sum()
+            loss.backward()
+            layer.zero_grad(set_to_none=True)
+            text.grad = image.grad = None
+
+        return run
+
+    variants = {name: layer.to(device).train() for name, layer in layers.items()}
+    if args.compile:
+        variants.update({f"{name}+compile": torch.compile(layer) for name, layer in layers.items()})
+    result = {"config": f"hidden {hidden}, {heads} heads, 32 text + 49 image tokens, batch {batch}, fwd+bwd",
+              "parameters": {name: sum(p.numel() for p in layer.parameters()) for name, layer in layers.items()},
+              "flops": {name: count_flops(step(name, layer)) for name, layer in layers.items()}}
+    for name, layer in variants.items():
+        result[name] = measure(step(name, layer), device, args.repeats, args.warmup)
+    result["ratio"] = result["ours"]["median_s"] / result["lxmert"]["median_s"]
+    if args.compile:
+        result["ratio_compiled"] = result["ours+compile"]["median_s"] / result["lxmert+compile"]["median_s"]
+        result["ratio_ours_compiled_vs_lxmert_eager"] = result["ours+compile"]["median_s"] / result["lxmert"]["median_s"]
+    return result
+
+
+def bench_generation(args, device) -> dict:
+    config = XAttnConfig.from_preset(args.model_size)
+    torch.manual_seed(0)
+    model = XAttnForConditionalGeneration(config).to(device).eval()
+    pixels = torch.randn(args.generation_batch, 3, config.image_size, config.image_size, device=device)
+    new = args.new_tokens
+    result = {"config": f"{args.model_size} preset, {args.generation_batch} images, {new} new tokens "
+                        f"(min_new_tokens = max_new_tokens), whole generate() call incl. image encoding"}
+
+    def encode():
+        with torch.inference_mode(), autocast(device, args.precision):
+            model._caption_memory(model.xattn.encode_image(pixels)[0])
+
+    # encoding the images (DenseNet, ALBERT on the prompt, fusion) is the same with and without the cache; timed
+    # alone so that the decoder's own speed-up can be given beside the whole call's
+    encode_s = measure(encode, device, args.repeats, args.warmup)["median_s"]
+    result["encode_s"] = encode_s
+    for beams in (1, 3):
+        outputs, timings = {}, {}
+        for use_cache in (True, False):
+            def run():
+                with torch.inference_mode(), autocast(device, args.precision):
+                    outputs[use_cache] = model.generate(pixels, num_beams=beams, max_new_tokens=new,
+                                                        min_new_tokens=new, use_cache=use_cache)
+
+            timings[use_cache] = measure(run, device, args.repeats, args.warmup)
+        tokens = args.generation_batch * new
+        name = "greedy" if beams == 1 else f"beam{beams}"
+        result[name] = {
+            "tokens_per_s_cache": tokens / timings[True]["median_s"],
+            "tokens_per_s_no_cache": tokens / timings[False]["median_s"],
+            "speedup": timings[False]["median_s"] / timings[True]["median_s"],
+            "decoder_speedup": (timings[False]["median_s"] - encode_s) / (timings[True]["median_s"] - encode_s),
+            "identical_outputs": bool(torch.equal(outputs[True], outputs[False])),
+            "new_tokens": int(outputs[True].shape[1] - 1),
+            "times_cache_s": timings[True]["times_s"],
+            "times_no_cache_s": timings[False]["times_s"],
+        }
+    return result
+
+
+def retrieval_model(args, device):
+    """The trained multi-task model (`--model`, else outputs/xattn) and its processor, or an untrained tiny one."""
+    from .hub_xattn import load_pretrained, load_processor
+
+    folder = args.model or ("outputs/xattn" if Path("outputs/xattn/config.json").exists() else None)
+    if folder and not args.smoke:
+        return load_pretrained(folder).to(device).eval(), load_processor(folder), folder
+    from modeling_xattn import XAttnProcessor, train_albert_tokenizer
+    from .data_xattn import synthetic_dataset
+    from .processing_xattn import make_image_processor
+
+    data = synthetic_dataset(50, seed=0)
+    tokenizer = train_albert_tokenizer([c for cs in data["captions"] for c in cs] + list(data["text"]), 150)
+    config = XAttnConfig.from_preset("tiny", text_config={"vocab_size": len(tokenizer)},
+                                     decoder_config={"vocab_size": len(tokenizer)})
+    torch.manual_seed(0)
+    return (XAttnForMultiTask(config).to(device).eval(),
+            XAttnProcessor(make_image_processor(config.image_size), tokenizer), "untrained tiny model")
+
+
+def bench_retrieval(args, device) -> dict:
+    from .data_xattn import synthetic_dataset
+    from .metrics_xattn import retrieval_metrics
+
+    model, processor, source = retrieval_model(args, device)
+    data = synthetic_dataset(args.gallery_images, seed=1, captions_per_image=5)  # the embedded test split's seed
+    captions = [c for cs in data["captions"] for c in cs]
+    owner = torch.tensor([i for i, cs in enumerate(data["captions"]) for _ in cs])
+    pixel_values = processor(images=list(data["image"]))["pixel_values"]
+
+    start = time.perf_counter()
+    with autocast(device, args.precision):
+        images, texts = encode_gallery(model, processor, pixel_values, captions)
+    synchronize(device)
+    encode_s = time.perf_counter() - start
+    result = {"config": f"{len(data)} images x {len(captions)} captions, k={args.top_k}, model: {source}",
+              "gallery_encoding_s": encode_s}
+
+    scores = {}
+
+    def ranker(key, **kwargs):
+        def run():
+            with autocast(device, args.precision):
+                scores[key] = model.rank(images, texts, batch_size=1024, **kwargs)
+
+        return run
+
+    exhaustive = measure(ranker("exhaustive", exhaustive=True), device, args.retrieval_repeats, warmup=0)
+    exhaustive_scores, exhaustive_pairs = scores["exhaustive"]
+    exhaustive_metrics = retrieval_metrics(exhaustive_scores.cpu(), owner)
+    result["exhaustive"] = {**exhaustive, "pair_evaluations": exhaustive_pairs,
+                            "i2t_R@1": exhaustive_metrics["i2t_R@1"], "t2i_R@1": exhaustive_metrics["t2i_R@1"]}
+    for direction in ("i2t", "t2i"):
+        timing = measure(ranker(direction, direction=direction, k=args.top_k), device, args.retrieval_repeats, warmup=0)
+        two_stage_scores, pairs = scores[direction]
+        metrics = retrieval_metrics(two_stage_scores.cpu(), owner)
+        result[f"two_stage_{direction}"] = {
+            **timing, "pair_evaluations": pairs, f"{direction}_R@1": metrics[f"{direction}_R@1"],
+            "time_ratio": exhaustive["median_s"] / timing["median_s"],
+            "R@1_difference": metrics[f"{direction}_R@1"] - exhaustive_metrics[f"{direction}_R@1"],
+        }
+    return result
+
+
+def training_batch(config, batch_size, device, caption_length: int = 20, text_length: int = 32):
+    generator = torch.Generator().manual_seed(0)
+    vocab = config.text_config.vocab_size
+
+    def ids(length):
+        tokens = torch.randint(5, vocab, (batch_size, length), generator=generator)
+        tokens[:, 0], tokens[:, -1] = config.bos_token_id, config.eos_token_id
+        return tokens.to(device)
+
+    return {
+        "pixel_values": torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator).to(device),
+        "input_ids": ids(text_length),
+        "attention_mask": torch.ones(batch_size, text_length, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 3, (batch_size,), generator=generator).to(device),
+        "caption_input_ids": ids(caption_length),
+        "caption_attention_mask": torch.ones(batch_size, caption_length, dtype=torch.long, device=device),
+    }
+
+
+def training_setup(args, device, memory_saving: bool):
+    config = XAttnConfig.from_preset(args.model_size)
+    torch.manual_seed(0)
+    model = XAttnForMultiTask(config).to(device).train()
+    model.set_memory_saving(memory_saving)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    batch = training_batch(config, args.batch_size, device)
+
+    def forward_backward():
+        with autocast(device, args.precision):
+            loss = model(**batch).loss
+        loss.backward()
+        return loss
+
+    def step():
+        forward_backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step, forward_backward
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM). Not `ru_maxrss`: Linux carries that over from the parent at fork
+    and exec, so a probe started by a large benchmark process would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def memory_probe(args) -> dict:
+    """Run in a fresh process: peak memory of two training steps in one mode (CUDA: allocator peak; CPU: peak RSS)."""
+    device = pick_device(args.device)
+    _, step, _ = training_setup(args, device, args._memory_probe == "saving")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        ready = torch.cuda.memory_allocated(device)
+    else:
+        ready = current_rss_bytes()
+    for _ in range(2):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = peak_rss_bytes()
+    return {"peak_bytes": peak, "model_ready_bytes": ready, "training_bytes": peak - ready}
+
+
+def run_memory_probe(args, mode: str) -> dict:
+    # a fresh interpreter, so that its peak memory is the probe's own
+    command = [sys.executable, "-c", "import sys; from modeling_xattn.benchmark_xattn import main; main(sys.argv[1:])",
+               "--_memory_probe", mode, "--model_size", args.model_size,
+               "--batch_size", str(args.batch_size), "--device", args.device, "--precision", args.precision]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"memory probe ({mode}) failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def bench_training(args, device) -> dict:
+    # the probes first, while this process is small: a full-size default-mode probe next to a trained-up benchmark
+    # process would not fit in a 24 GiB machine
+    memory = {mode: run_memory_probe(args, mode) for mode in ("default", "saving")}
+    model, step, forward_backward = training_setup(args, device, memory_saving=False)
+    flops = count_flops(forward_backward)
+    model.zero_grad(set_to_none=True)
+    rate_before = matmul_rate(device, args.precision)
+    timing = measure(step, device, args.repeats, args.warmup)
+    del model, step, forward_backward
+    rate = max(rate_before, matmul_rate(device, args.precision))  # the peak, measured on both sides of the steps
+    achieved = flops / timing["median_s"]
+    return {
+        "config": f"{args.model_size} preset, multi-task loss (Formula 4), batch {args.batch_size}, Adam",
+        "step": timing,
+        "samples_per_s": args.batch_size / timing["median_s"],
+        "model_flops_per_sample": flops / args.batch_size,
+        "achieved_flops_per_s": achieved,
+        "matmul_flops_per_s": rate,
+        "mfu": achieved / rate,
+        "memory": memory,
+        "peak_memory_reduction": 1 - memory["saving"]["peak_bytes"] / memory["default"]["peak_bytes"],
+        "training_memory_reduction": 1 - memory["saving"]["training_bytes"] / memory["default"]["training_bytes"],
+    }
+
+
+def bench_inference(args, device) -> dict:
+    config = XAttnConfig.from_preset(args.model_size)
+    torch.manual_seed(0)
+    model = XAttnForSequenceClassification(config).to(device).eval()
+    batches = {size: training_batch(config, size, device) for size in (1, args.batch_size)}
+    result = {"config": f"{args.model_size} preset classification, torch.inference_mode, 32-token statements"}
+    for size, batch in batches.items():
+        inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+        for name in ("default", "no_grad", "channels_last"):
+            grad_mode = torch.no_grad if name == "no_grad" else torch.inference_mode
+            if name == "channels_last":
+                run_model = model.to(memory_format=torch.channels_last)
+                run_inputs = {**inputs, "pixel_values": inputs["pixel_values"].contiguous(memory_format=torch.channels_last)}
+            else:
+                run_model = model.to(memory_format=torch.contiguous_format)
+                run_inputs = inputs
+
+            def run():
+                with grad_mode(), autocast(device, args.precision):
+                    run_model(**run_inputs)
+
+            timing = measure(run, device, args.repeats, args.warmup)
+            result[f"batch{size}_{name}"] = {**timing, "ms_per_pair": 1000 * timing["median_s"] / size}
+    return result
+
+
+BENCHMARKS = {"fusion": bench_fusion, "generation": bench_generation, "retrieval": bench_retrieval,
+              "training": bench_training, "inference": bench_inference}
+
+
+# ======================================================================================================= report
+
+
+def machine_description(device, precision: str) -> str:
+    if device.type == "cuda":
+        mode = "bf16 autocast" if precision == "bf16" else "fp32"
+        return f"{torch.cuda.get_device_name(device)} ({mode}), torch {torch.__version__}"
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, fp32, torch {torch.__version__}"
+
+
+def markdown(report: dict) -> str:
+    r = report["results"]
+    rows = []
+    if "fusion" in r:
+        f = r["fusion"]
+        rows.append(("fusion fwd+bwd vs LxmertXLayer", f"{1000 * f['ours']['median_s']:.0f} ms vs "
+                     f"{1000 * f['lxmert']['median_s']:.0f} ms", f"{f['ratio']:.2f}x", TARGETS["fusion"]))
+        if "ratio_compiled" in f:
+            rows.append(("fusion, both torch.compile'd", f"{1000 * f['ours+compile']['median_s']:.0f} ms vs "
+                         f"{1000 * f['lxmert+compile']['median_s']:.0f} ms", f"{f['ratio_compiled']:.2f}x", ""))
+    if "generation" in r:
+        for name in ("greedy", "beam3"):
+            g = r["generation"][name]
+            rows.append((f"generate {name}, cache vs none", f"{g['tokens_per_s_cache']:.1f} vs "
+                         f"{g['tokens_per_s_no_cache']:.1f} tok/s, identical: {g['identical_outputs']}; decoding "
+                         f"alone (minus {r['generation']['encode_s']:.2f} s of image encoding): "
+                         f"{g['decoder_speedup']:.1f}x", f"{g['speedup']:.1f}x", TARGETS["generation"]))
+    if "retrieval" in r:
+        q = r["retrieval"]
+        for direction in ("i2t", "t2i"):
+            t = q[f"two_stage_{direction}"]
+            rows.append((f"retrieval {direction}, two-stage vs exhaustive",
+                         f"{t['median_s']:.1f} s vs {q['exhaustive']['median_s']:.1f} s; pairs {t['pair_evaluations']:,} "
+                         f"vs {q['exhaustive']['pair_evaluations']:,}; R@1 {t[f'{direction}_R@1']:.1f} vs "
+                         f"{q['exhaustive'][f'{direction}_R@1']:.1f}", f"{t['time_ratio']:.1f}x", TARGETS["retrieval"]))
+    if "training" in r:
+        t = r["training"]
+        gib = 2**30
+        rows.append(("training step (samples/s, FLOPs/sample)", f"{t['samples_per_s']:.2f} samples/s, "
+                     f"{t['model_flops_per_sample'] / 1e9:.1f} GFLOP/sample", "", ""))
+        rows.append(("MFU vs measured matmul rate", f"{t['achieved_flops_per_s'] / 1e9:.1f} of "
+                     f"{t['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", f"{100 * t['mfu']:.1f}%", TARGETS["mfu"]))
+        m = t["memory"]
+        rows.append(("peak memory, default vs memory saving", f"{m['default']['peak_bytes'] / gib:.2f} vs "
+                     f"{m['saving']['peak_bytes'] / gib:.2f} GiB (training part {m['default']['training_bytes'] / gib:.2f}"
+                     f" vs {m['saving']['training_bytes'] / gib:.2f} GiB)", f"-{100 * t['peak_memory_reduction']:.0f}% "
+                     f"(-{100 * t['training_memory_reduction']:.0f}%)", TARGETS["memory"]))
+    if "inference" in r:
+        i = r["inference"]
+        for key, value in i.items():
+            if key.startswith("batch"):
+                size, variant = key.split("_", 1)
+                rows.append((f"classification latency, {size.replace('batch', 'batch ')}, {variant}",
+                             f"{value['ms_per_pair']:.1f} ms/pair",
+                             "", ""))
+    columns = ["figure", "measured", "ratio", "target"]
+    table = markdown_table([dict(zip(columns, row)) for row in rows], columns)
+    return f"Machine: {report['machine']}. Command: `{report['command']}`.\n\n{table}\n"
+
+
+def main(argv=None, description: str | None = None) -> dict:
+    """Parse `argv` and run the sections it names (`scripts/benchmark.py` is this)."""
+    args = parse_args(argv, description)
+    if args._memory_probe:
+        print(json.dumps(memory_probe(args)))
+        return {}
+    device = pick_device(args.device)
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    report = {"machine": machine_description(device, args.precision), "device": device.type,
+              "command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "targets": TARGETS, "results": {}}
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    for section in sections:
+        start = time.perf_counter()
+        print(f"[benchmark] {section} ...", flush=True)
+        report["results"][section] = BENCHMARKS[section](args, device)
+        report["results"][section]["section_wall_s"] = time.perf_counter() - start
+        # written after every section, so a long run that dies keeps what it measured
+        (output / "benchmark.json").write_text(json.dumps(report, indent=2))
+        (output / "benchmark.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
