@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .training_xattn import pyplot
-from .data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded
+from .data_xattn import BadRowCounter, add_data_arguments, data_options, load_split, undecoded
 from .evaluation_xattn import evaluate_model, load_model, markdown_table
 from .train_xattn import parse_args as parse_train_args, train
 
@@ -61,14 +61,12 @@ def parse_args(argv=None, description: str | None = None):
 
 
 def data_arguments(args) -> list[str]:
-    """The data options, passed on to train.py unchanged so every configuration sees the same rows."""
-    names = ["dataset", "data_dir", "data_file", "validation_file", "dataset_name", "dataset_config_name",
-             "dataset_revision", "image_column", "caption_column", "text_column", "label_column", "answers_column",
-             "synthetic_samples", "data_seed", "validation_fraction", "max_samples"]
+    """Every data option (`add_data_arguments`), passed on to training unchanged so every configuration trains on
+    the rows it is evaluated against (the test split's size is this job's own `--test_samples`)."""
     out = []
-    for name in names:
+    for name in vars(data_options()):
         value = getattr(args, name)
-        if value is not None:
+        if value is not None and name != "synthetic_test_samples":
             out += [f"--{name}", str(value)]
     return out
 

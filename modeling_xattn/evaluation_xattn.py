@@ -76,11 +76,11 @@ def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=None
 
 
 @torch.inference_mode()
-def encode_gallery(model, processor, pixel_values, captions: list[str], batch_size=64):
+def encode_gallery(model, processor, pixel_values, captions: list[str], batch_size=64, text_batch_size=256):
     """Images and captions of a gallery, each encoded once in batches: `(images, texts)` as `model.rank` takes them."""
     images = model.encode_gallery_images(pixel_values, batch_size)
     tokens = processor(captions=captions)
-    texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], 256)
+    texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], text_batch_size)
     return images, texts
 
 
@@ -125,7 +125,8 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
         results[f"{direction}_pair_evaluations"] = pairs
     results["seconds"] = time.perf_counter() - started
     results["gallery"] = f"{len(pixels)} images x {len(captions)} captions"
-    results.update(embedding_spread(encoded[0][1], encoded[1][2], owner))
+    (_, image_embeds), (_, _, text_embeds) = encoded  # (tokens, embeddings), (tokens, mask, embeddings)
+    results.update(embedding_spread(image_embeds, text_embeds, owner))
     return results
 
 
@@ -149,6 +150,10 @@ def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_be
                    top_k=128, exhaustive=False, java=True, progress=True, counter=None) -> dict:
     """Every task of `tasks` the model has a head for, each on the rows that carry its target (a row without one is
     not a bad row). Returns `{task: metrics}` for the tasks that gave a result."""
+    tasks = [t for t in tasks.split(",") if t] if isinstance(tasks, str) else list(tasks)
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"evaluate_model: unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
     counter = counter if counter is not None else BadRowCounter()
     labelled = usable_rows(dataset, "classification", BadRowCounter())
     captioned = usable_rows(dataset, "captioning", BadRowCounter())

@@ -465,6 +465,11 @@ class XAttnPreTrainedModel(PreTrainedModel):
         transformers' own report."""
         model = super().from_pretrained(*args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
+        generation_config = getattr(loaded, "generation_config", None)
+        if (generation_config is not None and generation_config.max_new_tokens is None
+                and "max_length" not in generation_config.to_diff_dict()):
+            # a folder saved before its generation_config.json carried a length: captions may be as long as trained
+            generation_config.max_new_tokens = loaded.config.max_caption_length
         absent = list(getattr(loaded, "_heads_not_in_checkpoint", ()))
         config = loaded.config
         weighted_zero = {"classifier": config.lambda_ce == 0, "captioner": config.lambda_seq == 0,
@@ -1316,6 +1321,7 @@ XAttnForImageTextRetrieval.register_for_auto_class("AutoModel")  # copies the co
 
 __all__ = [
     "AUTO_CLASSES",
+    "XAttnFusionOutput",
     "XAttnCBAM",
     "XAttnVisionEncoder",
     "XAttnAttention",

@@ -48,7 +48,11 @@ def model_index(model_name: str, eval_results: dict | None) -> str:
 
 
 def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
-    """Fill the template's `$placeholders`; unknown placeholders stay visible rather than vanish."""
+    """Fill the template's `$placeholders`; unknown placeholders stay visible rather than vanish. The template is
+    the source checkout's `model_card.md`; an installed copy of the package without the checkout passes its own."""
+    if not Path(template).is_file():
+        raise FileNotFoundError(f"model card template {template} not found: it is model_card.md of the source "
+                                "checkout; pass template= (or --model_card_template) to render a card")
     return string.Template(Path(template).read_text(encoding="utf-8")).safe_substitute(values)
 
 
@@ -102,7 +106,8 @@ def assert_parity(original, reloaded, inputs) -> None:
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, revision: str = "main",
                 create_pr: bool = False, commit_message: str = "Upload XAttn model", eval_results: str | None = None,
-                token: str | None = None, endpoint: str | None = None) -> dict:
+                token: str | None = None, endpoint: str | None = None,
+                template: str | Path = MODEL_CARD_TEMPLATE) -> dict:
     """Load `folder` (safetensors only), save a clean copy (weights, config with `auto_map`, code, processor, card),
     reload the copy and check its outputs equal the original's, then upload it. Returns the commit."""
     from huggingface_hub import HfApi
@@ -118,7 +123,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
         for extra in EXTRA_FILES:
             if (folder / extra).exists():
                 Path(staging, extra).write_bytes((folder / extra).read_bytes())
-        Path(staging, "README.md").write_text(build_card(folder, repo_id, results), encoding="utf-8")
+        Path(staging, "README.md").write_text(build_card(folder, repo_id, results, template), encoding="utf-8")
         assert_parity(model, load_pretrained(staging).eval(), probe_inputs(model, processor))
 
         api = HfApi(endpoint=endpoint, token=token)

@@ -397,6 +397,8 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
     write_json(os.path.join(out, "train_results.json"), results)
     if MODEL_CARD_TEMPLATE.exists():
         Path(out, "README.md").write_text(render_model_card(values), encoding="utf-8")
+    else:
+        accelerator.print(f"no model card written: the template {MODEL_CARD_TEMPLATE} is part of the source checkout")
 
 
 def argv_is_cli() -> bool:

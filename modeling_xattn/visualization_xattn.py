@@ -18,16 +18,18 @@ SIDE = 224  # pixels of each drawn photo
 
 @torch.no_grad()
 def attention_maps(model, processor, image: Image.Image, text: str):
-    """Tokens, per-layer word->region maps `(layers, words, grid, grid)` (heads averaged) and CBAM's map."""
+    """Tokens, per-layer word->region maps `(layers, words, grid, grid)` (heads averaged) and CBAM's map, from any
+    XAttn model (its fused encoder, `model.xattn`, gives the maps)."""
     inputs = processor(images=image, text=text)
-    output = model(**inputs, output_attentions=True)
+    encoder = getattr(model, "xattn", model)
+    output = encoder(**{k: v.to(encoder.device) for k, v in inputs.items()}, output_attentions=True)
     if output.text_to_image_attentions is None:
         raise ValueError("this model has no cross-attention (fusion_type='concat' or a single modality)")
     grid = model.config.grid_size
-    maps = torch.stack([layer[0].mean(0) for layer in output.text_to_image_attentions])  # (layers, words, regions)
+    maps = torch.stack([layer[0].mean(0).float().cpu() for layer in output.text_to_image_attentions])  # (layers, words, regions)
     maps = maps.reshape(maps.shape[0], maps.shape[1], grid, grid)
     tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
-    cbam = output.cbam_spatial_attention[0, 0] if output.cbam_spatial_attention is not None else None
+    cbam = output.cbam_spatial_attention[0, 0].float().cpu() if output.cbam_spatial_attention is not None else None
     return tokens, maps, cbam
 
 

@@ -2,7 +2,7 @@
 fusion), without CBAM, with visual features only and with text features only. Every configuration is trained with the
 same seed, data and budget, then evaluated on the test split for every task it supports.
 
-    python scripts/ablation.py                                   # embedded dataset, 1 seed, about 30 min on 2 CPUs
+    python scripts/ablation.py                                   # embedded dataset, 1 seed, about 20 min on 2 CPUs
     python scripts/ablation.py --seeds 0 1 2                     # mean ± std over seeds
     python scripts/ablation.py --dataset mvsa --data_dir MVSA_Single --tasks classification -- --model_size base
 

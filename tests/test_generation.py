@@ -128,3 +128,14 @@ def test_generate_starts_from_the_models_generation_config(captioner, tiny_confi
     reloaded = XAttnForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert reloaded.generation_config.num_beams == 3 and reloaded.generation_config.max_new_tokens == 2
     assert torch.equal(reloaded.generate(pixels), configured)
+
+
+def test_a_folder_saved_without_generation_lengths_captions_as_long_as_trained(captioner, tiny_config, tmp_path):
+    import json
+
+    captioner.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    saved.pop("max_new_tokens")  # as folders written before generation_config.json carried a length
+    (tmp_path / "generation_config.json").write_text(json.dumps(saved))
+    reloaded = XAttnForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.generation_config.max_new_tokens == tiny_config.max_caption_length

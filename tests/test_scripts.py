@@ -168,3 +168,31 @@ def test_readme_evaluation_from_python_runs_as_written(trained, tmp_path, monkey
     table = capsys.readouterr().out
     for row in ("| classification | accuracy |", "| captioning | CIDEr |", "| retrieval | i2t_R@1 |"):
         assert row in table
+
+
+def test_attention_maps_from_any_model_class(trained, images):
+    from PIL import Image
+
+    from modeling_xattn.evaluation_xattn import load_model
+    from modeling_xattn.visualization_xattn import attention_maps
+
+    model, processor = load_model(str(trained))  # the multi-task model: its fused encoder gives the maps
+    tokens, maps, cbam = attention_maps(model, processor, Image.open(images / "0.png"), "a red circle")
+    assert maps.shape[:2] == (model.config.num_fusion_layers, len(tokens)) and cbam.shape == maps.shape[2:]
+
+
+def test_ablation_passes_every_data_option_to_training():
+    from modeling_xattn.ablation_xattn import data_arguments, parse_args
+
+    args, extra = parse_args(["--synthetic_colours", "3", "--synthetic_min_objects", "1", "--", "--model_size", "tiny"])
+    passed = data_arguments(args)
+    assert passed[passed.index("--synthetic_colours") + 1] == "3"
+    assert passed[passed.index("--synthetic_min_objects") + 1] == "1" and extra == ["--model_size", "tiny"]
+    assert "--synthetic_test_samples" not in passed
+
+
+def test_a_missing_card_template_is_a_clear_error(trained, tmp_path):
+    from modeling_xattn.publishing_xattn import build_card
+
+    with pytest.raises(FileNotFoundError, match="model_card.md of the source checkout"):
+        build_card(trained, "user/x", template=tmp_path / "absent.md")
