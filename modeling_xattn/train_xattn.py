@@ -315,9 +315,12 @@ def train(args) -> dict:
             raise RuntimeError(f"epoch {epoch} made no training step: no batch had a usable row. {counter.summary()}")
     progress.close()
     accelerator.wait_for_everyone()
+    _check_replicas_agree(accelerator, model)
     final_metrics = state.history[-1] if state.history else {}
+    weights = accelerator.get_state_dict(model)  # a collective: every process gathers, under FSDP/DeepSpeed too
     if accelerator.is_main_process:
-        _write_outputs(args, accelerator, model, processor, state, final_metrics, counter, time.time() - started)
+        _write_outputs(args, accelerator, model, processor, state, final_metrics, counter, time.time() - started,
+                       weights)
     accelerator.end_training()
     accelerator.print(counter.summary())
     pushed = None
@@ -328,6 +331,21 @@ def train(args) -> dict:
                              endpoint=os.environ.get("HF_ENDPOINT"))
     return {"metrics": final_metrics, "output_dir": args.output_dir, "num_processes": accelerator.num_processes,
             "global_step": state.global_step, "pushed": pushed}
+
+
+def _check_replicas_agree(accelerator, model) -> None:
+    """With several processes (DDP on one or several machines), every replica must end with the same weights: each
+    sends a fingerprint of its parameters (sum and sum of squares, in float64) and all are compared."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        parameters = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]
+        fingerprint = torch.stack([sum(p.sum() for p in parameters), sum(p.pow(2).sum() for p in parameters)])
+    every = accelerator.gather(fingerprint.to(accelerator.device)[None]).cpu()  # (processes, 2)
+    if not torch.equal(every, every[:1].expand_as(every)):
+        raise RuntimeError(f"the {accelerator.num_processes} processes ended with different weights: {every.tolist()}")
+    accelerator.print(f"weights identical on all {accelerator.num_processes} processes "
+                      f"(fingerprint {every[0, 0].item():.10g}, {every[0, 1].item():.10g})")
 
 
 def _any_process_empty(accelerator, batch) -> bool:
@@ -353,18 +371,20 @@ def _keep_best(args, accelerator, model, processor, state, metrics):
     if better:
         state.best_metric = value
         best = os.path.join(args.output_dir, "best")
+        # every process takes part in gathering the weights (FSDP and DeepSpeed shard them); the main one writes
         accelerator.unwrap_model(model).save_pretrained(best, is_main_process=accelerator.is_main_process,
-                                                        save_function=accelerator.save)
+                                                        save_function=accelerator.save,
+                                                        state_dict=accelerator.get_state_dict(model))
         if accelerator.is_main_process:
             processor.save_pretrained(best)
             write_json(os.path.join(best, "metrics.json"), {**metrics, "step": state.global_step})
 
 
-def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds):
+def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds, weights=None):
     """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
     out = args.output_dir
     model = accelerator.unwrap_model(model)
-    model.save_pretrained(out, save_function=accelerator.save)
+    model.save_pretrained(out, save_function=accelerator.save, state_dict=weights)
     processor.save_pretrained(out)
     scalar_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
     results = {

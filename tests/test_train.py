@@ -110,6 +110,25 @@ def test_two_processes_really_run(tmp_path):
     assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
 
 
+def test_two_nodes_end_with_identical_weights(tmp_path):
+    """`torchrun --nnodes 2`: two "machines" on 127.0.0.1, one process each, gloo; the run checks at the end that both
+    replicas hold the same weights (and would stop if they did not)."""
+    out = tmp_path / "nodes"
+    launches = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", "29547",
+                   str(SCRIPT), *FAST, "--max_steps", "3", "--eval_steps", "3", "--output_dir", str(out)]
+        launches.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    outputs = [launch.communicate(timeout=600) for launch in launches]
+    for launch, (stdout, stderr) in zip(launches, outputs):
+        assert launch.returncode == 0, stderr[-3000:]
+    main_stdout = outputs[0][0]
+    assert "processes: 2" in main_stdout and "weights identical on all 2 processes" in main_stdout
+    assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
+
+
 def test_classification_only_task_subset(tmp_path):
     result = train.main(FAST + ["--max_steps", "2", "--tasks", "classification", "--output_dir", str(tmp_path)])
     assert set(result["metrics"]) >= {"val_loss", "val_accuracy"} and "val_loss_seq" not in result["metrics"]
