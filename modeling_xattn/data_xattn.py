@@ -36,6 +36,7 @@ from PIL import Image
 
 from .configuration_xattn import SENTIMENT_LABELS
 from .metrics_xattn import vqa_score
+from .modeling_xattn import caption_labels
 
 logger = logging.getLogger(__name__)
 
@@ -304,9 +305,8 @@ class XAttnCollator:
         common = {"pixel_values": batch["pixel_values"][has_caption], "row_index": batch["row_index"][has_caption]}
         if self.head == "retrieval":
             return {**common, "input_ids": ids, "attention_mask": mask, "labels": batch["image_ids"][has_caption]}
-        pad = self.processor.tokenizer.pad_token_id
         return {**common, "decoder_input_ids": ids, "decoder_attention_mask": mask,
-                "labels": ids.masked_fill((mask == 0) | (ids == pad), NO_TARGET)}
+                "labels": caption_labels(ids, mask, self.processor.tokenizer.pad_token_id)}
 
 
 class CaptionPairs(torch.utils.data.Dataset):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import os
 from dataclasses import dataclass
@@ -76,27 +77,6 @@ class XAttnModelOutput(ModelOutput):
     image_last_hidden_state: torch.FloatTensor | None = None
     text_attention_mask: torch.LongTensor | None = None
     cbam_spatial_attention: torch.FloatTensor | None = None
-    text_to_image_attentions: tuple[torch.FloatTensor, ...] | None = None
-    image_to_text_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class XAttnFusionOutput(ModelOutput):
-    """What the fusion layers give for already-encoded streams ([`XAttnModel.fuse`]).
-
-    Args:
-        pooled (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): the fused vector Y_C.
-        text_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length, hidden_size)`, *optional*).
-        text_attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
-        image_hidden_state (`torch.FloatTensor` of shape `(batch_size, grid*grid, hidden_size)`, *optional*).
-        text_to_image_attentions / image_to_text_attentions (`tuple(torch.FloatTensor)`, *optional*): as in
-            [`XAttnModelOutput`], with `output_attentions=True`.
-    """
-
-    pooled: torch.FloatTensor | None = None
-    text_hidden_state: torch.FloatTensor | None = None
-    text_attention_mask: torch.LongTensor | None = None
-    image_hidden_state: torch.FloatTensor | None = None
     text_to_image_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_to_text_attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -443,9 +423,15 @@ class XAttnPreTrainedModel(PreTrainedModel):
 
     def post_init(self):
         super().post_init()
+        self._default_caption_length()
+
+    def _default_caption_length(self):
+        """A generation config that sets no length (a new model's, or one saved before generation_config.json
+        carried a length) lets captions be as long as the longest one trained on, not transformers' 20 tokens."""
         generation_config = getattr(self, "generation_config", None)  # only the models that caption have one
-        if generation_config is not None and generation_config.max_new_tokens is None:
-            self.generation_config.max_new_tokens = self.config.max_caption_length  # the longest caption trained on
+        if (generation_config is not None and generation_config.max_new_tokens is None
+                and "max_length" not in generation_config.to_diff_dict()):
+            generation_config.max_new_tokens = self.config.max_caption_length
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights (safetensors), config, generation config and the code files. The config's `auto_map` names
@@ -465,11 +451,7 @@ class XAttnPreTrainedModel(PreTrainedModel):
         transformers' own report."""
         model = super().from_pretrained(*args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
-        generation_config = getattr(loaded, "generation_config", None)
-        if (generation_config is not None and generation_config.max_new_tokens is None
-                and "max_length" not in generation_config.to_diff_dict()):
-            # a folder saved before its generation_config.json carried a length: captions may be as long as trained
-            generation_config.max_new_tokens = loaded.config.max_caption_length
+        loaded._default_caption_length()  # the loaded generation_config.json replaced the one post_init filled
         absent = list(getattr(loaded, "_heads_not_in_checkpoint", ()))
         config = loaded.config
         weighted_zero = {"classifier": config.lambda_ce == 0, "captioner": config.lambda_seq == 0,
@@ -604,8 +586,9 @@ class XAttnModel(XAttnPreTrainedModel):
         return self.text_projection(hidden)
 
     # ---------------------------------------------------------------- fusion
-    def fuse(self, text_tokens, text_mask, image_tokens, output_attentions=False) -> XAttnFusionOutput:
-        """Run the fusion layers on already-encoded streams (either may be None for a one-modality model)."""
+    def fuse(self, text_tokens, text_mask, image_tokens, output_attentions=False) -> XAttnModelOutput:
+        """Run the fusion layers on already-encoded streams (either may be None for a one-modality model); the
+        output is `forward`'s without CBAM's map, which belongs to the image encoder."""
         text_to_image, image_to_text = [], []
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
@@ -623,11 +606,11 @@ class XAttnModel(XAttnPreTrainedModel):
         if image_tokens is not None:
             pooled.append(image_tokens.mean(1))
         maps = output_attentions and self.config.use_cross_attention
-        return XAttnFusionOutput(
-            pooled=self.fusion_projection(torch.cat(pooled, dim=-1)),  # (B, streams*D) -> (B, D)
-            text_hidden_state=text_tokens,
+        return XAttnModelOutput(
+            pooler_output=self.fusion_projection(torch.cat(pooled, dim=-1)),  # (B, streams*D) -> (B, D)
+            text_last_hidden_state=text_tokens,
             text_attention_mask=text_mask if text_tokens is not None else None,
-            image_hidden_state=image_tokens,
+            image_last_hidden_state=image_tokens,
             text_to_image_attentions=tuple(text_to_image) if maps else None,
             image_to_text_attentions=tuple(image_to_text) if maps else None,
         )
@@ -667,15 +650,7 @@ class XAttnModel(XAttnPreTrainedModel):
                 raise ValueError("pixel_values are required: this model fuses images (config.modalities="
                                  f"{self.config.modalities!r})")
         fused = self.fuse(text_tokens, attention_mask, image_tokens, output_attentions)
-        output = XAttnModelOutput(
-            pooler_output=fused.pooled,
-            text_last_hidden_state=fused.text_hidden_state,
-            image_last_hidden_state=fused.image_hidden_state,
-            text_attention_mask=fused.text_attention_mask,
-            cbam_spatial_attention=spatial,
-            text_to_image_attentions=fused.text_to_image_attentions,
-            image_to_text_attentions=fused.image_to_text_attentions,
-        )
+        output = dataclasses.replace(fused, cbam_spatial_attention=spatial)  # rebuilt, so to_tuple() keeps the order
         return output if return_dict else output.to_tuple()
 
 
@@ -767,10 +742,10 @@ class XAttnRetrievalHead(nn.Module):
     def pair_distance(self, image_embeds, text_embeds):
         """The same distances computed from the differences `(B, B, P)`: exact near 0, and with a finite gradient
         there (sqrt(2 - 2cos) has an infinite one as the two vectors meet). For in-batch losses."""
+        if self.config.contrastive_distance != "euclidean":
+            return self.distance(image_embeds, text_embeds)  # 1 - cos is exact as it is
         with full_precision(image_embeds):
-            if self.config.contrastive_distance == "euclidean":
-                return torch.linalg.vector_norm(image_embeds.float()[:, None] - text_embeds.float()[None], dim=-1)
-            return 1.0 - image_embeds.float() @ text_embeds.float().T
+            return torch.linalg.vector_norm(image_embeds.float()[:, None] - text_embeds.float()[None], dim=-1)
 
     def similarity(self, image_embeds, text_embeds):
         """Higher is closer: -distance (margin losses) or cosine / temperature (InfoNCE); fp32."""
@@ -836,14 +811,14 @@ class XAttnCaptionHead(nn.Module):
         # to the causal-LM loss): name it
         self.text_decoder.loss_type = "ForCausalLM"
 
-    def memory(self, fused: XAttnFusionOutput):
+    def memory(self, fused: XAttnModelOutput):
         """The fused tokens the decoder reads: the prompt stream then the image stream, with their mask."""
         states, masks = [], []
-        if fused.text_hidden_state is not None:
-            states.append(fused.text_hidden_state)
+        if fused.text_last_hidden_state is not None:
+            states.append(fused.text_last_hidden_state)
             masks.append(fused.text_attention_mask.long())
-        if fused.image_hidden_state is not None:
-            image = fused.image_hidden_state
+        if fused.image_last_hidden_state is not None:
+            image = fused.image_last_hidden_state
             states.append(image)
             masks.append(torch.ones(image.shape[:2], dtype=torch.long, device=image.device))
         return self.projection(torch.cat(states, dim=1)), torch.cat(masks, dim=1)
@@ -947,18 +922,6 @@ class XAttnForSequenceClassification(XAttnPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-@dataclass
-class XAttnRetrievalLosses(ModelOutput):
-    """The retrieval losses of one batch of (image i, text i) pairs and what they were computed from."""
-
-    loss_contrastive: torch.FloatTensor | None = None
-    loss_itm: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    itm_logits: torch.FloatTensor | None = None  # of the given pairs
-    image_embeds: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-
-
 class _RetrievalMixin:
     """Retrieval API for models holding `self.xattn` and `self.retrieval`: unimodal embeddings, the matching score,
     and two-stage gallery search (images and texts encoded once, embeddings shortlist, cross-attention re-ranks)."""
@@ -966,14 +929,15 @@ class _RetrievalMixin:
     def _retrieval_losses(self, image_tokens, text_tokens, text_mask, image_ids=None, input_ids=None):
         """Formula 2 on the unimodal embeddings and the matching loss on the given pairs and sampled in-batch
         negatives, fused once. `image_tokens` `(B, N, D)` and `text_tokens` `(B, L, D)` are encoded, not fused;
-        pairs sharing an image id or an identical text are never each other's negatives."""
+        pairs sharing an image id or an identical text are never each other's negatives. Returns the retrieval
+        output without its weighted `loss`."""
         image_embeds = self.retrieval.embed_image(image_tokens)
         text_embeds = self.retrieval.embed_text(text_tokens, text_mask)
         negatives = negative_pairs(image_ids, input_ids, text_mask, len(image_tokens), image_tokens.device)
         image_index, text_index, targets = self.retrieval.matching_pairs(image_embeds, text_embeds, negatives)
         fused = self.xattn.fuse(text_tokens[text_index], text_mask[text_index], image_tokens[image_index])
-        loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooled, targets)
-        return XAttnRetrievalLosses(
+        loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooler_output, targets)
+        return XAttnRetrievalOutput(
             loss_contrastive=self.retrieval.contrastive_loss(image_embeds, text_embeds, negatives),
             loss_itm=loss_itm,
             logits_per_image=self.retrieval.similarity(image_embeds, text_embeds),
@@ -1029,7 +993,7 @@ class _RetrievalMixin:
             return torch.zeros(0, device=image_tokens.device)
         for images, texts in zip(image_index.split(batch_size), text_index.split(batch_size)):
             fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images])
-            scores.append(self.retrieval.itm(fused.pooled).float().log_softmax(-1)[:, 1])
+            scores.append(self.retrieval.itm(fused.pooler_output).float().log_softmax(-1)[:, 1])
         return torch.cat(scores)
 
     @torch.inference_mode()
@@ -1096,22 +1060,17 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         text_tokens = self.xattn.encode_text(input_ids, attention_mask)
         if return_loss:
             losses = self._retrieval_losses(image_tokens, text_tokens, attention_mask, labels, input_ids)
-            loss = self.config.lambda_cl * losses.loss_contrastive + self.config.lambda_itm * losses.loss_itm
+            output = dataclasses.replace(
+                losses, loss=self.config.lambda_cl * losses.loss_contrastive + self.config.lambda_itm * losses.loss_itm)
         else:
             image_embeds = self.retrieval.embed_image(image_tokens)
             text_embeds = self.retrieval.embed_text(text_tokens, attention_mask)
-            losses = XAttnRetrievalLosses(
+            output = XAttnRetrievalOutput(
                 logits_per_image=self.retrieval.similarity(image_embeds, text_embeds),
-                itm_logits=self.retrieval.itm(self.xattn.fuse(text_tokens, attention_mask, image_tokens).pooled),
+                itm_logits=self.retrieval.itm(self.xattn.fuse(text_tokens, attention_mask, image_tokens).pooler_output),
                 image_embeds=image_embeds,
                 text_embeds=text_embeds,
             )
-            loss = None
-        output = XAttnRetrievalOutput(
-            loss=loss, loss_contrastive=losses.loss_contrastive, loss_itm=losses.loss_itm,
-            logits_per_image=losses.logits_per_image, itm_logits=losses.itm_logits, image_embeds=losses.image_embeds,
-            text_embeds=losses.text_embeds,
-        )
         return output if return_dict else output.to_tuple()
 
 
@@ -1265,7 +1224,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         if input_ids is not None or not config.use_text:
             mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
             text_tokens = self.xattn.encode_text(input_ids, mask) if config.use_text else None
-            logits = self.classifier(self.xattn.fuse(text_tokens, mask, image_tokens).pooled)
+            logits = self.classifier(self.xattn.fuse(text_tokens, mask, image_tokens).pooler_output)
             if labelled:
                 losses["ce"] = self.classifier.loss(logits, labels, config.problem_type)
 
@@ -1321,7 +1280,6 @@ XAttnForImageTextRetrieval.register_for_auto_class("AutoModel")  # copies the co
 
 __all__ = [
     "AUTO_CLASSES",
-    "XAttnFusionOutput",
     "XAttnCBAM",
     "XAttnVisionEncoder",
     "XAttnAttention",

@@ -15,10 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data_xattn import load_image
-from .evaluation_xattn import rank_gallery
+from .evaluation_xattn import generate_captions, rank_gallery
 from .hub_xattn import load_pretrained, load_processor
 from .processing_xattn import to_rgb
-from .training_xattn import generation_overrides
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -87,8 +86,8 @@ def main(argv=None, description: str | None = None):
         names, images = [str(p) for p, _ in batch], [image for _, image in batch]
         if args.command == "caption":
             inputs = processor(images=images)
-            ids = model.generate(inputs["pixel_values"], **generation_overrides(args.num_beams, args.max_new_tokens))
-            for name, text in zip(names, processor.batch_decode(ids, skip_special_tokens=True)):
+            texts = generate_captions(model, processor, inputs["pixel_values"], args.num_beams, args.max_new_tokens)
+            for name, text in zip(names, texts):
                 results.append({"image": name, "caption": text})
         elif args.command in ("classify", "answer"):
             inputs = processor(images=images, text=[args.text] * len(images))
