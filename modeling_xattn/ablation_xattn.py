@@ -66,8 +66,9 @@ def data_arguments(args) -> list[str]:
     out = []
     for name in vars(data_options()):
         value = getattr(args, name)
-        if value is not None and name != "synthetic_test_samples":
-            out += [f"--{name}", str(value)]
+        if value is None or value is False or name == "synthetic_test_samples":
+            continue
+        out += [f"--{name}"] if value is True else [f"--{name}", str(value)]
     return out
 
 

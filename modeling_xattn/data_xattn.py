@@ -367,19 +367,22 @@ def _to_schema(rows: list[dict], class_names: list[str] | None = None):
     for row in rows:
         row.setdefault("text", "")
         row.setdefault("captions", [])
-        label = row.get("label")
-        if class_names and isinstance(label, str) and label.strip() in class_names:
-            row["label"] = class_names.index(label.strip())
-        else:
-            row["label"] = as_label(label)
-            if class_names and row["label"] == NO_TARGET:
-                row["label"] = -1
+        row["label"] = _label_ids(row.get("label"), class_names)
         row.setdefault("answers", [])
         row.setdefault("question", "")
     columns = {key: [row.get(key) for row in rows] for key in (*SCHEMA, "question")}
     columns["image_id"] = [str(v) for v in columns["image_id"]]
     dataset = datasets.Dataset.from_dict(columns)
     return dataset.cast_column("label", datasets.ClassLabel(names=class_names)) if class_names else dataset
+
+
+def _label_ids(label, class_names: list[str] | None = None) -> int:
+    """A label (id or name) as an id into `class_names`; a missing or unknown label is -1 with names (ClassLabel's
+    own mark, which `as_label` reads as -100) and -100 without."""
+    if class_names and isinstance(label, str) and label.strip() in class_names:
+        return class_names.index(label.strip())
+    label = as_label(label)
+    return -1 if class_names and label == NO_TARGET else label
 
 
 def class_names(*datasets_) -> list[str]:
@@ -545,7 +548,10 @@ def class_names_of(labels) -> list[str] | None:
 
 def map_columns(dataset, image_column="image", caption_column=None, text_column=None, label_column=None,
                 answers_column=None, id_column=None, question_column=None):
-    """Rename/convert a dataset's columns to the schema (as transformers' example scripts take `--image_column`...)."""
+    """Rename/convert a dataset's columns to the schema (as transformers' example scripts take `--image_column`...);
+    a `datasets.Dataset` or an `IterableDataset`."""
+    import datasets
+
     names = set(dataset.column_names)
 
     def convert(row, index):
@@ -567,8 +573,9 @@ def map_columns(dataset, image_column="image", caption_column=None, text_column=
         }
 
     keep = [c for c in dataset.column_names if c == image_column]
+    progress = {"desc": "mapping columns"} if isinstance(dataset, datasets.Dataset) else {}  # a stream maps lazily
     return dataset.map(convert, with_indices=True, remove_columns=[c for c in dataset.column_names if c not in keep],
-                       desc="mapping columns")
+                       **progress)
 
 
 def load_hub_dataset(name: str, split: str = "train", config_name: str | None = None, revision: str | None = None,
@@ -692,8 +699,9 @@ def add_data_arguments(parser) -> None:
     """The data options every script shares (as transformers' example scripts name them)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="synthetic",
-                      choices=["synthetic", "imagefolder", "table", "hub", "coco", "karpathy", "mvsa"])
-    data.add_argument("--data_dir", help="imagefolder / MVSA root / COCO or Karpathy image folder")
+                      choices=["synthetic", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "mvsa"])
+    data.add_argument("--data_dir", help="imagefolder / MVSA root / COCO or Karpathy image folder / folder of "
+                                         "WebDataset shards (train-*.tar, validation-*.tar)")
     data.add_argument("--data_file", help="CSV/JSONL table, COCO captions_*.json or Karpathy dataset_*.json")
     data.add_argument("--validation_file", help="validation table or COCO annotation file (else a split is held out)")
     data.add_argument("--dataset_name", help="Hub dataset id (with --dataset hub)")
@@ -715,6 +723,14 @@ def add_data_arguments(parser) -> None:
     data.add_argument("--validation_fraction", type=float, default=0.1)
     data.add_argument("--max_samples", type=int, help="use at most this many rows of the split")
     data.add_argument("--num_workers", type=int, default=0)
+    stream = parser.add_argument_group("streaming (--dataset webdataset or hub)")
+    stream.add_argument("--streaming", action="store_true",
+                        help="read the training rows as a stream (datasets' IterableDataset): nothing is downloaded "
+                             "or loaded whole; needs --max_steps")
+    stream.add_argument("--shuffle_buffer_size", type=int, default=1000,
+                        help="rows in the seeded shuffle buffer of a stream (0: source order)")
+    stream.add_argument("--max_eval_samples", type=int, default=1000,
+                        help="validation rows read from a stream (held once in memory)")
 
 
 def data_options(**values) -> argparse.Namespace:
@@ -812,6 +828,11 @@ def _source_splits(args, counter) -> dict:
         return {split: (lambda name=name: load_hub_dataset(args.dataset_name, name, args.dataset_config_name,
                                                            revision=args.dataset_revision, **mapping))
                 for split, name in canonical.items()}
+    if args.dataset == "webdataset":
+        from .streaming_xattn import load_shards
+
+        splits = load_shards(args.data_dir)
+        return {name: (lambda part=part: part) for name, part in splits.items()}
     if args.dataset == "coco":
         files = {"train": args.data_file, "validation": args.validation_file}
         return {name: (lambda path=path: load_coco_captions(path, args.data_dir)) for name, path in files.items() if path}

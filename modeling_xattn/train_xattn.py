@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -35,9 +35,11 @@ from .data_xattn import (
     undecoded,
 )
 from .evaluation_xattn import evaluate_multitask
+from .streaming_xattn import StreamingData
 from .publishing_xattn import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
 from .training_xattn import (
     PreviousLossDecay,
+    any_process,
     TrainingState,
     collator_task,
     latest_checkpoint,
@@ -50,6 +52,7 @@ from .training_xattn import (
     write_json,
 )
 
+STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_steps 0 mean every this many steps
 
 
 def parse_args(argv=None, description: str | None = None):
@@ -113,8 +116,8 @@ def parse_args(argv=None, description: str | None = None):
 
     run = p.add_argument_group("evaluation and checkpoints")
     run.add_argument("--output_dir", default="outputs/xattn")
-    run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: every epoch)")
-    run.add_argument("--save_steps", type=int, default=0, help="save_state every N steps (0: every epoch)")
+    run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: every epoch; with --streaming, every 1000 steps)")
+    run.add_argument("--save_steps", type=int, default=0, help="save_state every N steps (0: every epoch; with --streaming, every 1000 steps)")
     run.add_argument("--save_total_limit", type=int, default=2)
     run.add_argument("--metric_for_best_model", default="val_loss",
                      help="validation metric that picks the best checkpoint (val_loss, val_accuracy, val_i2t_R@1, ...)")
@@ -191,9 +194,17 @@ def train(args) -> dict:
                       f"mixed precision: {accelerator.mixed_precision}")
 
     counter = BadRowCounter()
+    streaming = None
     try:
-        train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))
-        val_data = undecoded(load_split(args, "validation", counter))
+        if args.streaming:
+            if not args.max_steps:
+                raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs by")
+            # the tokenizer, tasks and class names come from the stream's first rows; validation is read once
+            streaming = StreamingData(args, counter)
+            train_data, val_data = streaming.probe, streaming.validation
+        else:
+            train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))
+            val_data = undecoded(load_split(args, "validation", counter))
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     try:
@@ -206,12 +217,16 @@ def train(args) -> dict:
     # One example per image-caption pair: every caption trains in every epoch (validation: the first caption).
     train_examples = CaptionPairs(train_data) if "caption" in TASK_TARGETS[task] else train_data
     needed = args.batch_size * accelerator.num_processes
-    if len(train_examples) < needed:
+    if streaming:
+        accelerator.print(f"tasks: {', '.join(sorted(tasks))}; streaming the train split (shuffle buffer "
+                          f"{args.shuffle_buffer_size}), {len(val_data)} validation rows")
+    elif len(train_examples) < needed:
         raise SystemExit(
             f"{len(train_examples)} training examples ({len(train_data)} usable rows) cannot fill one batch of "
             f"{args.batch_size} x {accelerator.num_processes} process(es); lower --batch_size. {counter.summary()}")
-    accelerator.print(f"tasks: {', '.join(sorted(tasks))}; {len(train_examples)} training examples from "
-                      f"{len(train_data)} rows, {len(val_data)} validation rows")
+    else:
+        accelerator.print(f"tasks: {', '.join(sorted(tasks))}; {len(train_examples)} training examples from "
+                          f"{len(train_data)} rows, {len(val_data)} validation rows")
     processor = build_processor(args, train_data, accelerator)
     answers = answer_vocabulary(train_data, args.num_answers) if "vqa" in tasks else None
     model = build_model(args, processor, tasks, class_names(train_data, val_data), answers)
@@ -219,8 +234,14 @@ def train(args) -> dict:
         model.set_memory_saving(True)
     quiet_tied_weights_notice(model)
     collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
-    train_loader = DataLoader(train_examples, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                              num_workers=args.num_workers, drop_last=True)
+    stream = train_loader = None
+    if streaming:
+        # read on this process, without workers: the stream's position is then exactly what the batches used
+        stream = streaming.training_stream(task, args.batch_size, collate, rank=accelerator.process_index,
+                                           world_size=accelerator.num_processes, seed=args.seed)
+    else:
+        train_loader = DataLoader(train_examples, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+                                  num_workers=args.num_workers, drop_last=True)
     val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
 
     optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
@@ -228,11 +249,16 @@ def train(args) -> dict:
                                                   args.weight_decay, args.freeze_text, args.freeze_vision))
     plateau = PreviousLossDecay(optimizer, args.lr_decay_beta)  # Formula 5
     model_config = model.config
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     state = TrainingState()
     accelerator.register_for_checkpointing(plateau, state)
-
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    if stream is None:
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+        steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    else:
+        # every process reads its own part of the stream (split_dataset_by_node), so Accelerate does not shard it
+        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+        accelerator.register_for_checkpointing(stream)
+        steps_per_epoch = min(STREAM_EVALUATION_PERIOD, args.max_steps)  # a stream's "epoch" for the defaults below
     max_steps = args.max_steps or steps_per_epoch * args.num_epochs
     eval_steps = args.eval_steps or steps_per_epoch
     save_steps = args.save_steps or steps_per_epoch
@@ -254,14 +280,19 @@ def train(args) -> dict:
     model.train()
     stop = state.global_step >= max_steps
     while not stop:
-        epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(train_loader))
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
+        if stream is None:
+            epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(train_loader))
+            train_loader.set_epoch(epoch)
+            loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
+        else:
+            epoch, loader = stream.epoch, stream.batches(accelerator)
         steps_before = state.global_step
         for batch in loader:
+            if stream is not None:
+                batch = send_to_device(batch, accelerator.device)
             # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
             set_seed(args.seed + state.global_step, device_specific=True)
-            if _any_process_empty(accelerator, batch):
+            if any_process(accelerator, not batch):
                 # Every row of this batch was bad (counted). All processes skip together: one process stepping
                 # alone would wait for the others' gradients forever. The epoch check below stops a run of these.
                 continue
@@ -307,11 +338,14 @@ def train(args) -> dict:
             state.history.append(logs)
             accelerator.log(logs, step=state.global_step)
             if state.global_step % save_steps == 0 or last:
+                if stream is not None:
+                    stream.capture(accelerator)  # every process's position in the stream goes into the checkpoint
                 save_checkpoint_atomically(accelerator, checkpoints_dir, state.global_step, args.save_total_limit)
             if last:
                 stop = True
                 break
-        if not stop and state.global_step == steps_before:
+        # (a stream resumed at the very end of its epoch legitimately makes no step before the next one)
+        if not stop and state.global_step == steps_before and (stream is None or stream.read_from_start):
             raise RuntimeError(f"epoch {epoch} made no training step: no batch had a usable row. {counter.summary()}")
     progress.close()
     accelerator.wait_for_everyone()
@@ -346,15 +380,6 @@ def _check_replicas_agree(accelerator, model) -> None:
         raise RuntimeError(f"the {accelerator.num_processes} processes ended with different weights: {every.tolist()}")
     accelerator.print(f"weights identical on all {accelerator.num_processes} processes "
                       f"(fingerprint {every[0, 0].item():.10g}, {every[0, 1].item():.10g})")
-
-
-def _any_process_empty(accelerator, batch) -> bool:
-    """True when this process's batch, or any other process's, has no row."""
-    empty = not batch
-    if accelerator.num_processes == 1:
-        return empty
-    flag = torch.tensor([float(empty)], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def _base_lrs(args, optimizer):

@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 
 from .data_xattn import BadRowCounter, _missing_target_reason, row_targets
 
@@ -144,6 +146,14 @@ def list_checkpoints(checkpoints_dir: str) -> list[str]:
         return []
     found = [(int(m.group(1)), name) for name in os.listdir(checkpoints_dir) if (m := CHECKPOINT_PATTERN.match(name))]
     return [os.path.join(checkpoints_dir, name) for _, name in sorted(found)]
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` is true on this process or on any other (a collective: every process must call it)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return bool(flag)
+    value = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
 def latest_checkpoint(checkpoints_dir: str) -> str | None:

@@ -1,7 +1,8 @@
-"""A test double of the Hugging Face Hub's HTTP protocol, on 127.0.0.1, so that the real `huggingface_hub` and
-`transformers` clients can push and pull without internet (point them at it with `HF_ENDPOINT`).
+"""A test double of the Hugging Face Hub's HTTP protocol, on 127.0.0.1, so that the real `huggingface_hub`,
+`transformers` and `datasets` clients can push, pull and stream without internet (point them at it with
+`HF_ENDPOINT`).
 
-It keeps model repositories in memory: commits (with parents), branches and `refs/pr/N`. It answers only what a push
+It keeps model and dataset repositories in memory: commits (with parents), branches and `refs/pr/N`. It answers only what a push
 (`create_repo`, `upload_folder`) and a pull (`from_pretrained`, `hf_hub_download`, `snapshot_download`, `model_info`)
 use: repo creation, YAML validation, preupload, LFS batch + PUT, commits (NDJSON), revision / model info, the file
 tree, and `resolve` with the headers the client reads (`X-Repo-Commit`, `ETag`, sizes, `X-Error-Code` on 404).
@@ -134,18 +135,36 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path, query = self.route()
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
+        if m := re.fullmatch(r"/api/(?:models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
             repo, commit = self.repo_commit(m.group(1), m.group(2))
             if commit is None:
                 return
-            return self.reply(200, [{"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": p}
-                                    for p, data in sorted(commit.files.items())])
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path):
+            folder = (m.group(3) or "").strip("/")
+            prefix = folder + "/" if folder else ""
+            recursive = query.get("recursive", ["false"])[0].lower() == "true"
+            entries, folders = [], set()
+            for p, data in sorted(commit.files.items()):
+                if not p.startswith(prefix):
+                    continue
+                rest = p[len(prefix):]
+                if "/" in rest and not recursive:
+                    folders.add(prefix + rest.split("/", 1)[0])
+                    continue
+                entries.append({"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": p})
+                if recursive:  # the folders on the way, as the Hub lists them
+                    parts = rest.split("/")[:-1]
+                    folders.update(prefix + "/".join(parts[:i + 1]) for i in range(len(parts)))
+            if folder and not entries and not folders:
+                return self.error(404, "EntryNotFound", f"{folder} does not exist at {commit.oid}")
+            entries += [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0, "path": f}
+                        for f in sorted(folders)]
+            return self.reply(200, entries)
+        if m := re.fullmatch(r"/api/(?:models|datasets)/([^/]+/[^/]+)(?:/revision/(.+))?", path):
             repo, commit = self.repo_commit(m.group(1), m.group(2) or "main")
             if commit is None:
                 return
             return self.reply(200, self.model_info(repo, commit))
-        if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+        if m := re.fullmatch(r"/(?:datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             repo, commit = self.repo_commit(m.group(1), m.group(2))
             if commit is None:
                 return
@@ -177,13 +196,13 @@ class Handler(BaseHTTPRequestHandler):
             payload = json.loads(raw or b"{}")
             organisation = payload.get("organization") or "user"
             repo_id = f"{organisation}/{payload['name']}"
-            url = f"{self.endpoint}/{repo_id}"
+            url = f"{self.endpoint}/{'datasets/' if payload.get('type') == 'dataset' else ''}{repo_id}"
             if not self.state.create(repo_id, bool(payload.get("private"))):
                 return self.reply(409, {"error": "You already created this model repo", "url": url})
             return self.reply(200, {"url": url, "name": repo_id, "id": repo_id})
         if path == "/api/validate-yaml":
             return self.reply(200, {"errors": [], "warnings": []})
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/(.+)", path):
+        if m := re.fullmatch(r"/api/(?:models|datasets)/([^/]+/[^/]+)/preupload/(.+)", path):
             repo = self.repo_or_404(m.group(1))
             if repo is None:
                 return
@@ -197,7 +216,7 @@ class Handler(BaseHTTPRequestHandler):
                     oid = hashlib.sha256(existing).hexdigest() if mode == "lfs" else git_blob_sha1(existing)
                 files.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
             return self.reply(200, {"files": files})
-        if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
+        if m := re.fullmatch(r"/(?:datasets/)?([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
             payload = json.loads(raw)
             objects = []
             for item in payload["objects"]:
@@ -206,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
                     entry["actions"] = {"upload": {"href": f"{self.endpoint}/lfs-upload/{item['oid']}"}}
                 objects.append(entry)
             return self.reply(200, {"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/branch/(.+)", path):
+        if m := re.fullmatch(r"/api/(?:models|datasets)/([^/]+/[^/]+)/branch/(.+)", path):
             repo = self.repo_or_404(m.group(1))
             if repo is None:
                 return
@@ -217,7 +236,7 @@ class Handler(BaseHTTPRequestHandler):
             start = repo.resolve(payload.get("startingPoint") or "main")
             repo.refs[branch] = start.oid
             return self.reply(200, {})
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/(.+)", path):
+        if m := re.fullmatch(r"/api/(?:models|datasets)/([^/]+/[^/]+)/commit/(.+)", path):
             return self.commit(m.group(1), unquote(m.group(2)), raw, query)
         self.error(404, "NotFound", f"no route for POST {path}")
 
