@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from transformers import (AlbertModel, BertLMHeadModel, DynamicCache, EncoderDecoderCache, GenerationMixin,
-                          PreTrainedModel)
+                          PreTrainedModel, StaticCache)
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
@@ -1101,7 +1101,12 @@ class _CaptionGenerationMixin(GenerationMixin):
         `max_new_tokens` defaults to `config.max_caption_length`), or the `generation_config` given; keyword arguments
         override single fields (`num_beams`, `max_new_tokens`, `do_sample`, `use_cache`, ...), as in every
         transformers model. Returns token ids starting with `bos_token_id`; decode them with the processor's
-        `batch_decode(..., skip_special_tokens=True)`."""
+        `batch_decode(..., skip_special_tokens=True)`.
+
+        `cache_implementation="static"` decodes with transformers' `StaticCache` (self-attention sized for the
+        caption, cross-attention for the fused memory): on a GPU, transformers then compiles the decoding step
+        (`torch.compile`, CUDA graphs; `compile_config` tunes it, `disable_compile=True` turns it off). Tokens are
+        the same as with the dynamic cache (the default) and without a cache (`use_cache=False`)."""
         image_tokens, _ = self.xattn.encode_image(pixel_values)  # encoded once for every decoding step and beam
         memory, memory_mask = self._caption_memory(image_tokens, input_ids, attention_mask)
         generation_config = copy.deepcopy(self.generation_config if generation_config is None else generation_config)
@@ -1109,10 +1114,21 @@ class _CaptionGenerationMixin(GenerationMixin):
         generation_config.validate()
         start = torch.full((len(memory), 1), self.config.bos_token_id, dtype=torch.long, device=memory.device)
         decoder = self.captioner.text_decoder
+        implementation = generation_config.cache_implementation
+        if implementation not in (None, "dynamic", "static"):
+            raise ValueError(f"cache_implementation={implementation!r}: this model decodes with 'dynamic' (default) or "
+                             "'static'")
+        generation_config.cache_implementation = None  # the cache is made here; generate() would make the wrong kind
         if generation_config.use_cache is not False and not any(k in model_kwargs for k in _CACHE_ARGS):  # None: on
             # The decoder cross-attends, so its cache must hold self- and cross-attention keys; generate() would make
             # a self-attention-only cache for a decoder-only config.
-            cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
+            if implementation == "static":
+                length = (generation_config.max_new_tokens + start.shape[1] if generation_config.max_new_tokens
+                          else generation_config.max_length)
+                cache = EncoderDecoderCache(StaticCache(config=decoder.config, max_cache_len=length),
+                                            StaticCache(config=decoder.config, max_cache_len=memory.shape[1]))
+            else:
+                cache = EncoderDecoderCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
             model_kwargs[_cache_argument(decoder)] = cache
         return decoder.generate(
             input_ids=start,

@@ -22,6 +22,39 @@ def test_cache_and_no_cache_give_identical_captions(captioner, tiny_config, num_
     assert (cached[:, 0] == tiny_config.bos_token_id).all()
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_static_cache_gives_the_tokens_of_the_dynamic_cache_and_of_none(captioner, tiny_config, num_beams):
+    """fp32 on the CPU, every caption forced to its full length (a random model would often stop at once)."""
+    pixels = make_batch(tiny_config, batch_size=3)["pixel_values"]
+    options = dict(num_beams=num_beams, max_new_tokens=10, min_new_tokens=10)
+    dynamic = captioner.generate(pixels, **options)
+    static = captioner.generate(pixels, cache_implementation="static", **options)
+    uncached = captioner.generate(pixels, use_cache=False, **options)
+    assert dynamic.shape == (3, 11) and torch.equal(static, dynamic) and torch.equal(static, uncached)
+    assert captioner.generation_config.cache_implementation is None  # the call's setting did not stick
+
+
+def test_static_cache_with_a_prompt_and_a_compiled_decoding_step(tiny_config):
+    """A VQA-style prompt (padded) makes the memory longer; the compiled step is transformers' own (here forced onto
+    the CPU with a light backend; on a GPU it compiles by itself, with CUDA graphs)."""
+    from transformers import CompileConfig
+
+    torch.manual_seed(1)
+    model = XAttnForMultiTask(tiny_config).eval()
+    batch = make_batch(tiny_config, batch_size=2, pad_last=2)
+    inputs = dict(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                  attention_mask=batch["attention_mask"], max_new_tokens=8, min_new_tokens=8)
+    dynamic = model.generate(**inputs)
+    assert torch.equal(model.generate(**inputs, cache_implementation="static"), dynamic)
+    compile_config = CompileConfig(backend="aot_eager")
+    compile_config._compile_all_devices = True  # transformers compiles on accelerators only, unless told
+    compiled = model.generate(**inputs, cache_implementation="static", compile_config=compile_config)
+    assert torch.equal(compiled, dynamic)
+    assert hasattr(model.captioner.text_decoder, "_compiled_call")  # the decoding step did run compiled
+    with pytest.raises(ValueError, match="'dynamic' \\(default\\) or 'static'"):
+        model.generate(**inputs, cache_implementation="offloaded")
+
+
 def test_beam_search_returns_several_sequences(captioner, tiny_config):
     pixels = make_batch(tiny_config, batch_size=2)["pixel_values"]
     out = captioner.generate(pixels, num_beams=3, num_return_sequences=3, max_new_tokens=6,
