@@ -201,7 +201,7 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     model.eval()
     sums, count, correct, labelled, vqa_sum, vqa_count = {}, 0, 0, 0, 0.0, 0
     image_embeds, text_embeds, ids = [], [], []
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     for step, batch in enumerate(dataloader):
         if max_batches is not None and step >= max_batches:
             break

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import send_to_device, set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -114,6 +115,17 @@ def parse_args(argv=None, description: str | None = None):
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
 
+    speed = p.add_argument_group("speed (see README: Performance)")
+    speed.add_argument("--torch_compile", action="store_true",
+                       help="compile the model with torch.compile through Accelerate's dynamo plugin (an `accelerate "
+                            "launch` config's dynamo settings do the same)")
+    speed.add_argument("--torch_compile_backend", default="inductor", help="torch.compile backend")
+    speed.add_argument("--torch_compile_mode", default=None,
+                       help="torch.compile mode: default, reduce-overhead, max-autotune (default: torch's)")
+    speed.add_argument("--channels_last", action="store_true",
+                       help="channels-last memory format for the images and the convolution weights (faster "
+                            "DenseNet convolutions on tensor cores)")
+
     run = p.add_argument_group("evaluation and checkpoints")
     run.add_argument("--output_dir", default="outputs/xattn")
     run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: every epoch; with --streaming, every 1000 steps)")
@@ -179,6 +191,9 @@ def train(args) -> dict:
     # Without an accelerator, Accelerate only forms a multi-process (gloo) group when told it runs on the CPU;
     # otherwise `torchrun --nproc_per_node 2` on a CPU machine silently trains two independent single-process runs.
     has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    # Accelerate keeps its settings (precision, torch.compile) in a process-wide singleton: a second run in the same
+    # process (a notebook, the ablation) must get its own, not the first run's. The process group stays.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         cpu=args.cpu or not has_accelerator,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -187,11 +202,16 @@ def train(args) -> dict:
         project_dir=args.output_dir,
         # a batch may carry labels for only some tasks: their heads then get no gradient in that step
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=has_accelerator),
+        # None: Accelerate reads the dynamo settings an `accelerate launch` config gives (ACCELERATE_DYNAMO_*)
+        dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+        if args.torch_compile else None,
     )
     set_seed(args.seed)  # before building the model: identical initial weights on every process and every run
+    compiled = accelerator.state.dynamo_plugin.backend.value.lower()
     accelerator.print(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
-                      f"mixed precision: {accelerator.mixed_precision}")
+                      f"mixed precision: {accelerator.mixed_precision}"
+                      + (f", torch.compile: {compiled}" if compiled != "no" else ""))
 
     counter = BadRowCounter()
     streaming = None
@@ -232,6 +252,8 @@ def train(args) -> dict:
     model = build_model(args, processor, tasks, class_names(train_data, val_data), answers)
     if args.memory_saving:
         model.set_memory_saving(True)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # the convolution weights; the images follow per batch
     quiet_tied_weights_notice(model)
     collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
     stream = train_loader = None
@@ -241,12 +263,16 @@ def train(args) -> dict:
                                            world_size=accelerator.num_processes, seed=args.seed)
     else:
         train_loader = DataLoader(train_examples, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                                  num_workers=args.num_workers, drop_last=True)
-    val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
+                                  num_workers=args.num_workers, drop_last=True, pin_memory=has_accelerator,
+                                  persistent_workers=args.num_workers > 0)
+    val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers,
+                            pin_memory=has_accelerator)
 
     optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    # one fused kernel per step for every parameter where the device has it (CUDA), instead of a loop of small ones
+    fused = {"fused": True} if accelerator.device.type == "cuda" else {}
     optimizer = optimizer_class(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
-                                                  args.weight_decay, args.freeze_text, args.freeze_vision))
+                                                  args.weight_decay, args.freeze_text, args.freeze_vision), **fused)
     plateau = PreviousLossDecay(optimizer, args.lr_decay_beta)  # Formula 5
     model_config = model.config
     state = TrainingState()
@@ -289,7 +315,9 @@ def train(args) -> dict:
         steps_before = state.global_step
         for batch in loader:
             if stream is not None:
-                batch = send_to_device(batch, accelerator.device)
+                batch = send_to_device(batch, accelerator.device, non_blocking=has_accelerator)
+            if args.channels_last and "pixel_values" in batch:
+                batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
             # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
             set_seed(args.seed + state.global_step, device_specific=True)
             if any_process(accelerator, not batch):
@@ -351,7 +379,7 @@ def train(args) -> dict:
     accelerator.wait_for_everyone()
     _check_replicas_agree(accelerator, model)
     final_metrics = state.history[-1] if state.history else {}
-    weights = accelerator.get_state_dict(model)  # a collective: every process gathers, under FSDP/DeepSpeed too
+    weights = _weights(accelerator, model)  # a collective: every process gathers, under FSDP/DeepSpeed too
     if accelerator.is_main_process:
         _write_outputs(args, accelerator, model, processor, state, final_metrics, counter, time.time() - started,
                        weights)
@@ -373,13 +401,23 @@ def _check_replicas_agree(accelerator, model) -> None:
     if accelerator.num_processes == 1:
         return
     with torch.no_grad():
-        parameters = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]
+        plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+        parameters = [p.detach().double() for p in plain.parameters()]
         fingerprint = torch.stack([sum(p.sum() for p in parameters), sum(p.pow(2).sum() for p in parameters)])
     every = accelerator.gather(fingerprint.to(accelerator.device)[None]).cpu()  # (processes, 2)
     if not torch.equal(every, every[:1].expand_as(every)):
         raise RuntimeError(f"the {accelerator.num_processes} processes ended with different weights: {every.tolist()}")
     accelerator.print(f"weights identical on all {accelerator.num_processes} processes "
                       f"(fingerprint {every[0, 0].item():.10g}, {every[0, 1].item():.10g})")
+
+
+def _weights(accelerator, model) -> dict | None:
+    """The model's weights as `accelerator.get_state_dict` gathers them (sharded or not), named as the plain model
+    names them: without the `_orig_mod.` that torch.compile's wrapper puts in front."""
+    weights = accelerator.get_state_dict(model)
+    if weights is not None:
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "_orig_mod.")
+    return weights
 
 
 def _base_lrs(args, optimizer):
@@ -397,9 +435,9 @@ def _keep_best(args, accelerator, model, processor, state, metrics):
         state.best_metric = value
         best = os.path.join(args.output_dir, "best")
         # every process takes part in gathering the weights (FSDP and DeepSpeed shard them); the main one writes
-        accelerator.unwrap_model(model).save_pretrained(best, is_main_process=accelerator.is_main_process,
-                                                        save_function=accelerator.save,
-                                                        state_dict=accelerator.get_state_dict(model))
+        base = accelerator.unwrap_model(model, keep_torch_compile=False)
+        base.save_pretrained(best, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+                             state_dict=_weights(accelerator, model))
         if accelerator.is_main_process:
             processor.save_pretrained(best)
             write_json(os.path.join(best, "metrics.json"), {**metrics, "step": state.global_step})
@@ -408,7 +446,7 @@ def _keep_best(args, accelerator, model, processor, state, metrics):
 def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds, weights=None):
     """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
     out = args.output_dir
-    model = accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)
     model.save_pretrained(out, save_function=accelerator.save, state_dict=weights)
     processor.save_pretrained(out)
     scalar_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}

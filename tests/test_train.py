@@ -129,6 +129,22 @@ def test_two_nodes_end_with_identical_weights(tmp_path):
     assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
 
 
+def test_compiled_channels_last_steps_match_eager(tmp_path, capsys):
+    """`--torch_compile` (Accelerate's dynamo plugin; aot_eager here: inductor's C++ build takes minutes on two cores)
+    with `--channels_last`: the same losses as eager, step by step."""
+    common = FAST + ["--max_steps", "3", "--eval_steps", "3", "--synthetic_samples", "48"]
+    train.main(common + ["--output_dir", str(tmp_path / "eager")])
+    train.main(common + ["--output_dir", str(tmp_path / "compiled"), "--torch_compile", "--torch_compile_backend",
+                         "aot_eager", "--channels_last"])
+    assert "torch.compile: aot_eager" in capsys.readouterr().out
+    eager, compiled = (json.loads((tmp_path / name / "history.json").read_text()) for name in ("eager", "compiled"))
+    for a, b in zip(eager, compiled, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert compiled[-1]["val_loss"] == pytest.approx(eager[-1]["val_loss"], rel=1e-4)
+    # the saved folder is the plain model (no torch.compile wrapper in the weight names)
+    assert not any("_orig_mod" in key for key in load_file(str(tmp_path / "compiled" / "model.safetensors")))
+
+
 def test_classification_only_task_subset(tmp_path):
     result = train.main(FAST + ["--max_steps", "2", "--tasks", "classification", "--output_dir", str(tmp_path)])
     assert set(result["metrics"]) >= {"val_loss", "val_accuracy"} and "val_loss_seq" not in result["metrics"]
