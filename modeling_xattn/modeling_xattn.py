@@ -288,11 +288,23 @@ class XAttnAttention(nn.Module):
         self.output = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_dropout_prob
 
-    def forward(self, hidden_states, context, context_mask=None, output_attentions=False):
+    def project_query(self, hidden_states):
+        """Queries `(B, H, Lq, d)` of `hidden_states` `(B, Lq, D)`."""
+        batch, length, _ = hidden_states.shape
+        return self.query(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_key_value(self, context):
+        """Keys and values, stacked `(2, B, H, Lk, d)`, of `context` `(B, Lk, D)`."""
+        batch, length, _ = context.shape
+        return self.key_value(context).view(batch, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(self, hidden_states, context, context_mask=None, output_attentions=False, query=None,
+                key_value=None):
+        """`query` / `key_value`: this layer's projections of `hidden_states` / `context`, computed beforehand
+        (`project_query`, `project_key_value`) when one input is shared by many calls (re-ranking a gallery)."""
         batch, q_len, width = hidden_states.shape
-        k_len = context.shape[1]
-        query = self.query(hidden_states).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B,H,Lq,d)
-        key, value = self.key_value(context).view(batch, k_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query = self.project_query(hidden_states) if query is None else query  # (B, H, Lq, d)
+        key, value = self.project_key_value(context) if key_value is None else key_value
         mask = None if context_mask is None else context_mask.bool()[:, None, None, :]  # (B, 1, 1, Lk); True = attend
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
@@ -311,8 +323,9 @@ class XAttnSublayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states, context, context_mask=None, output_attentions=False):
-        attended, probs = self.attention(hidden_states, context, context_mask, output_attentions)
+    def forward(self, hidden_states, context, context_mask=None, output_attentions=False, query=None,
+                key_value=None):
+        attended, probs = self.attention(hidden_states, context, context_mask, output_attentions, query, key_value)
         return self.layer_norm(hidden_states + self.dropout(attended)), probs
 
 
@@ -338,10 +351,10 @@ class XAttnStreamBlock(nn.Module):
         self.self_attention = XAttnSublayer(config) if config.fusion_self_attention else None
         self.feed_forward = XAttnFeedForward(config)
 
-    def forward(self, states, mask, other, other_mask, output_attentions=False):
+    def forward(self, states, mask, other, other_mask, output_attentions=False, query=None, key_value=None):
         cross_probs = None
         if self.cross_attention is not None:
-            states, cross_probs = self.cross_attention(states, other, other_mask, output_attentions)
+            states, cross_probs = self.cross_attention(states, other, other_mask, output_attentions, query, key_value)
         if self.self_attention is not None:
             states, _ = self.self_attention(states, states, mask)
         return self.feed_forward(states), cross_probs
@@ -358,14 +371,34 @@ class XAttnFusionLayer(nn.Module):
         self.text_block = XAttnStreamBlock(config, cross) if config.use_text else None
         self.image_block = XAttnStreamBlock(config, cross) if config.use_image else None
 
-    def forward(self, text, text_mask, image, output_attentions=False):
+    def forward(self, text, text_mask, image, output_attentions=False, projections=None):
+        """`projections`: this layer's cross-attention projections of its inputs, computed beforehand
+        (`cross_projections`), by name: `text_query`, `image_key_value`, `image_query`, `text_key_value`."""
+        projections = projections or {}
         text_to_image = image_to_text = None
         new_text, new_image = text, image
         if self.text_block is not None:
-            new_text, text_to_image = self.text_block(text, text_mask, image, None, output_attentions)
+            new_text, text_to_image = self.text_block(text, text_mask, image, None, output_attentions,
+                                                      projections.get("text_query"), projections.get("image_key_value"))
         if self.image_block is not None:
-            new_image, image_to_text = self.image_block(image, None, text, text_mask, output_attentions)
+            new_image, image_to_text = self.image_block(image, None, text, text_mask, output_attentions,
+                                                        projections.get("image_query"), projections.get("text_key_value"))
         return new_text, new_image, text_to_image, image_to_text
+
+    def cross_projections(self, text=None, image=None) -> dict:
+        """The cross-attention projections that depend on one stream alone (each stream's queries, and its keys
+        and values for the other stream): computed once per gallery image and caption, they are reused by every
+        pair that the first fusion layer scores. Empty without cross-attention."""
+        out = {}
+        if self.text_block is None or self.image_block is None or self.text_block.cross_attention is None:
+            return out
+        if text is not None:
+            out["text_query"] = self.text_block.cross_attention.attention.project_query(text)
+            out["text_key_value"] = self.image_block.cross_attention.attention.project_key_value(text)
+        if image is not None:
+            out["image_query"] = self.image_block.cross_attention.attention.project_query(image)
+            out["image_key_value"] = self.text_block.cross_attention.attention.project_key_value(image)
+        return out
 
 
 # ======================================================================================================= base model
@@ -586,17 +619,20 @@ class XAttnModel(XAttnPreTrainedModel):
         return self.text_projection(hidden)
 
     # ---------------------------------------------------------------- fusion
-    def fuse(self, text_tokens, text_mask, image_tokens, output_attentions=False) -> XAttnModelOutput:
+    def fuse(self, text_tokens, text_mask, image_tokens, output_attentions=False,
+             first_layer_projections=None) -> XAttnModelOutput:
         """Run the fusion layers on already-encoded streams (either may be None for a one-modality model); the
-        output is `forward`'s without CBAM's map, which belongs to the image encoder."""
+        output is `forward`'s without CBAM's map, which belongs to the image encoder. `first_layer_projections`:
+        the first layer's `cross_projections` of these very inputs, computed beforehand (gallery re-ranking)."""
         text_to_image, image_to_text = [], []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 outputs = self._gradient_checkpointing_func(
                     layer.__call__, text_tokens, text_mask, image_tokens, output_attentions
                 )
             else:
-                outputs = layer(text_tokens, text_mask, image_tokens, output_attentions)
+                outputs = layer(text_tokens, text_mask, image_tokens, output_attentions,
+                                first_layer_projections if index == 0 else None)
             text_tokens, image_tokens, t2i, i2t = outputs
             text_to_image.append(t2i)
             image_to_text.append(i2t)
@@ -986,15 +1022,40 @@ class _RetrievalMixin:
         return torch.cat(tokens), attention_mask.to(self.device), torch.cat(embeds)
 
     @torch.inference_mode()
-    def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256):
-        """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers."""
-        scores = []
+    def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256,
+                    reuse: bool = True):
+        """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers.
+
+        With `reuse` (default), the first fusion layer's projections of each image and each text that takes part
+        are computed once (`cross_projections`) and gathered for every pair instead of being recomputed per pair,
+        and the pairs are scored in image order, so that the pairs of one image share a batch. The scores are the
+        same either way (tested)."""
         if len(image_index) == 0:  # nothing shortlisted (k = 0): no fusion call on an empty batch
             return torch.zeros(0, device=image_tokens.device)
-        for images, texts in zip(image_index.split(batch_size), text_index.split(batch_size)):
-            fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images])
+        order = torch.argsort(image_index * len(text_tokens) + text_index) if reuse else None
+        if reuse:
+            image_index, text_index = image_index[order], text_index[order]
+            images_used, image_slot = torch.unique(image_index, return_inverse=True)
+            texts_used, text_slot = torch.unique(text_index, return_inverse=True)
+            layer = self.xattn.layers[0]
+            projected = {**_in_chunks(lambda i: layer.cross_projections(image=image_tokens[i]), images_used, batch_size),
+                         **_in_chunks(lambda i: layer.cross_projections(text=text_tokens[i]), texts_used, batch_size)}
+        scores = []
+        for start in range(0, len(image_index), batch_size):
+            images, texts = image_index[start:start + batch_size], text_index[start:start + batch_size]
+            first_layer = None
+            if reuse:
+                slots = {"image": image_slot[start:start + batch_size], "text": text_slot[start:start + batch_size]}
+                # stacked keys/values (2, N, ...) are gathered on their second axis, queries on their first
+                first_layer = {name: (value[:, slots[name.split("_")[0]]] if "key_value" in name
+                                      else value[slots[name.split("_")[0]]]) for name, value in projected.items()}
+            fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images],
+                                    first_layer_projections=first_layer)
             scores.append(self.retrieval.itm(fused.pooler_output).float().log_softmax(-1)[:, 1])
-        return torch.cat(scores)
+        scores = torch.cat(scores)
+        if reuse:  # back to the order of the pairs given
+            scores = torch.empty_like(scores).scatter_(0, order, scores)
+        return scores
 
     @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
@@ -1137,6 +1198,16 @@ class _CaptionGenerationMixin(GenerationMixin):
             encoder_attention_mask=memory_mask,
             **model_kwargs,
         )
+
+
+def _in_chunks(project, index: torch.Tensor, batch_size: int) -> dict:
+    """`project(index_chunk)` over `index` in chunks, each output concatenated along its batch axis (the second for
+    stacked keys/values)."""
+    parts: dict[str, list] = {}
+    for chunk in index.split(batch_size):
+        for name, value in project(chunk).items():
+            parts.setdefault(name, []).append(value)
+    return {name: torch.cat(values, dim=1 if "key_value" in name else 0) for name, values in parts.items()}
 
 
 _CACHE_ARGS = ("cache", "past_key_values")

@@ -65,10 +65,22 @@ def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
         assert torch.equal(exhaustive, covered)
         short, short_pairs = model.rank(images, texts, direction=direction, k=2)
         assert short_pairs == 2 * (6 if direction == "i2t" else 30)
+        # the re-ranked pairs score as they do in the exhaustive matrix
+        reranked = short > -5e3
+        assert int(reranked.sum()) == short_pairs
+        torch.testing.assert_close(short[reranked], exhaustive[reranked], rtol=1e-5, atol=1e-5)
         embeddings_only, none_scored = model.rank(images, texts, direction=direction, k=0)  # evaluate --top_k 0
         assert none_scored == 0
         similarity = model.retrieval.similarity(images[1], texts[2])
         torch.testing.assert_close(embeddings_only, similarity - 1e4)
+    # the first fusion layer's projections, computed once per image and caption and gathered per pair, in image
+    # order, give the scores of projecting every pair afresh (pairs given out of order, in uneven batches)
+    pairs = torch.randperm(6 * 30, generator=torch.Generator().manual_seed(0))[:50]
+    image_index, text_index = pairs // 30, pairs % 30
+    reused = model.pair_scores(images[0], texts[0], texts[1], image_index, text_index, batch_size=7)
+    afresh = model.pair_scores(images[0], texts[0], texts[1], image_index, text_index, batch_size=7, reuse=False)
+    torch.testing.assert_close(reused, afresh, rtol=1e-5, atol=1e-5)
+    assert reused.std() > 0  # fifty different pairs, not one score repeated
     # batched gallery encoding equals one big batch
     one = model.encode_gallery_images(batch["pixel_values"], batch_size=64)
     torch.testing.assert_close(images[1], one[1])
