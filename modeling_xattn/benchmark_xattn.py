@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .configuration_xattn import XAttnConfig
-from .evaluation_xattn import encode_gallery, markdown_table
+from .evaluation_xattn import encode_gallery, markdown_table, recall_at_1_by_k
 from .modeling_xattn import (XAttnForConditionalGeneration, XAttnForMultiTask, XAttnForSequenceClassification,
                              XAttnFusionLayer)
 
@@ -27,6 +27,8 @@ SECTIONS = ("fusion", "generation", "retrieval", "training", "inference")
 TARGETS = {
     "fusion": "<= 0.6x LXMERT's time",
     "generation": ">= 3x tokens/s with the cache",
+    "generation_static": ">= 3x vs none, >= 2x vs dynamic",
+    "training": ">= 25% MFU (GPU, bf16)",
     "retrieval": ">= 20x less time, R@1 within 1 point",
     "mfu": ">= 30% MFU on CPU",
     "memory": ">= 40% less peak memory when saving",
@@ -41,7 +43,12 @@ def parse_args(argv=None, description: str | None = None):
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="on CUDA: autocast dtype (CPU: fp32)")
-    p.add_argument("--compile", action="store_true", help="also measure both fusion layers under torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure both fusion layers, and the training step (with channels-last images and, on "
+                        "CUDA, fused Adam), under torch.compile")
+    p.add_argument("--compile_backend", default="inductor", help="torch.compile backend of --compile")
+    p.add_argument("--max_batch_size", type=int, default=512,
+                   help="CUDA: the training figures' largest batch is searched by doubling --batch_size up to this")
     p.add_argument("--model", help="trained multi-task model folder for the retrieval figure (default: "
                                    "outputs/xattn if it exists, else an untrained tiny model)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes everywhere (the tests use it; not a benchmark)")
@@ -209,6 +216,23 @@ def bench_generation(args, device) -> dict:
             "times_cache_s": timings[True]["times_s"],
             "times_no_cache_s": timings[False]["times_s"],
         }
+
+        # transformers' StaticCache; on a GPU transformers compiles the decoding step (CUDA graphs), and the
+        # warm-up calls absorb the compilation and the graph capture
+        def run_static():
+            with torch.inference_mode(), autocast(device, args.precision):
+                outputs["static"] = model.generate(pixels, num_beams=beams, max_new_tokens=new, min_new_tokens=new,
+                                                   cache_implementation="static")
+
+        static = measure(run_static, device, args.repeats, max(args.warmup, 3))
+        result[name].update({
+            "tokens_per_s_static": tokens / static["median_s"],
+            "static_compiled": device.type == "cuda",
+            "static_vs_dynamic": timings[True]["median_s"] / static["median_s"],
+            "static_vs_none": timings[False]["median_s"] / static["median_s"],
+            "identical_static": bool(torch.equal(outputs["static"], outputs[True])),
+            "times_static_s": static["times_s"],
+        })
     return result
 
 
@@ -264,14 +288,33 @@ def bench_retrieval(args, device) -> dict:
     exhaustive_metrics = retrieval_metrics(exhaustive_scores.cpu(), owner)
     result["exhaustive"] = {**exhaustive, "pair_evaluations": exhaustive_pairs,
                             "i2t_R@1": exhaustive_metrics["i2t_R@1"], "t2i_R@1": exhaustive_metrics["t2i_R@1"]}
+    similarity = model.retrieval.similarity(images[1], texts[2]).float()
     for direction in ("i2t", "t2i"):
         timing = measure(ranker(direction, direction=direction, k=args.top_k), device, args.retrieval_repeats, warmup=0)
         two_stage_scores, pairs = scores[direction]
         metrics = retrieval_metrics(two_stage_scores.cpu(), owner)
+        reference = exhaustive_metrics[f"{direction}_R@1"]
         result[f"two_stage_{direction}"] = {
             **timing, "pair_evaluations": pairs, f"{direction}_R@1": metrics[f"{direction}_R@1"],
             "time_ratio": exhaustive["median_s"] / timing["median_s"],
-            "R@1_difference": metrics[f"{direction}_R@1"] - exhaustive_metrics[f"{direction}_R@1"],
+            "R@1_difference": metrics[f"{direction}_R@1"] - reference,
+        }
+        # R@1 against k, read off this ranking; the smallest k within 1 point of exhaustive R@1 is timed, with the
+        # first fusion layer's projections reused (the default) and recomputed per pair
+        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.top_k]
+        curve = recall_at_1_by_k(two_stage_scores, similarity, owner.to(similarity.device), direction, ks)
+        chosen = min((k for k, value in curve.items() if value >= reference - 1.0), default=args.top_k)
+        chosen_timing = {reuse: measure(ranker(f"{direction}@{chosen}{reuse}", direction=direction, k=chosen,
+                                               reuse=reuse), device, args.retrieval_repeats, warmup=0)
+                         for reuse in (True, False)}
+        chosen_scores, chosen_pairs = scores[f"{direction}@{chosen}True"]
+        chosen_r1 = retrieval_metrics(chosen_scores.cpu(), owner)[f"{direction}_R@1"]
+        result[f"chosen_k_{direction}"] = {
+            "k": chosen, "R@1_by_k": curve, "pair_evaluations": chosen_pairs, f"{direction}_R@1": chosen_r1,
+            "median_s": chosen_timing[True]["median_s"], "median_s_without_reuse": chosen_timing[False]["median_s"],
+            "time_ratio": exhaustive["median_s"] / chosen_timing[True]["median_s"],
+            "reuse_speedup": chosen_timing[False]["median_s"] / chosen_timing[True]["median_s"],
+            "R@1_difference": chosen_r1 - reference,
         }
     return result
 
@@ -295,17 +338,25 @@ def training_batch(config, batch_size, device, caption_length: int = 20, text_le
     }
 
 
-def training_setup(args, device, memory_saving: bool):
+def training_setup(args, device, memory_saving: bool, batch_size: int | None = None, compiled: bool = False):
+    """A model, its optimiser and one batch; `compiled`: what `train.py --torch_compile --channels_last` does (and
+    the fused Adam it takes on CUDA)."""
     config = XAttnConfig.from_preset(args.model_size)
     torch.manual_seed(0)
     model = XAttnForMultiTask(config).to(device).train()
     model.set_memory_saving(memory_saving)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    batch = training_batch(config, args.batch_size, device)
+    fused = {"fused": True} if compiled and device.type == "cuda" else {}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4, **fused)
+    batch = training_batch(config, batch_size or args.batch_size, device)
+    run = model
+    if compiled:
+        model = model.to(memory_format=torch.channels_last)
+        batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+        run = torch.compile(model, backend=args.compile_backend)
 
     def forward_backward():
         with autocast(device, args.precision):
-            loss = model(**batch).loss
+            loss = run(**batch).loss
         loss.backward()
         return loss
 
@@ -371,11 +422,34 @@ def bench_training(args, device) -> dict:
     del model, step, forward_backward
     rate = max(rate_before, matmul_rate(device, args.precision))  # the peak, measured on both sides of the steps
     achieved = flops / timing["median_s"]
+    per_sample = flops / args.batch_size
+    variants = {}
+    if args.compile:
+        # compiled at --batch_size, then eager and compiled at the largest batch that fits (CUDA); the FLOPs per
+        # sample are the eager count (compilation changes the kernels, not the arithmetic)
+        sizes = [args.batch_size] + ([largest_batch(args, device)] if device.type == "cuda" else [])
+        for size in dict.fromkeys(sizes):
+            for compiled in ((True,) if size == args.batch_size else (False, True)):
+                name = f"{'compiled' if compiled else 'eager'}_batch{size}"
+                try:
+                    _, step, _ = training_setup(args, device, False, batch_size=size, compiled=compiled)
+                    run = measure(step, device, args.repeats, max(args.warmup, 3))  # warm-up absorbs compiling
+                except torch.OutOfMemoryError:
+                    variants[name] = {"error": "out of memory"}
+                    continue
+                finally:
+                    step = None
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                variants[name] = {"step": run, "batch_size": size, "samples_per_s": size / run["median_s"],
+                                  "mfu": per_sample * size / run["median_s"] / rate,
+                                  "speedup_vs_eager_batch": timing["median_s"] / run["median_s"] * size / args.batch_size}
     return {
         "config": f"{args.model_size} preset, multi-task loss (Formula 4), batch {args.batch_size}, Adam",
         "step": timing,
         "samples_per_s": args.batch_size / timing["median_s"],
-        "model_flops_per_sample": flops / args.batch_size,
+        "model_flops_per_sample": per_sample,
+        "variants": variants,
         "achieved_flops_per_s": achieved,
         "matmul_flops_per_s": rate,
         "mfu": achieved / rate,
@@ -383,6 +457,25 @@ def bench_training(args, device) -> dict:
         "peak_memory_reduction": 1 - memory["saving"]["peak_bytes"] / memory["default"]["peak_bytes"],
         "training_memory_reduction": 1 - memory["saving"]["training_bytes"] / memory["default"]["training_bytes"],
     }
+
+
+def largest_batch(args, device) -> int:
+    """The largest batch (doubling from --batch_size, at most --max_batch_size) whose eager training step fits in
+    the GPU's memory."""
+    fits, size = args.batch_size, args.batch_size * 2
+    while size <= args.max_batch_size:
+        try:
+            _, step, _ = training_setup(args, device, False, batch_size=size)
+            step()
+            step()
+            synchronize(device)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            step = None
+            torch.cuda.empty_cache()
+        fits, size = size, size * 2
+    return fits
 
 
 def bench_inference(args, device) -> dict:
@@ -448,6 +541,11 @@ def markdown(report: dict) -> str:
                          f"{g['tokens_per_s_no_cache']:.1f} tok/s, identical: {g['identical_outputs']}; decoding "
                          f"alone (minus {r['generation']['encode_s']:.2f} s of image encoding): "
                          f"{g['decoder_speedup']:.1f}x", f"{g['speedup']:.1f}x", TARGETS["generation"]))
+            if "tokens_per_s_static" in g:
+                compiled = "static cache, compiled decoding" if g["static_compiled"] else "static cache (not compiled: CPU)"
+                rows.append((f"generate {name}, {compiled}", f"{g['tokens_per_s_static']:.1f} tok/s, identical: "
+                             f"{g['identical_static']}; vs dynamic cache {g['static_vs_dynamic']:.2f}x",
+                             f"{g['static_vs_none']:.1f}x", TARGETS["generation_static"]))
     if "retrieval" in r:
         q = r["retrieval"]
         for direction in ("i2t", "t2i"):
@@ -456,6 +554,12 @@ def markdown(report: dict) -> str:
                          f"{t['median_s']:.1f} s vs {q['exhaustive']['median_s']:.1f} s; pairs {t['pair_evaluations']:,} "
                          f"vs {q['exhaustive']['pair_evaluations']:,}; R@1 {t[f'{direction}_R@1']:.1f} vs "
                          f"{q['exhaustive'][f'{direction}_R@1']:.1f}", f"{t['time_ratio']:.1f}x", TARGETS["retrieval"]))
+            c = q.get(f"chosen_k_{direction}")
+            if c:
+                rows.append((f"retrieval {direction}, smallest k within 1 point of exhaustive R@1 (k={c['k']})",
+                             f"{c['median_s']:.3g} s ({c['median_s_without_reuse']:.3g} s without reuse); pairs "
+                             f"{c['pair_evaluations']:,}; R@1 {c[f'{direction}_R@1']:.1f}", f"{c['time_ratio']:.1f}x",
+                             TARGETS["retrieval"]))
     if "training" in r:
         t = r["training"]
         gib = 2**30
@@ -463,6 +567,11 @@ def markdown(report: dict) -> str:
                      f"{t['model_flops_per_sample'] / 1e9:.1f} GFLOP/sample", "", ""))
         rows.append(("MFU vs measured matmul rate", f"{t['achieved_flops_per_s'] / 1e9:.1f} of "
                      f"{t['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", f"{100 * t['mfu']:.1f}%", TARGETS["mfu"]))
+        for name, v in t.get("variants", {}).items():
+            kind, size = name.split("_batch")
+            measured = v.get("error") or f"{v['samples_per_s']:.2f} samples/s, MFU {100 * v['mfu']:.1f}%"
+            ratio = "" if "error" in v else f"{v['speedup_vs_eager_batch']:.2f}x"
+            rows.append((f"training step, {kind}, batch {size}", measured, ratio, TARGETS["training"]))
         m = t["memory"]
         rows.append(("peak memory, default vs memory saving", f"{m['default']['peak_bytes'] / gib:.2f} vs "
                      f"{m['saving']['peak_bytes'] / gib:.2f} GiB (training part {m['default']['training_bytes'] / gib:.2f}"

@@ -454,6 +454,13 @@ def load_imagefolder(data_dir: str, split: str | None = "train", caption_column:
                if p.is_dir() and p.name.lower() in SPLIT_FOLDERS and (p / METADATA_FILE).exists()}
     if not folders and (root / METADATA_FILE).exists():
         folders = {"train": root}
+    if not folders and any(root.glob("*.tar")):
+        raise ValueError(f"--data_dir {data_dir} holds .tar files, which look like WebDataset shards: read them with "
+                         "--dataset webdataset")
+    if not folders and not any(p.is_file() or p.is_dir() for p in root.iterdir()):
+        raise FileNotFoundError(f"--data_dir {data_dir} is empty: an imagefolder holds images and a metadata.jsonl "
+                                "(file_name + captions/text/label per line), at the top or in train/, validation/, "
+                                "test/")
     if folders:
         rows = {name: _imagefolder_rows(folder, caption_column, text_column, label_column, counter)
                 for name, folder in folders.items()}
@@ -695,8 +702,9 @@ def load_mvsa(root: str, seed: int = 0, counter: BadRowCounter | None = None):
 # ======================================================================================================= command line
 
 
-def add_data_arguments(parser) -> None:
-    """The data options every script shares (as transformers' example scripts name them)."""
+def add_data_arguments(parser, streaming: bool = True) -> None:
+    """The data options every script shares (as transformers' example scripts name them); `streaming=False` leaves
+    out the options of reading a stream for training (a script that only reads a source)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="synthetic",
                       choices=["synthetic", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "mvsa"])
@@ -723,6 +731,8 @@ def add_data_arguments(parser) -> None:
     data.add_argument("--validation_fraction", type=float, default=0.1)
     data.add_argument("--max_samples", type=int, help="use at most this many rows of the split")
     data.add_argument("--num_workers", type=int, default=0)
+    if not streaming:
+        return
     stream = parser.add_argument_group("streaming (--dataset webdataset or hub)")
     stream.add_argument("--streaming", action="store_true",
                         help="read the training rows as a stream (datasets' IterableDataset): nothing is downloaded "
@@ -773,8 +783,9 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
         data = splits[split]()
     elif split == "validation" and "train" in splits:
         data = _held_out(splits["train"](), "validation", args)
+        how = "by a hash of image_id, as --streaming holds them out" if args.dataset in STREAMABLE else "seeded split"
         logger.warning(f"{source} has no validation split: using the {len(data)} rows held out of its train split "
-                       f"({args.validation_fraction:.0%}, seed {args.data_seed})")
+                       f"({args.validation_fraction:.0%}, seed {args.data_seed}, {how})")
     elif len(splits) == 1:
         (only, load), = splits.items()
         data = load()
@@ -788,7 +799,23 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
     return data
 
 
+# Sources that `--streaming` reads: their validation rows, where they have no validation split, are chosen by a
+# hash of the image id (`held_out_by_id`), whether the source is streamed or read whole, so that evaluating a model
+# trained on a stream scores the very rows that training held out.
+STREAMABLE = ("webdataset", "hub")
+
+
+def held_out_by_id(image_id, fraction: float, seed: int = 0) -> bool:
+    """Whether the row of `image_id` is one of the `fraction` held out for validation: a hash of the id and the seed,
+    so every process, epoch and reading order agrees."""
+    return _stable_id(f"validation:{seed}:{image_id}") % 10_000 < fraction * 10_000
+
+
 def _held_out(full, split, args):
+    if args.dataset in STREAMABLE:
+        keep = [held_out_by_id(i, args.validation_fraction, args.data_seed) == (split == "validation")
+                for i in full["image_id"]]
+        return full.select([index for index, wanted in enumerate(keep) if wanted])
     parts = full.train_test_split(test_size=args.validation_fraction, seed=args.data_seed)
     return parts["train"] if split == "train" else parts["test"]
 

@@ -67,8 +67,13 @@ class XAttnDemo:
 
     @torch.inference_mode()
     def caption(self, image, decoding: str = "beam", num_beams: int | None = None) -> str:
+        gr = _gradio()
         photo = _photo(image)
-        beams = 1 if decoding == "greedy" else int(num_beams or self.default_beams)
+        beams = 1 if decoding == "greedy" else (self.default_beams if num_beams in (None, "") else num_beams)
+        if decoding not in ("greedy", "beam") or float(beams) != int(float(beams)) or not 1 <= int(float(beams)) <= 16:
+            raise gr.Error(f"decoding must be 'greedy' or 'beam' with a whole number of beams from 1 to 16; got "
+                           f"{decoding!r}, {num_beams!r}")
+        beams = int(float(beams))
         pixel_values = self.processor(images=photo)["pixel_values"].to(self.model.device)
         ids = self.model.generate(pixel_values, num_beams=beams)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0]
@@ -178,7 +183,7 @@ def build_demo(model, processor, title: str | None = None):
                 with gr.Column():
                     query = gr.Textbox(label="Caption", placeholder="a dog running on the beach")
                     button = gr.Button("Rank", variant="primary")
-                    note = gr.Markdown()
+                    note = gr.Markdown(label="note")
             gallery = gr.Gallery(label="Best match first", columns=4)
             button.click(demo_tasks.rank, [files, query], [gallery, note], api_name="rank", **RAW)
         with gr.Tab("Attention maps"):
@@ -196,7 +201,13 @@ def load_demo(model: str, revision: str | None = None, title: str | None = None)
     """`build_demo` over a saved folder or Hub id (custom code and safetensors only, as everywhere)."""
     from .evaluation_xattn import load_model
 
-    loaded, processor = load_model(model, revision)
+    looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip(os.sep).replace("/", "", 1)
+    if looks_like_path and not os.path.isdir(model):
+        raise SystemExit(f"--model {model}: no such folder (give a saved model folder or a Hub id user/name)")
+    try:
+        loaded, processor = load_model(model, revision)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--model {model}: cannot load a model from it ({type(error).__name__}: {error})") from None
     name = os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
     return build_demo(loaded, processor, title=title or f"XAttn: {name}")
 

@@ -96,10 +96,45 @@ def rank_gallery(model, processor, pixel_values, captions: list[str], direction=
     return scores, pairs, encoded
 
 
+def shortlist_sizes(value: str):
+    """`--top_k` as given: one size for both directions ("128"), or one per direction ("i2t=64,t2i=16")."""
+    if "=" not in value:
+        return int(value)
+    sizes = {}
+    for part in value.split(","):
+        direction, _, size = part.partition("=")
+        if direction.strip() not in ("i2t", "t2i") or not size.strip().isdigit():
+            raise ValueError(f"--top_k {value!r}: give a number, or i2t=K,t2i=K")
+        sizes[direction.strip()] = int(size)
+    if set(sizes) != {"i2t", "t2i"}:
+        raise ValueError(f"--top_k {value!r}: give both directions, i2t=K,t2i=K")
+    return sizes
+
+
+def recall_at_1_by_k(scores: torch.Tensor, similarity: torch.Tensor, text_to_image: torch.Tensor, direction: str,
+                     ks) -> dict[int, float]:
+    """R@1 of two-stage ranking for every shortlist size in `ks`, from one ranking's `(num_images, num_texts)`
+    matrix (`model.rank`) whose shortlist was at least `max(ks)` long (or exhaustive): the top k of a query by
+    embedding `similarity` are inside its longer shortlist, so each smaller k re-ranks pairs already scored. What
+    the benchmark picks each direction's k from."""
+    queries = similarity if direction == "i2t" else similarity.T
+    scored = scores if direction == "i2t" else scores.T
+    curve = {}
+    for k in ks:
+        top = queries.topk(min(k, queries.shape[1]), dim=1).indices
+        shortlist = torch.zeros_like(queries, dtype=torch.bool).scatter_(1, top, True)
+        ranked = torch.where(shortlist, scored, queries - 1e4)
+        ranked = ranked if direction == "i2t" else ranked.T
+        curve[int(k)] = retrieval_metrics(ranked.float().cpu(), text_to_image.cpu(), ks=(1,))[f"{direction}_R@1"]
+    return curve
+
+
 @torch.inference_mode()
 def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exhaustive=False, progress=True,
                        counter=None) -> dict:
-    """Gallery = the split's images and all their captions; any of an image's captions is a hit."""
+    """Gallery = the split's images and all their captions; any of an image's captions is a hit. `top_k`: one
+    shortlist size, or one per direction (`{"i2t": 64, "t2i": 16}`, as `scripts/benchmark.py` picks them from its
+    R@1-vs-k curve)."""
     if getattr(model, "retrieval", None) is None:
         return {}
     collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
@@ -118,7 +153,8 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
     owner = torch.tensor(owner, device=model.device)
     results, encoded = {}, None
     for direction in ("i2t", "t2i"):
-        scores, pairs, encoded = rank_gallery(model, processor, pixels, captions, direction, top_k, exhaustive,
+        k = top_k[direction] if isinstance(top_k, dict) else top_k
+        scores, pairs, encoded = rank_gallery(model, processor, pixels, captions, direction, k, exhaustive,
                                               batch_size, encoded)
         metrics = retrieval_metrics(scores, owner)
         results.update({k: v for k, v in metrics.items() if k.startswith(direction)})

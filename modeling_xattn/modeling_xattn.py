@@ -1059,7 +1059,7 @@ class _RetrievalMixin:
 
     @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
-             batch_size: int = 256) -> tuple[torch.Tensor, int]:
+             batch_size: int = 256, reuse: bool = True) -> tuple[torch.Tensor, int]:
         """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching
         score re-ranks the shortlist. `images` = `encode_gallery_images(...)`, `texts` = `encode_gallery_texts(...)`.
 
@@ -1067,6 +1067,7 @@ class _RetrievalMixin:
         columns for `"t2i"`): shortlisted pairs hold their matching log-probability, the others their embedding
         similarity minus 1e4 (ranked after the shortlist, in embedding order); and the number of pairs scored by
         cross-attention. `exhaustive=True` scores every pair; with `k >=` the gallery size both give the same matrix.
+        `reuse`: see `pair_scores`.
         """
         if direction not in ("i2t", "t2i"):
             raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
@@ -1084,7 +1085,7 @@ class _RetrievalMixin:
         image_index, text_index = shortlist.nonzero(as_tuple=True)
         scores = similarity - 1e4
         scores[image_index, text_index] = self.pair_scores(image_tokens, text_tokens, text_mask, image_index,
-                                                           text_index, batch_size)
+                                                           text_index, batch_size, reuse)
         return scores, len(image_index)
 
 

@@ -35,7 +35,7 @@ from .data_xattn import (
     TASK_TARGETS,
     BadRowCounter,
     _row_captions,
-    _stable_id,
+    held_out_by_id,
     _to_schema,
     as_label,
     class_names_of,
@@ -226,12 +226,6 @@ def stream_splits(args) -> dict:
                      "source into shards")
 
 
-def _held_out(row, fraction: float) -> bool:
-    """Whether a row belongs to the validation rows held out of a stream without a validation split: chosen by a
-    hash of its image id, so every process and every epoch agrees, whatever the order of the rows."""
-    return _stable_id(f"validation:{row['image_id']}") % 10_000 < fraction * 10_000
-
-
 class StreamingData:
     """What training needs from a streamed source: `probe` (the first rows of the train split, as a small in-memory
     Dataset: the tokenizer, the tasks, the class names and the VQA answers are taken from it), `validation` (up to
@@ -250,7 +244,8 @@ class StreamingData:
         # the probe needs only the text columns: its images are not kept in memory
         probe_rows = [{**row, "image": None} for row in islice(self._train_rows(), self.PROBE_ROWS)]
         if self.hold_out:
-            held = (row for row in schema_stream(self.splits["train"](), args) if _held_out(row, args.validation_fraction))
+            held = (row for row in schema_stream(self.splits["train"](), args)
+                    if held_out_by_id(row["image_id"], args.validation_fraction, args.data_seed))
         else:
             held = schema_stream(self.splits["validation"](), args)
         validation_rows = list(islice(held, args.max_eval_samples))
@@ -270,8 +265,8 @@ class StreamingData:
     def _train_rows(self):
         stream = schema_stream(self.splits["train"](), self.args)
         if self.hold_out:
-            fraction = self.args.validation_fraction
-            stream = stream.filter(lambda row: not _held_out(row, fraction))
+            fraction, seed = self.args.validation_fraction, self.args.data_seed
+            stream = stream.filter(lambda row: not held_out_by_id(row["image_id"], fraction, seed))
         return stream
 
     def training_stream(self, task: str, batch_size: int, collate, rank: int = 0, world_size: int = 1,
@@ -385,7 +380,8 @@ class TrainingStream:
 
 def make_shards(args, output_dir: str, rows_per_shard: int = 1000, splits: list[str] | None = None) -> dict:
     """Write every split of the source that `args` (parsed data options, see `data_options`) names, or only
-    `splits`, as shards in `output_dir`: what `scripts/make_shards.py` runs. Returns the shard paths by split, the
+    `splits`, as shards in `output_dir`, replacing the shards of those splits already there: what
+    `scripts/make_shards.py` runs. Returns the shard paths by split, the
     rows written and the skipped-row summary."""
     import datasets
 
@@ -403,6 +399,8 @@ def make_shards(args, output_dir: str, rows_per_shard: int = 1000, splits: list[
             data = data.select(range(min(args.max_samples, len(data))))
         feature = data.features.get("label")
         names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        for old in Path(output_dir).glob(f"{split}-*.tar"):  # a previous run's shards would be read as more data
+            old.unlink()
         before = counter.total
         written[split] = write_shards(data, output_dir, split, rows_per_shard, names, counter)
         rows[split] = len(data) - (counter.total - before)

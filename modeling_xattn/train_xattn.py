@@ -295,7 +295,10 @@ def train(args) -> dict:
         if path is None:
             accelerator.print(f"no checkpoint in {checkpoints_dir}; starting from scratch")
         else:
-            accelerator.load_state(path)
+            try:
+                accelerator.load_state(path)
+            except ValueError as error:  # e.g. a stream position saved by another number of processes
+                raise SystemExit(f"cannot resume from {path}: {error}") from None
             accelerator.print(f"resumed from {path} at step {state.global_step}")
     if args.report_to != "none":
         accelerator.init_trackers("xattn", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from modeling_xattn.data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded
-from modeling_xattn.evaluation_xattn import TASKS, caption_samples, evaluate_model, load_model, markdown_table
+from modeling_xattn.evaluation_xattn import (TASKS, caption_samples, evaluate_model, load_model, markdown_table,
+                                             shortlist_sizes)
 from modeling_xattn.training_xattn import usable_rows
 
 
@@ -32,15 +33,16 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_beams", type=int, help="default: the model's generation_config.json")
     p.add_argument("--max_new_tokens", type=int, help="default: the model's generation_config.json")
-    p.add_argument("--top_k", type=int, default=128,
-                   help="retrieval shortlist size re-ranked by the matching score (0: rank by the embeddings alone)")
+    p.add_argument("--top_k", type=shortlist_sizes, default=128,
+                   help="retrieval shortlist size re-ranked by the matching score (0: rank by the embeddings alone), "
+                        "or one per direction: i2t=64,t2i=16 (scripts/benchmark.py measures R@1 against k)")
     p.add_argument("--caption_samples", type=int, default=0,
                    help="write caption_samples.png with this many photos and their generated and reference captions")
     p.add_argument("--exhaustive", action="store_true", help="score every image-text pair by cross-attention")
     p.add_argument("--no_java", action="store_true", help="caption metrics without Java (no METEOR)")
     p.add_argument("--output_dir", help="where to write eval_results.{json,md} (default: the model folder if local)")
     p.add_argument("--no_progress", action="store_true")
-    add_data_arguments(p)
+    add_data_arguments(p, streaming=False)
     return p.parse_args(argv)
 
 

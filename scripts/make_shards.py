@@ -17,7 +17,7 @@ from modeling_xattn.streaming_xattn import make_shards
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_arguments(parser)
+    add_data_arguments(parser, streaming=False)
     parser.add_argument("--output_dir", required=True, help="folder for the shards")
     parser.add_argument("--rows_per_shard", type=int, default=1000)
     parser.add_argument("--splits", help="comma-separated splits to write (default: every split the source has)")

@@ -30,6 +30,7 @@ def test_generation_cache_gives_identical_outputs(report):
     for name in ("greedy", "beam3"):
         assert generation[name]["identical_outputs"] is True
         assert generation[name]["new_tokens"] == 6  # min_new_tokens = max_new_tokens
+        assert generation[name]["identical_static"] is True  # static cache: the dynamic cache's tokens
 
 
 def test_retrieval_counts_pair_evaluations(report):
@@ -65,6 +66,11 @@ def test_on_a_machine_that_runs_every_flop_alike_the_figures_are_flop_ratios(mon
     for direction in ("i2t", "t2i"):
         pair_ratio = retrieval["exhaustive"]["pair_evaluations"] / retrieval[f"two_stage_{direction}"]["pair_evaluations"]
         assert 0.8 * pair_ratio < retrieval[f"two_stage_{direction}"]["time_ratio"] <= pair_ratio
+        chosen = retrieval[f"chosen_k_{direction}"]
+        assert chosen["k"] in chosen["R@1_by_k"] and chosen["R@1_difference"] >= -1.0
+    # reusing the first layer's projections of each image saves arithmetic when images recur across the pairs
+    # (text->image: every caption shortlists some of the 12 images)
+    assert retrieval["chosen_k_t2i"]["reuse_speedup"] > 1
     assert "| 1.00x |" in (tmp_path / "benchmark.md").read_text()  # the fusion row shows the injected ratio
 
 

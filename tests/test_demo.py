@@ -96,11 +96,21 @@ def test_every_endpoint_through_gradio_client(served, photos):
     drawn = client.predict(handle_file(paths[2]), "a blue square", api_name="/attention")
     assert Image.open(drawn).size[0] > 200
 
+    for beams in (0, 2.5):
+        with pytest.raises(Exception, match="whole number of beams from 1 to 16"):
+            client.predict(handle_file(paths[0]), "beam", beams, api_name="/caption")
     for call in (lambda: client.predict(handle_file(bad), "greedy", 3, api_name="/caption"),
                  lambda: client.predict(handle_file(bad), "a circle", api_name="/classify"),
                  lambda: client.predict([handle_file(bad)], "a circle", api_name="/rank")):
         with pytest.raises(Exception, match="broken.jpg is not a readable image|None of the 1 uploads"):
             call()
+
+
+def test_demo_script_names_a_model_it_cannot_load(tmp_path):
+    with pytest.raises(SystemExit, match="no such folder"):
+        demo_script.main(["--model", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="cannot load a model from it"):
+        demo_script.main(["--model", str(tmp_path)])
 
 
 def test_demo_script_serves_on_localhost_by_default(monkeypatch, model_folder):

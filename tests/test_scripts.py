@@ -50,7 +50,19 @@ def test_evaluate_writes_json_and_markdown(trained, tmp_path):
     assert "| retrieval | i2t_R@1 |" in (tmp_path / "eval_results.md").read_text()
 
 
+def test_shortlist_size_per_direction(trained):
+    payload = evaluation.main(["--model", str(trained), "--split", "test", "--no_progress", "--tasks", "retrieval",
+                               "--top_k", "i2t=3,t2i=2", *DATA])
+    retrieval = payload["results"]["retrieval"]
+    assert retrieval["i2t_pair_evaluations"] == 24 * 3 and retrieval["t2i_pair_evaluations"] == 24 * 5 * 2
+    with pytest.raises(SystemExit):
+        evaluation.main(["--model", str(trained), "--top_k", "i2t=3", *DATA])
+
+
 def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
+    from modeling_xattn.evaluation_xattn import recall_at_1_by_k
+    from modeling_xattn.metrics_xattn import retrieval_metrics
+
     model, processor = evaluation.load_model(str(trained))
     from modeling_xattn.data_xattn import synthetic_dataset
 
@@ -69,6 +81,13 @@ def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
         reranked = short > -5e3
         assert int(reranked.sum()) == short_pairs
         torch.testing.assert_close(short[reranked], exhaustive[reranked], rtol=1e-5, atol=1e-5)
+        # R@1 for each smaller k, read off one longer ranking, is what ranking with that k gives
+        owner = torch.arange(6).repeat_interleave(5)
+        similarity = model.retrieval.similarity(images[1], texts[2])
+        curve = recall_at_1_by_k(exhaustive, similarity, owner, direction, ks=(1, 2, 4))
+        for k, value in curve.items():
+            ranked, _ = model.rank(images, texts, direction=direction, k=k)
+            assert value == retrieval_metrics(ranked, owner, ks=(1,))[f"{direction}_R@1"]
         embeddings_only, none_scored = model.rank(images, texts, direction=direction, k=0)  # evaluate --top_k 0
         assert none_scored == 0
         similarity = model.retrieval.similarity(images[1], texts[2])

@@ -254,3 +254,28 @@ def test_hub_datasets_stream(embedded_shards, tmp_path):
         assert any(r.startswith(f"GET /datasets/user/photos/resolve/{commits['user/photos']}/train/") for r in state.requests)
     finally:
         server.shutdown()
+
+
+def test_evaluation_holds_out_the_rows_a_stream_held_out(embedded_shards):
+    """Shards without a validation split: the rows `--streaming` held out of training are the rows `evaluate.py`
+    (the shards read whole) takes as validation."""
+    options = dict(dataset="webdataset", data_dir=str(embedded_shards), validation_fraction=0.2)
+    streamed = StreamingData(data_options(streaming=True, **options))
+    whole = load_split(data_options(**options), "validation")
+    assert len(whole) and sorted(whole["image_id"]) == sorted(streamed.validation["image_id"])
+    trained = load_split(data_options(**options), "train", hold_out_validation=True)
+    assert not set(trained["image_id"]) & set(whole["image_id"]) and len(trained) + len(whole) == 60
+
+
+def test_rewriting_shards_replaces_the_old_ones(embedded_shards, tmp_path):
+    import shutil
+
+    folder = tmp_path / "again"
+    shutil.copytree(embedded_shards, folder)
+    result = make_shards.main(["--synthetic_samples", "60", "--synthetic_test_samples", "12", "--rows_per_shard",
+                               "100", "--splits", "train", "--output_dir", str(folder)])
+    assert [Path(p).name for p in result["shards"]["train"]] == ["train-000000.tar"]
+    assert sorted(p.name for p in folder.glob("*.tar")) == ["test-000000.tar", "train-000000.tar"]
+    assert len(load_shards(str(folder))["train"]) == 60
+    with pytest.raises(SystemExit, match="look like WebDataset shards: read them with --dataset webdataset"):
+        make_shards.main(["--dataset", "imagefolder", "--data_dir", str(folder), "--output_dir", str(tmp_path / "x")])
