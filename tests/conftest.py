@@ -42,6 +42,25 @@ def load_script(name: str):
     return module
 
 
+def kill_after_checkpoint(command, output_dir: Path, step: int, env=None, cwd=None) -> int:
+    """Start `command` (a training run writing to `output_dir`), SIGKILL it from outside as soon as its step-`step`
+    checkpoint appears (the save renames a finished folder into place), as a crash or a pre-empted machine would;
+    returns the last complete checkpoint's step."""
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 600
+    while not (output_dir / "checkpoints" / f"step_{step}").exists():
+        assert process.poll() is None and time.monotonic() < deadline, f"the run ended before its step-{step} checkpoint"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert not (output_dir / "model.safetensors").exists()  # it did not finish
+    return max(int(p.name.split("_")[1]) for p in (output_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return train_albert_tokenizer(CORPUS, vocab_size=120)

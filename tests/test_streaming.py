@@ -4,11 +4,9 @@ streams; every process reads different rows; a stream's position survives a kill
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import SHARED_SAMPLE, load_script
+from conftest import SHARED_SAMPLE, kill_after_checkpoint, load_script
 from modeling_xattn.data_xattn import class_names, data_options, load_split
-from modeling_xattn.streaming_xattn import StreamingData, TrainingStream, load_shards
+from modeling_xattn.streaming_xattn import StreamingData, load_shards
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
@@ -184,15 +182,8 @@ def test_killed_streaming_run_resumes_to_the_same_weights(embedded_shards, tmp_p
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(TRAIN), *common, "--output_dir", str(killed)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 600
-    while not (killed / "checkpoints" / "step_4").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its step-4 checkpoint"
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=60) == -signal.SIGKILL
-    last = max(int(p.name.split("_")[1]) for p in (killed / "checkpoints").iterdir() if p.name.startswith("step_"))
+    last = kill_after_checkpoint([sys.executable, str(TRAIN), *common, "--output_dir", str(killed)], killed, 4,
+                                 env=env, cwd=REPO)
     assert 4 <= last < 40
 
     resumed = subprocess.run([sys.executable, str(TRAIN), *common, "--output_dir", str(killed),

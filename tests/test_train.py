@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from transformers import AutoModelForPreTraining, AutoProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train.py"
-from conftest import load_script  # noqa: E402
+from conftest import kill_after_checkpoint, load_script  # noqa: E402
 
 train = load_script("train")
 
@@ -62,20 +60,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     straight = run_script(common + ["--output_dir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    # Killed from outside, as a crash or a pre-empted machine would: SIGKILL as soon as the step-4 checkpoint
-    # appears (the save renames a finished folder into place), i.e. mid-epoch (7 steps an epoch) before step 8's.
+    # Killed mid-epoch (7 steps an epoch), after the step-4 checkpoint and before step 8's.
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *common, "--output_dir", str(killed_dir)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 600
-    while not (killed_dir / "checkpoints" / "step_4").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its step-4 checkpoint"
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=60) == -signal.SIGKILL
-    assert not (killed_dir / "model.safetensors").exists()  # it did not finish
-    last = max(int(p.name.split("_")[1]) for p in (killed_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
+    last = kill_after_checkpoint([sys.executable, str(SCRIPT), *common, "--output_dir", str(killed_dir)], killed_dir,
+                                 4, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
     assert 4 <= last < 10
 
     resumed = run_script(common + ["--output_dir", str(killed_dir), "--resume_from_checkpoint", "latest"])
