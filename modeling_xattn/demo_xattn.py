@@ -127,8 +127,8 @@ class XAttnDemo:
         return ranked, note
 
     @torch.inference_mode()
-    def attention(self, image, text: str, max_words: int = 12) -> str:
-        """The word -> region maps drawn as one PNG (as `scripts/visualize.py` draws them); returns its path."""
+    def attention(self, image, text: str, max_words: int = 12):
+        """The word -> region maps drawn as one picture (as `scripts/visualize.py` draws them), as a PIL image."""
         gr = _gradio()
         photo = _photo(image)
         if not (text or "").strip():
@@ -137,10 +137,13 @@ class XAttnDemo:
             tokens, maps, cbam = attention_maps(self.model, self.processor, photo, text)
         except ValueError as error:  # a model without cross-attention
             raise gr.Error(str(error)) from None
-        handle, path = tempfile.mkstemp(suffix=".png", prefix="xattn-attention-")
-        os.close(handle)
-        render(photo, tokens, maps, cbam, path, max_words)
-        return path
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="xattn-attention-") as folder:  # removed once read back
+            path = os.path.join(folder, "attention.png")
+            render(photo, tokens, maps, cbam, path, max_words)
+            with Image.open(path) as drawn:
+                return drawn.convert("RGB")
 
 
 # The handlers take the uploads as Gradio receives them (file data with the user's file name): Gradio's own image
@@ -154,7 +157,7 @@ def build_demo(model, processor, title: str | None = None):
     gr = _gradio()
     demo_tasks = XAttnDemo(model, processor)
     title = title or "Cross-attention visual-language fusion"
-    with gr.Blocks(title=title) as demo:
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:  # nothing is sent anywhere
         gr.Markdown(f"# {title}\nDenseNet121 + CBAM image features and ALBERT text features fused by bidirectional "
                     "cross-attention. Upload a photo in any tab.")
         with gr.Tab("Caption"):

@@ -239,7 +239,9 @@ def train(args) -> dict:
     needed = args.batch_size * accelerator.num_processes
     if streaming:
         accelerator.print(f"tasks: {', '.join(sorted(tasks))}; streaming the train split (shuffle buffer "
-                          f"{args.shuffle_buffer_size}), {len(val_data)} validation rows")
+                          f"{args.shuffle_buffer_size}), {len(val_data)} validation rows"
+                          + (f"; --num_workers {args.num_workers} reads validation only (a stream is read on the "
+                             "training process)" if args.num_workers else ""))
     elif len(train_examples) < needed:
         raise SystemExit(
             f"{len(train_examples)} training examples ({len(train_data)} usable rows) cannot fill one batch of "
