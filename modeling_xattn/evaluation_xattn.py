@@ -98,7 +98,18 @@ def rank_gallery(model, processor, pixel_values, captions: list[str], direction=
 
 def shortlist_sizes(value: str):
     """`--top_k` as given: one size for both directions ("128"), or one per direction ("i2t=64,t2i=16")."""
+    import argparse
+
+    try:
+        return _shortlist_sizes(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _shortlist_sizes(value: str):
     if "=" not in value:
+        if not value.strip().isdigit():
+            raise ValueError(f"--top_k {value!r}: give a number, or i2t=K,t2i=K")
         return int(value)
     sizes = {}
     for part in value.split(","):

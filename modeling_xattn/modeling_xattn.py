@@ -1023,13 +1023,14 @@ class _RetrievalMixin:
 
     @torch.inference_mode()
     def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256,
-                    reuse: bool = True):
+                    reuse: bool = False):
         """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers.
 
-        With `reuse` (default), the first fusion layer's projections of each image and each text that takes part
-        are computed once (`cross_projections`) and gathered for every pair instead of being recomputed per pair,
-        and the pairs are scored in image order, so that the pairs of one image share a batch. The scores are the
-        same either way (tested)."""
+        With `reuse`, the first fusion layer's projections of each image and each text that takes part are computed
+        once (`cross_projections`) and gathered for every pair instead of being recomputed per pair, and the pairs
+        are scored in image order, so that the pairs of one image share a batch. The scores are the same either way
+        (tested). It is off by default: on a CPU the gathering cost as much as it saved (README, Performance), and
+        it holds every taking-part image's and text's projections in memory at once."""
         if len(image_index) == 0:  # nothing shortlisted (k = 0): no fusion call on an empty batch
             return torch.zeros(0, device=image_tokens.device)
         order = torch.argsort(image_index * len(text_tokens) + text_index) if reuse else None
@@ -1059,7 +1060,7 @@ class _RetrievalMixin:
 
     @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
-             batch_size: int = 256, reuse: bool = True) -> tuple[torch.Tensor, int]:
+             batch_size: int = 256, reuse: bool = False) -> tuple[torch.Tensor, int]:
         """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching
         score re-ranks the shortlist. `images` = `encode_gallery_images(...)`, `texts` = `encode_gallery_texts(...)`.
 
@@ -1187,6 +1188,9 @@ class _CaptionGenerationMixin(GenerationMixin):
             if implementation == "static":
                 length = (generation_config.max_new_tokens + start.shape[1] if generation_config.max_new_tokens
                           else generation_config.max_length)
+                # a fixed ceiling (generation_config.max_cache_len) keeps the cache's shape, and so the compiled
+                # step, the same across calls with different lengths
+                length = max(length, generation_config.max_cache_len or 0)
                 cache = EncoderDecoderCache(StaticCache(config=decoder.config, max_cache_len=length),
                                             StaticCache(config=decoder.config, max_cache_len=memory.shape[1]))
             else:

@@ -187,6 +187,11 @@ def build_model(args, processor, tasks, label_names, answers=None):
 def train(args) -> dict:
     """Train, evaluate and write the Hub-ready folder for parsed options (`parse_args`); returns the final metrics,
     the folder, the process count, the step reached and the push's commit (when `--push_to_hub`)."""
+    if args.memory_saving and args.torch_compile:
+        # the checkpointed ALBERT layer calls are patched in and out around each forward, which torch.compile's
+        # tracing re-applies and then cannot undo (it stops at the first step)
+        raise SystemExit("--memory_saving and --torch_compile cannot be combined: pick one (memory_saving trades "
+                         "speed for memory, torch_compile memory-neutral speed)")
     os.makedirs(args.output_dir, exist_ok=True)
     # Without an accelerator, Accelerate only forms a multi-process (gloo) group when told it runs on the CPU;
     # otherwise `torchrun --nproc_per_node 2` on a CPU machine silently trains two independent single-process runs.

@@ -96,7 +96,7 @@ def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
     # order, give the scores of projecting every pair afresh (pairs given out of order, in uneven batches)
     pairs = torch.randperm(6 * 30, generator=torch.Generator().manual_seed(0))[:50]
     image_index, text_index = pairs // 30, pairs % 30
-    reused = model.pair_scores(images[0], texts[0], texts[1], image_index, text_index, batch_size=7)
+    reused = model.pair_scores(images[0], texts[0], texts[1], image_index, text_index, batch_size=7, reuse=True)
     afresh = model.pair_scores(images[0], texts[0], texts[1], image_index, text_index, batch_size=7, reuse=False)
     torch.testing.assert_close(reused, afresh, rtol=1e-5, atol=1e-5)
     assert reused.std() > 0  # fifty different pairs, not one score repeated

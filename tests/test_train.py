@@ -131,6 +131,8 @@ def test_compiled_channels_last_steps_match_eager(tmp_path, capsys):
     assert compiled[-1]["val_loss"] == pytest.approx(eager[-1]["val_loss"], rel=1e-4)
     # the saved folder is the plain model (no torch.compile wrapper in the weight names)
     assert not any("_orig_mod" in key for key in load_file(str(tmp_path / "compiled" / "model.safetensors")))
+    with pytest.raises(SystemExit, match="--memory_saving and --torch_compile cannot be combined"):
+        train.main(common + ["--output_dir", str(tmp_path / "both"), "--torch_compile", "--memory_saving"])
 
 
 def test_classification_only_task_subset(tmp_path):
