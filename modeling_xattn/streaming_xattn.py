@@ -34,13 +34,17 @@ from .data_xattn import (
     SPLIT_FOLDERS,
     TASK_TARGETS,
     BadRowCounter,
+    _label_ids,
     _row_captions,
-    held_out_by_id,
+    _source_splits,
     _to_schema,
     as_label,
     class_names_of,
     clean_text,
+    held_out_by_id,
     load_image,
+    map_columns,
+    undecoded,
 )
 from .training_xattn import any_process
 
@@ -163,8 +167,6 @@ def load_shards(data_dir: str):
     `--dataset webdataset` without `--streaming` use. Class names are taken from every split's labels."""
     import datasets
 
-    from .data_xattn import _label_ids
-
     loaded = datasets.DatasetDict({
         split: datasets.load_dataset("webdataset", data_files={split: paths}, split=split, features=shard_features())
         for split, paths in shard_files(data_dir).items()})
@@ -186,8 +188,6 @@ def schema_stream(stream, args):
     is skipped there). Shards (ours, or any WebDataset with `.jpg` + `.json` members) are recognised by their
     columns; other Hub datasets use the column options (`--image_column`, `--caption_column`, ...)."""
     import datasets
-
-    from .data_xattn import map_columns
 
     columns = set(stream.column_names or [])
     if {"jpg", "json"} <= columns:
@@ -234,21 +234,17 @@ class StreamingData:
 
     PROBE_ROWS = 2000
 
-    def __init__(self, args, counter: BadRowCounter | None = None):
+    def __init__(self, args):
         self.args = args
-        self.counter = counter if counter is not None else BadRowCounter()
         self.splits = stream_splits(args)
         if "train" not in self.splits:
             raise ValueError(f"the streamed source has no train split; it has {sorted(self.splits)}")
         self.hold_out = "validation" not in self.splits
         # the probe needs only the text columns: its images are not kept in memory
         probe_rows = [{**row, "image": None} for row in islice(self._train_rows(), self.PROBE_ROWS)]
-        if self.hold_out:
-            held = (row for row in schema_stream(self.splits["train"](), args)
-                    if held_out_by_id(row["image_id"], args.validation_fraction, args.data_seed))
-        else:
-            held = schema_stream(self.splits["validation"](), args)
-        validation_rows = list(islice(held, args.max_eval_samples))
+        validation = (self._train_rows(held_out=True) if self.hold_out
+                      else schema_stream(self.splits["validation"](), args))
+        validation_rows = list(islice(validation, args.max_eval_samples))
         if not probe_rows:
             raise ValueError("the streamed train split has no row")
         raw_labels = [row["label"] for row in probe_rows + validation_rows]
@@ -262,17 +258,17 @@ class StreamingData:
         feature = (self.splits["train"]().features or {}).get(self.args.label_column)
         return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
-    def _train_rows(self):
+    def _train_rows(self, held_out: bool = False):
+        """The train split's rows in the schema: without a validation split, those that training keeps, or with
+        `held_out` those held out for validation (by `held_out_by_id`, as `load_split` holds them out)."""
         stream = schema_stream(self.splits["train"](), self.args)
         if self.hold_out:
             fraction, seed = self.args.validation_fraction, self.args.data_seed
-            stream = stream.filter(lambda row: not held_out_by_id(row["image_id"], fraction, seed))
+            stream = stream.filter(lambda row: held_out_by_id(row["image_id"], fraction, seed) == held_out)
         return stream
 
     def training_stream(self, task: str, batch_size: int, collate, rank: int = 0, world_size: int = 1,
                         seed: int = 0) -> "TrainingStream":
-        from .data_xattn import _label_ids
-
         names = self.class_names
 
         def open_stream():
@@ -381,11 +377,9 @@ class TrainingStream:
 def make_shards(args, output_dir: str, rows_per_shard: int = 1000, splits: list[str] | None = None) -> dict:
     """Write every split of the source that `args` (parsed data options, see `data_options`) names, or only
     `splits`, as shards in `output_dir`, replacing the shards of those splits already there: what
-    `scripts/make_shards.py` runs. Returns the shard paths by split, the
-    rows written and the skipped-row summary."""
+    `scripts/make_shards.py` runs. Returns the shard paths by split, the rows written and the skipped-row
+    summary."""
     import datasets
-
-    from .data_xattn import _source_splits, undecoded
 
     counter = BadRowCounter()
     available = _source_splits(args, counter)

@@ -225,7 +225,7 @@ def train(args) -> dict:
             if not args.max_steps:
                 raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs by")
             # the tokenizer, tasks and class names come from the stream's first rows; validation is read once
-            streaming = StreamingData(args, counter)
+            streaming = StreamingData(args)  # its bad rows are counted by the collator, as any source's
             train_data, val_data = streaming.probe, streaming.validation
         else:
             train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-
 from .data_xattn import BadRowCounter, _missing_target_reason, row_targets
 
 BACKBONE_PREFIXES = ("xattn.text_model.", "xattn.vision_model.features.")
