@@ -1033,8 +1033,8 @@ class _RetrievalMixin:
         it holds every taking-part image's and text's projections in memory at once."""
         if len(image_index) == 0:  # nothing shortlisted (k = 0): no fusion call on an empty batch
             return torch.zeros(0, device=image_tokens.device)
-        order = torch.argsort(image_index * len(text_tokens) + text_index) if reuse else None
         if reuse:
+            order = torch.argsort(image_index * len(text_tokens) + text_index)
             image_index, text_index = image_index[order], text_index[order]
             images_used, image_slot = torch.unique(image_index, return_inverse=True)
             texts_used, text_slot = torch.unique(text_index, return_inverse=True)
@@ -1047,9 +1047,8 @@ class _RetrievalMixin:
             first_layer = None
             if reuse:
                 slots = {"image": image_slot[start:start + batch_size], "text": text_slot[start:start + batch_size]}
-                # stacked keys/values (2, N, ...) are gathered on their second axis, queries on their first
-                first_layer = {name: (value[:, slots[name.split("_")[0]]] if "key_value" in name
-                                      else value[slots[name.split("_")[0]]]) for name, value in projected.items()}
+                first_layer = {name: value.index_select(_batch_axis(name), slots[name.split("_")[0]])
+                               for name, value in projected.items()}
             fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images],
                                     first_layer_projections=first_layer)
             scores.append(self.retrieval.itm(fused.pooler_output).float().log_softmax(-1)[:, 1])
@@ -1205,14 +1204,19 @@ class _CaptionGenerationMixin(GenerationMixin):
         )
 
 
+def _batch_axis(name: str) -> int:
+    """The batch axis of a `cross_projections` output: the second for stacked keys/values `(2, B, ...)`, the first
+    for queries `(B, ...)`."""
+    return 1 if "key_value" in name else 0
+
+
 def _in_chunks(project, index: torch.Tensor, batch_size: int) -> dict:
-    """`project(index_chunk)` over `index` in chunks, each output concatenated along its batch axis (the second for
-    stacked keys/values)."""
+    """`project(index_chunk)` over `index` in chunks, each output concatenated along its batch axis."""
     parts: dict[str, list] = {}
     for chunk in index.split(batch_size):
         for name, value in project(chunk).items():
             parts.setdefault(name, []).append(value)
-    return {name: torch.cat(values, dim=1 if "key_value" in name else 0) for name, values in parts.items()}
+    return {name: torch.cat(values, dim=_batch_axis(name)) for name, values in parts.items()}
 
 
 _CACHE_ARGS = ("cache", "past_key_values")
