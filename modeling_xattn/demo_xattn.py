@@ -17,6 +17,7 @@ import tempfile
 import torch
 
 from .data_xattn import load_image
+from .pipeline_xattn import label_probabilities
 from .processing_xattn import to_rgb
 from .visualization_xattn import attention_maps, render
 
@@ -85,11 +86,8 @@ class XAttnDemo:
         if not (statement or "").strip():
             raise gr.Error("Write a statement about the photo to score it against.")
         inputs = self.processor(images=photo, text=[statement])
-        logits = self.model(**{k: v.to(self.model.device) for k, v in inputs.items()}).logits[0].float()
-        if self.model.config.problem_type == "multi_label_classification":
-            probabilities = logits.sigmoid()  # VQA answers: an independent score per answer
-        else:
-            probabilities = logits.softmax(-1)
+        logits = self.model(**{k: v.to(self.model.device) for k, v in inputs.items()}).logits[0]
+        probabilities = label_probabilities(logits, self.model.config)  # as the classification pipeline gives them
         labels = self.model.config.id2label
         top = probabilities.argsort(descending=True)[:10].tolist()
         return {labels[i]: round(float(probabilities[i]), 4) for i in top}

@@ -80,6 +80,13 @@ class XAttnCaptioningPipeline(_XAttnPipeline):
         return [{"generated_text": text.strip()} for text in texts]
 
 
+def label_probabilities(logits, config):
+    """Probabilities of one row of classifier `logits`: softmax over the classes, or a sigmoid per answer for a
+    multi-label (VQA soft-score) model."""
+    logits = logits.float()
+    return logits.sigmoid() if config.problem_type == "multi_label_classification" else logits.softmax(-1)
+
+
 class XAttnImageTextClassificationPipeline(_XAttnPipeline):
     """(image, statement or question) -> labels with probabilities, highest first: softmax over the classes, or a
     sigmoid per answer for a multi-label (VQA soft-score) model. `top_k=None` returns every label."""
@@ -112,9 +119,7 @@ class XAttnImageTextClassificationPipeline(_XAttnPipeline):
         return {"logits": self.model(**model_inputs).logits}
 
     def postprocess(self, model_outputs, top_k=None):
-        logits = model_outputs["logits"][0].float()
-        multi_label = self.model.config.problem_type == "multi_label_classification"
-        probs = logits.sigmoid() if multi_label else logits.softmax(-1)
+        probs = label_probabilities(model_outputs["logits"][0], self.model.config)
         order = probs.argsort(descending=True)[: top_k or len(probs)]
         labels = self.model.config.id2label
         return [{"label": labels[int(i)], "score": float(probs[i])} for i in order]
