@@ -63,7 +63,7 @@ class XAttnDemo:
         self.model = model.eval()
         self.processor = processor
         config = model.config
-        self.classifier_trained = bool(config.lambda_ce) and config.problem_type != "multi_label_classification"
+        self.classifier_trained = bool(config.lambda_ce)  # a VQA model's answer classifier trains with it too
         self.default_beams = max(int(model.generation_config.num_beams or 1), 2)
 
     @torch.inference_mode()

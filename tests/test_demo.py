@@ -106,6 +106,15 @@ def test_every_endpoint_through_gradio_client(served, photos):
             call()
 
 
+def test_the_untrained_classifier_note_follows_the_classification_weight(processor):
+    from modeling_xattn import XAttnConfig, XAttnForMultiTask
+
+    for overrides, trained in (({}, True), ({"lambda_ce": 0.0}, False),
+                               ({"problem_type": "multi_label_classification", "num_labels": 5}, True)):
+        model = XAttnForMultiTask(XAttnConfig.from_preset("tiny", **overrides))
+        assert XAttnDemo(model, processor).classifier_trained is trained, overrides
+
+
 def test_demo_script_names_a_model_it_cannot_load(tmp_path):
     with pytest.raises(SystemExit, match="no such folder"):
         demo_script.main(["--model", str(tmp_path / "nope")])
