@@ -239,6 +239,13 @@ def train(args) -> dict:
     args.tasks = ",".join(sorted(tasks))  # what was resolved ("auto") is what the card and the tracker record
     task = collator_task(tasks)
     train_data, val_data = usable_rows(train_data, task, counter), usable_rows(val_data, task, counter)
+    if len(val_data) == 0:
+        # nothing to evaluate, keep the best of or write metrics for: stop before training, not after
+        raise SystemExit(
+            "no usable validation row: the source's validation split is empty or has no target for the tasks, or "
+            f"--validation_fraction {args.validation_fraction} held none out of train (shards and Hub datasets hold "
+            "rows out by a hash of image_id, which can pick none of a small source); raise --validation_fraction "
+            f"or give the source a validation split. {counter.summary()}")
     # One example per image-caption pair: every caption trains in every epoch (validation: the first caption).
     train_examples = CaptionPairs(train_data) if "caption" in TASK_TARGETS[task] else train_data
     needed = args.batch_size * accelerator.num_processes

@@ -270,3 +270,16 @@ def test_rewriting_shards_replaces_the_old_ones(embedded_shards, tmp_path):
     assert len(load_shards(str(folder))["train"]) == 60
     with pytest.raises(SystemExit, match="look like WebDataset shards: read them with --dataset webdataset"):
         make_shards.main(["--dataset", "imagefolder", "--data_dir", str(folder), "--output_dir", str(tmp_path / "x")])
+
+
+def test_a_source_too_small_to_hold_out_a_row_stops_before_training(tmp_path):
+    folder = tmp_path / "four"
+    make_shards.main(["--synthetic_samples", "4", "--synthetic_test_samples", "1", "--output_dir", str(folder)])
+    options = ["--dataset", "webdataset", "--data_dir", str(folder), "--validation_fraction", "0.001"]
+    none_held = load_split(data_options(dataset="webdataset", data_dir=str(folder), validation_fraction=0.001),
+                           "validation")
+    assert len(none_held) == 0  # the hash picks none of four rows at 0.1%
+    for streaming in ([], ["--streaming"]):
+        with pytest.raises(SystemExit, match="no usable validation row"):
+            train.main([*options, "--max_steps", "2", "--batch_size", "1", "--output_dir", str(tmp_path / "out"),
+                        *streaming])
