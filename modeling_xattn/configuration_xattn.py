@@ -82,7 +82,8 @@ PRESETS: dict[str, dict] = {
 SENTIMENT_LABELS = ("positive", "neutral", "negative")
 FUSION_TYPES = ("cross_attention", "concat")
 MODALITIES = ("both", "image", "text")
-CONTRASTIVE_LOSSES = ("margin", "margin_squared", "infonce")
+CONTRASTIVE_LOSSES = ("margin", "margin_squared", "infonce", "sigmoid")
+POOLINGS = ("mean", "attention")
 DISTANCES = ("euclidean", "cosine")
 
 # albert-base-v2's shape; the vocabulary is albert-base-v2's 30000 SentencePiece pieces.
@@ -159,6 +160,11 @@ class XAttnConfig(PretrainedConfig):
             features only). With one modality there is no other stream to attend to, so no cross-attention.
         fusion_self_attention (`bool`, defaults to True): per-stream self-attention after the cross-attention in
             every fusion layer (as LXMERT does); without it the words' look-ups into the image cannot be combined.
+        fusion_gate (`bool`, defaults to False): gate every cross-attention sub-layer with a learned tanh(g), g
+            initialised at 0, as a pre-norm residual (Flamingo's gated cross-attention): h + tanh(g)·attn(LN(h), other).
+            At g = 0 the layer is exactly the concatenation model's layer, so training starts from "without
+            cross-attention" and the fusion is added only as far as it helps. False: the paper's post-norm
+            sub-layer, LN(h + attn(h, other)). `scripts/train.py` sets True unless `--recipe paper`.
         initializer_range (`float`, defaults to 0.02): std of the normal init of linear and embedding weights.
 
     Heads:
@@ -167,15 +173,26 @@ class XAttnConfig(PretrainedConfig):
             `"multi_label_classification"` (VQA soft scores, binary cross-entropy); inferred from labels if unset.
         classifier_dropout (`float`, defaults to 0.1): dropout in the classification MLP.
         projection_dim (`int`, defaults to 256): width of the retrieval embeddings.
+        retrieval_pooling (`str`, defaults to `"mean"`): how a stream's tokens become its retrieval embedding before
+            the projection: `"mean"` (masked mean) or `"attention"` (a learned query attends over the tokens, as
+            CLIP's and SigLIP's attention-pooling heads; the mean of region tokens is dominated by what every token
+            shares, the 2-D position embeddings and LayerNorm's bias). `scripts/train.py` sets `"attention"` unless
+            `--recipe paper`.
         contrastive_loss (`str`, defaults to `"margin"`): `"margin"`, the paper's Formula 2 as written,
             L = 1/N Σ [y·D + (1−y)·max(0, m − D)] over the N = B² in-batch (image, text) pairs; `"margin_squared"`,
-            Hadsell et al.'s form with both terms squared; or `"infonce"`, symmetric cross-entropy over in-batch
-            similarities / temperature.
+            Hadsell et al.'s form with both terms squared; `"infonce"`, symmetric cross-entropy over in-batch
+            similarities / temperature (CLIP); or `"sigmoid"`, SigLIP's pairwise loss over all B² pairs,
+            -1/B Σ log σ(z_ij·(t·cos_ij + b)) with z = 1 for a match and -1 otherwise: the y and 1−y terms of
+            Formula 2 with a learned scale t and bias b (initialised at 10 and -10) that absorb the 1 : B−1 imbalance.
         contrastive_margin (`float`, defaults to 1.0): margin m of Formula 2 (embeddings are L2-normalised, so the
             Euclidean distance lies in [0, 2]).
         contrastive_distance (`str`, defaults to `"euclidean"`): distance of Formula 2, `"euclidean"` or `"cosine"`
             (1 - cosine similarity).
-        contrastive_temperature (`float`, defaults to 0.07): temperature of the InfoNCE option.
+        contrastive_temperature (`float`, defaults to 0.07): temperature of the InfoNCE option (its initial value
+            when learned), and of drawing the matching head's negatives.
+        learnable_temperature (`bool`, defaults to False): learn InfoNCE's temperature as CLIP does: a logit scale
+            initialised at ln(1/contrastive_temperature), clamped at ln 100 (the loss's `sigmoid` option always
+            learns its scale and bias). `scripts/train.py` sets True unless `--recipe paper`.
         lambda_ce (`float`, defaults to 1.0), lambda_cl (`float`, defaults to 1.0), lambda_seq (`float`, defaults
             to 1.0): the weights of Formula 4, L = λCE·LCE + λCL·LCL + λSEQ·LSEQ.
         lambda_itm (`float`, defaults to 1.0): weight of the image-text matching loss, a term this package adds to
@@ -213,13 +230,16 @@ class XAttnConfig(PretrainedConfig):
         fusion_type: str = "cross_attention",
         modalities: str = "both",
         fusion_self_attention: bool = True,
+        fusion_gate: bool = False,
         initializer_range: float = 0.02,
         classifier_dropout: float = 0.1,
         projection_dim: int = 256,
+        retrieval_pooling: str = "mean",
         contrastive_loss: str = "margin",
         contrastive_margin: float = 1.0,
         contrastive_distance: str = "euclidean",
         contrastive_temperature: float = 0.07,
+        learnable_temperature: bool = False,
         lambda_ce: float = 1.0,
         lambda_cl: float = 1.0,
         lambda_seq: float = 1.0,
@@ -256,14 +276,17 @@ class XAttnConfig(PretrainedConfig):
         self.fusion_type = fusion_type
         self.modalities = modalities
         self.fusion_self_attention = fusion_self_attention
+        self.fusion_gate = fusion_gate
         self.initializer_range = initializer_range
 
         self.classifier_dropout = classifier_dropout
         self.projection_dim = projection_dim
+        self.retrieval_pooling = retrieval_pooling
         self.contrastive_loss = contrastive_loss
         self.contrastive_margin = contrastive_margin
         self.contrastive_distance = contrastive_distance
         self.contrastive_temperature = contrastive_temperature
+        self.learnable_temperature = learnable_temperature
         self.lambda_ce = lambda_ce
         self.lambda_cl = lambda_cl
         self.lambda_seq = lambda_seq
@@ -330,6 +353,8 @@ class XAttnConfig(PretrainedConfig):
             fail("modalities", f"must be one of {MODALITIES}, got {self.modalities!r}")
         if self.contrastive_loss not in CONTRASTIVE_LOSSES:
             fail("contrastive_loss", f"must be one of {CONTRASTIVE_LOSSES}, got {self.contrastive_loss!r}")
+        if self.retrieval_pooling not in POOLINGS:
+            fail("retrieval_pooling", f"must be one of {POOLINGS}, got {self.retrieval_pooling!r}")
         if self.contrastive_distance not in DISTANCES:
             fail("contrastive_distance", f"must be one of {DISTANCES}, got {self.contrastive_distance!r}")
         for field in ("hidden_size", "num_attention_heads", "intermediate_size", "projection_dim", "growth_rate",

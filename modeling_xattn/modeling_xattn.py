@@ -23,6 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import math
 import os
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 # Weights of the task heads. A checkpoint of one head loads into any other class: the other heads' weights are expected
 # to be absent or unused, so they are neither listed as missing nor as unexpected (see `from_pretrained`).
 HEAD_PREFIXES = ("classifier", "retrieval", "captioner")
+# CLIP's clamp of the learned logit scale: exp(t) <= 100, i.e. a temperature of at least 0.01.
+MAX_LOGIT_SCALE = math.log(100.0)
 
 # ======================================================================================================= outputs
 
@@ -315,18 +318,28 @@ class XAttnAttention(nn.Module):
 
 
 class XAttnSublayer(nn.Module):
-    """Attention + dropout + residual + LayerNorm (post-norm, as BERT and LXMERT)."""
+    """Attention + dropout + residual + LayerNorm: post-norm, LN(h + attn(h, context)), as BERT and LXMERT; or, with
+    `gated=True` (the fusion layers' cross-attention when `config.fusion_gate`), Flamingo's gated pre-norm residual
+    h + tanh(g)·attn(LN(h), context) with g initialised at 0, which is exactly h until the gate opens."""
 
-    def __init__(self, config: XAttnConfig):
+    def __init__(self, config: XAttnConfig, gated: bool = False):
         super().__init__()
         self.attention = XAttnAttention(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gate = nn.Parameter(torch.zeros(1)) if gated else None
+
+    def query_input(self, hidden_states):
+        """What the queries are projected from: the states, normalised first in the gated (pre-norm) form."""
+        return hidden_states if self.gate is None else self.layer_norm(hidden_states)
 
     def forward(self, hidden_states, context, context_mask=None, output_attentions=False, query=None,
                 key_value=None):
-        attended, probs = self.attention(hidden_states, context, context_mask, output_attentions, query, key_value)
-        return self.layer_norm(hidden_states + self.dropout(attended)), probs
+        attended, probs = self.attention(self.query_input(hidden_states), context, context_mask, output_attentions,
+                                         query, key_value)
+        if self.gate is None:
+            return self.layer_norm(hidden_states + self.dropout(attended)), probs
+        return hidden_states + torch.tanh(self.gate).to(attended.dtype) * self.dropout(attended), probs
 
 
 class XAttnFeedForward(nn.Module):
@@ -347,7 +360,7 @@ class XAttnStreamBlock(nn.Module):
 
     def __init__(self, config: XAttnConfig, cross_attention: bool):
         super().__init__()
-        self.cross_attention = XAttnSublayer(config) if cross_attention else None
+        self.cross_attention = XAttnSublayer(config, gated=config.fusion_gate) if cross_attention else None
         self.self_attention = XAttnSublayer(config) if config.fusion_self_attention else None
         self.feed_forward = XAttnFeedForward(config)
 
@@ -392,12 +405,13 @@ class XAttnFusionLayer(nn.Module):
         out = {}
         if self.text_block is None or self.image_block is None or self.text_block.cross_attention is None:
             return out
+        text_cross, image_cross = self.text_block.cross_attention, self.image_block.cross_attention
         if text is not None:
-            out["text_query"] = self.text_block.cross_attention.attention.project_query(text)
-            out["text_key_value"] = self.image_block.cross_attention.attention.project_key_value(text)
+            out["text_query"] = text_cross.attention.project_query(text_cross.query_input(text))
+            out["text_key_value"] = image_cross.attention.project_key_value(text)
         if image is not None:
-            out["image_query"] = self.image_block.cross_attention.attention.project_query(image)
-            out["image_key_value"] = self.text_block.cross_attention.attention.project_key_value(image)
+            out["image_query"] = image_cross.attention.project_query(image_cross.query_input(image))
+            out["image_key_value"] = text_cross.attention.project_key_value(image)
         return out
 
 
@@ -571,6 +585,15 @@ class XAttnPreTrainedModel(PreTrainedModel):
         return model
 
     def _init_weights(self, module):
+        if isinstance(module, XAttnSublayer) and module.gate is not None:
+            init.zeros_(module.gate)  # closed: the layer starts as the concatenation model's
+        elif isinstance(module, XAttnAttentionPool):
+            init.normal_(module.probe, std=self.config.initializer_range)
+        elif isinstance(module, XAttnRetrievalHead):
+            if module.logit_scale is not None:
+                init.constant_(module.logit_scale, module.initial_logit_scale)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, module.initial_logit_bias)
         if isinstance(module, nn.Conv2d):
             # torchvision's DenseNet and CBAM use Kaiming init for convolutions
             init.kaiming_normal_(module.weight)
@@ -743,28 +766,63 @@ class XAttnClassificationHead(nn.Module):
         raise ValueError(f"problem_type={problem_type!r} is not supported; use single_ or multi_label_classification")
 
 
+class XAttnAttentionPool(nn.Module):
+    """A learned query (`probe`) attends over a stream's tokens: one vector per row (CLIP's and SigLIP's attention
+    pooling). Unlike the mean, it can weigh the regions or words that tell one row from another over what every
+    token shares."""
+
+    def __init__(self, config: XAttnConfig):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = XAttnAttention(config)
+
+    def forward(self, tokens, mask=None):
+        probe = self.probe.to(tokens.dtype).expand(len(tokens), -1, -1)  # (B, 1, D)
+        pooled, _ = self.attention(probe, tokens, mask)
+        return pooled[:, 0]  # (B, D)
+
+
 class XAttnRetrievalHead(nn.Module):
     """Unimodal embeddings for the contrastive loss (Formula 2) and a matching (ITM) score from the fused vector."""
 
     def __init__(self, config: XAttnConfig):
         super().__init__()
         self.config = config
+        attention = config.retrieval_pooling == "attention"
+        self.image_pool = XAttnAttentionPool(config) if attention else None
+        self.text_pool = XAttnAttentionPool(config) if attention else None
         self.image_projection = nn.Linear(config.hidden_size, config.projection_dim)
         self.text_projection = nn.Linear(config.hidden_size, config.projection_dim)
         self.itm = nn.Linear(config.hidden_size, 2)
+        # A learned logit scale t (used as exp(t), clamped at 100) for InfoNCE as CLIP learns it, and SigLIP's scale
+        # and bias for the pairwise sigmoid loss; none for the margin losses or a fixed temperature.
+        sigmoid = config.contrastive_loss == "sigmoid"
+        learned = sigmoid or (config.contrastive_loss == "infonce" and config.learnable_temperature)
+        self.initial_logit_scale = math.log(10.0) if sigmoid else math.log(1.0 / config.contrastive_temperature)
+        self.initial_logit_bias = -10.0
+        self.logit_scale = nn.Parameter(torch.tensor(self.initial_logit_scale)) if learned else None
+        self.logit_bias = nn.Parameter(torch.tensor(self.initial_logit_bias)) if sigmoid else None
 
     # Embeddings, distances, similarities and the losses on them are fp32 even under bf16 autocast: bf16 keeps 8 bits
     # of mantissa, so a cosine of 0.9991 rounds to 1.0 and a distance of 0.04 to 0.
 
     def embed_image(self, image_tokens):
-        projected = self.image_projection(image_tokens.mean(1))
+        pooled = image_tokens.mean(1) if self.image_pool is None else self.image_pool(image_tokens)  # (B, D)
+        projected = self.image_projection(pooled)
         with full_precision(projected):
             return F.normalize(projected.float(), dim=-1)  # (B, P)
 
     def embed_text(self, text_tokens, mask):
-        projected = self.text_projection(masked_mean(text_tokens, mask))
+        pooled = masked_mean(text_tokens, mask) if self.text_pool is None else self.text_pool(text_tokens, mask)
+        projected = self.text_projection(pooled)
         with full_precision(projected):
             return F.normalize(projected.float(), dim=-1)  # (B, P)
+
+    def scale(self) -> torch.Tensor | float:
+        """The factor on the cosine: exp(t) clamped at 100 when learned, else 1 / contrastive_temperature."""
+        if self.logit_scale is None:
+            return 1.0 / self.config.contrastive_temperature
+        return self.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
 
     def distance(self, image_embeds, text_embeds):
         """Pairwise distances `(N_images, N_texts)` between L2-normalised embeddings, from one matrix product (for
@@ -784,10 +842,12 @@ class XAttnRetrievalHead(nn.Module):
             return torch.linalg.vector_norm(image_embeds.float()[:, None] - text_embeds.float()[None], dim=-1)
 
     def similarity(self, image_embeds, text_embeds):
-        """Higher is closer: -distance (margin losses) or cosine / temperature (InfoNCE); fp32."""
-        if self.config.contrastive_loss == "infonce":
+        """Higher is closer: -distance (margin losses), cosine / temperature (InfoNCE) or the sigmoid loss's logit
+        t·cos + b; fp32."""
+        if self.config.contrastive_loss in ("infonce", "sigmoid"):
             with full_precision(image_embeds):
-                return image_embeds.float() @ text_embeds.float().T / self.config.contrastive_temperature
+                logits = image_embeds.float() @ text_embeds.float().T * self.scale()
+                return logits if self.logit_bias is None else logits + self.logit_bias.float()
         return -self.distance(image_embeds, text_embeds)
 
     def contrastive_loss(self, image_embeds, text_embeds, negatives_mask):
@@ -798,6 +858,7 @@ class XAttnRetrievalHead(nn.Module):
             "margin_squared":         L = 1/N Σ [y·D² + (1−y)·max(0, m − D)²]
             "infonce":                (CE(S, diag) + CE(Sᵀ, diag)) / 2 with S = cos / τ, matches other than the
                                       diagonal masked out
+            "sigmoid" (SigLIP):       L = −1/B Σ log σ(z·(t·cos + b)), z = 1 for y = 1 and −1 for y = 0
 
         N = B², D the Euclidean distance between the L2-normalised embeddings (or 1 − cos), m the margin."""
         with full_precision(image_embeds):
@@ -807,6 +868,9 @@ class XAttnRetrievalHead(nn.Module):
                 logits = self.similarity(image_embeds, text_embeds).masked_fill(matching & ~eye, float("-inf"))
                 targets = torch.arange(len(logits), device=logits.device)
                 return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+            if self.config.contrastive_loss == "sigmoid":
+                signs = matching.float() * 2.0 - 1.0  # (B, B): 1 for a match, -1 for a negative
+                return -F.logsigmoid(signs * self.similarity(image_embeds, text_embeds)).sum() / len(image_embeds)
             distance = self.pair_distance(image_embeds, text_embeds)  # (B, B)
             hinge = F.relu(self.config.contrastive_margin - distance)
             if self.config.contrastive_loss == "margin_squared":
@@ -1380,6 +1444,7 @@ __all__ = [
     "XAttnVisionEncoder",
     "XAttnAttention",
     "XAttnFusionLayer",
+    "XAttnAttentionPool",
     "XAttnPreTrainedModel",
     "XAttnModel",
     "XAttnForSequenceClassification",
