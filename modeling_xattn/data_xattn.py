@@ -250,6 +250,8 @@ class XAttnCollator:
                 continue
             if image.mode != "RGB":
                 self.counter.convert(f"{image.mode} image converted to RGB", where)
+            if row.get("crop_box") is not None:  # training augmentation (RandomResizedCrops)
+                image = crop_fraction(image, row["crop_box"])
             if isinstance(row.get("text"), bytes) or isinstance(row.get("question"), bytes):
                 self.counter.convert("text bytes decoded", where)
             row_captions = _row_captions(row)
@@ -328,6 +330,52 @@ class CaptionPairs(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row, caption = self.pairs[index]
         return {**self.dataset[row], "caption_index": caption}
+
+
+class RandomResizedCrops(torch.utils.data.Dataset):
+    """Training examples with a random crop each (torchvision's RandomResizedCrop parameters: an area in
+    [`scale`, 1] of the photo, aspect ratio in [3/4, 4/3]; no flips, since captions say "left" and "right"). The crop
+    is a box in fractions of the photo, `row["crop_box"] = (left, top, right, bottom)`, which `XAttnCollator` cuts
+    before the processor resizes. It is drawn from a generator seeded with (seed, epoch, index), so it does not
+    depend on the global random state, the loader's workers or an interruption: a resumed run crops the same.
+    `set_epoch` draws new crops for the next pass; the epoch sits in shared memory, so workers see it."""
+
+    def __init__(self, dataset, scale: float = 0.5, seed: int = 0, ratio=(3 / 4, 4 / 3)):
+        if not 0.0 < scale <= 1.0:
+            raise ValueError(f"RandomResizedCrops: scale must lie in (0, 1], got {scale!r}")
+        self.dataset, self.scale, self.seed, self.ratio = dataset, scale, seed, ratio
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def crop_box(self, index: int) -> tuple[float, float, float, float]:
+        generator = torch.Generator().manual_seed(_stable_id(f"{self.seed}/{int(self._epoch[0])}/{index}"))
+        log_ratio = torch.log(torch.tensor(self.ratio))
+        for _ in range(10):  # torchvision's rejection loop, on the unit square (the aspect is the photo's own)
+            area = self.scale + (1.0 - self.scale) * torch.rand(1, generator=generator).item()
+            aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=generator)).item()
+            width, height = math.sqrt(area * aspect), math.sqrt(area / aspect)
+            if width <= 1.0 and height <= 1.0:
+                left = (1.0 - width) * torch.rand(1, generator=generator).item()
+                top = (1.0 - height) * torch.rand(1, generator=generator).item()
+                return left, top, left + width, top + height
+        return 0.0, 0.0, 1.0, 1.0
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        return row if self.scale >= 1.0 else {**row, "crop_box": self.crop_box(index)}
+
+
+def crop_fraction(image: Image.Image, box) -> Image.Image:
+    """`image` cut to `box` = (left, top, right, bottom) in fractions of its width and height."""
+    width, height = image.size
+    left, top, right, bottom = box
+    return image.crop((round(left * width), round(top * height), max(round(right * width), round(left * width) + 1),
+                       max(round(bottom * height), round(top * height) + 1)))
 
 
 def _stable_id(value) -> int:

@@ -173,6 +173,10 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
     results["seconds"] = time.perf_counter() - started
     results["gallery"] = f"{len(pixels)} images x {len(captions)} captions"
     (_, image_embeds), (_, _, text_embeds) = encoded  # (tokens, embeddings), (tokens, mask, embeddings)
+    if not exhaustive and (min(top_k.values()) if isinstance(top_k, dict) else top_k) > 0:
+        # the first stage alone, beside the two-stage figures: what re-ranking with the matching head adds
+        similarity = model.retrieval.similarity(image_embeds, text_embeds).float().cpu()
+        results.update({f"embedding_{k}": v for k, v in retrieval_metrics(similarity, owner.cpu()).items()})
     results.update(embedding_spread(image_embeds, text_embeds, owner))
     return results
 

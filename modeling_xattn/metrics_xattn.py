@@ -76,7 +76,14 @@ def caption_metrics(predictions: list[str], references: list[list[str]], tokeniz
         results["METEOR"] = float(results["METEOR"])
     results["ROUGE-L"], _ = Rouge().compute_score(gts, res)
     results["CIDEr"], _ = Cider().compute_score(gts, res)
-    return {k: float(results[k]) for k in CAPTION_METRICS if k in results}
+    return {**{k: float(results[k]) for k in CAPTION_METRICS if k in results}, **caption_diversity(predictions)}
+
+
+def caption_diversity(predictions: list[str]) -> dict:
+    """How many different captions and words the model used: an average score such as CIDEr can hide a model that
+    gives most photos one sentence."""
+    words = {word for caption in predictions for word in _simple_tokenize(caption).split()}
+    return {"distinct_captions": len({_simple_tokenize(p) for p in predictions}), "distinct_words": len(words)}
 
 
 def _close_meteor(meteor):

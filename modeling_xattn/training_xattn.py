@@ -26,6 +26,7 @@ class TrainingState:
     global_step: int = 0
     best_metric: float | None = None
     history: list = field(default_factory=list)
+    train_seconds: float = 0.0  # wall time of the run before its last checkpoint: a time budget spans resumes
 
     def state_dict(self):
         return asdict(self)
@@ -34,6 +35,7 @@ class TrainingState:
         self.global_step = state["global_step"]
         self.best_metric = state["best_metric"]
         self.history = list(state["history"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
 
 class PreviousLossDecay:
@@ -48,24 +50,42 @@ class PreviousLossDecay:
         self.optimizer = optimizer
         self.beta = beta
         self.previous_loss: float | None = None
+        self.factor = 1.0  # the product of the β's applied so far: a schedule multiplies its rate by it
 
     def step(self, loss: float) -> bool:
         """Record this evaluation's loss; returns whether the learning rates were multiplied by β."""
         loss = float(loss)
         decay = self.previous_loss is not None and loss >= self.previous_loss
         if decay:
+            self.factor *= self.beta
             for group in self.optimizer.param_groups:
                 group["lr"] *= self.beta
         self.previous_loss = loss
         return decay
 
     def state_dict(self):
-        return {"previous_loss": self.previous_loss, "lrs": [group["lr"] for group in self.optimizer.param_groups]}
+        return {"previous_loss": self.previous_loss, "factor": self.factor,
+                "lrs": [group["lr"] for group in self.optimizer.param_groups]}
 
     def load_state_dict(self, state):
         self.previous_loss = state["previous_loss"]
+        self.factor = state.get("factor", 1.0)
         for group, lr in zip(self.optimizer.param_groups, state["lrs"]):
             group["lr"] = lr
+
+
+def learning_rate_factor(step: int, max_steps: int, warmup_steps: int = 0, scheduler: str = "constant",
+                         time_fraction: float = 0.0) -> float:
+    """The schedule's multiple of the peak learning rate for optimiser step `step` (0-based): a linear warm-up over
+    `warmup_steps`, then constant or a cosine from 1 to 0. The cosine's progress is the larger of the steps done and
+    `time_fraction` (the share of a time budget spent), so a run stopped by the clock also ends its decay."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if scheduler == "constant":
+        return warm
+    if scheduler != "cosine":
+        raise ValueError(f"unknown learning-rate scheduler {scheduler!r}: constant or cosine")
+    progress = min(1.0, max(step / max(max_steps, 1), time_fraction))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class _TiedWeightsNotice(logging.Filter):
@@ -96,20 +116,33 @@ def generation_overrides(num_beams: int | None = None, max_new_tokens: int | Non
     return {k: v for k, v in dict(num_beams=num_beams, max_new_tokens=max_new_tokens).items() if v is not None}
 
 
+def decay_excluded(model) -> set[str]:
+    """Names of the parameters that take no weight decay, as CLIP and BLIP train: biases, norm scales and the other
+    vectors and scalars (gates, the logit scale and bias), embedding tables, and attention-pooling queries."""
+    embeddings = {f"{module_name}.{name}".lstrip(".") for module_name, module in model.named_modules()
+                  if isinstance(module, torch.nn.Embedding) for name, _ in module.named_parameters(recurse=False)}
+    return {name for name, param in model.named_parameters()
+            if param.ndim < 2 or name in embeddings or name.endswith(".probe")}
+
+
 def parameter_groups(model, learning_rate, backbone_learning_rate=None, weight_decay=1e-4, freeze_text=False,
-                     freeze_vision=False):
-    """Adam groups: pretrained towers (ALBERT, DenseNet features) may get their own learning rate or be frozen."""
-    backbone, rest = [], []
+                     freeze_vision=False, decay_exclusions=False):
+    """Optimiser groups: pretrained towers (ALBERT, DenseNet features) may get their own learning rate or be frozen;
+    with `decay_exclusions`, the parameters `decay_excluded` names get weight decay 0. Each group records its peak
+    rate as `initial_lr`, which the schedule multiplies."""
+    excluded = decay_excluded(model) if decay_exclusions else set()
+    buckets = {}
     for name, param in model.named_parameters():
         is_text = name.startswith(BACKBONE_PREFIXES[0])
         is_vision = name.startswith(BACKBONE_PREFIXES[1])
         if (is_text and freeze_text) or (is_vision and freeze_vision):
             param.requires_grad_(False)
             continue
-        (backbone if is_text or is_vision else rest).append(param)
-    groups = [{"params": rest, "lr": learning_rate, "weight_decay": weight_decay}]
-    if backbone:
-        groups.append({"params": backbone, "lr": backbone_learning_rate or learning_rate, "weight_decay": weight_decay})
+        buckets.setdefault((is_text or is_vision, name in excluded), []).append(param)
+    groups = []
+    for (backbone, no_decay), params in sorted(buckets.items()):
+        lr = (backbone_learning_rate or learning_rate) if backbone else learning_rate
+        groups.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0 if no_decay else weight_decay})
     return groups
 
 
