@@ -30,7 +30,8 @@ def test_caption_metrics_equal_the_toolkits_own_scorers():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     ours = caption_metrics(PREDICTIONS, REFERENCES)
-    assert list(ours) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+    assert list(ours) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "distinct_captions",
+                          "distinct_words"]
     tokenizer = PTBTokenizer()
     res = tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(PREDICTIONS)})
     gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(REFERENCES)})
@@ -62,7 +63,8 @@ def test_caption_metrics_without_java_is_a_clear_error(monkeypatch):
     with pytest.raises(metrics.JavaNotFoundError, match="METEOR.*tokenize=False"):
         caption_metrics(PREDICTIONS, REFERENCES)
     plain = caption_metrics(PREDICTIONS, REFERENCES, tokenize=False)
-    assert set(plain) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"}
+    assert set(plain) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "distinct_captions",
+                          "distinct_words"}
     assert caption_metrics(["a b c d"], [["a b c d"]], tokenize=False)["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
 
 
@@ -96,3 +98,11 @@ def test_classification_accuracy_and_macro_f1():
 def test_vqa_accuracy_soft_score():
     humans = [["yes"] * 2 + ["no"] * 8, ["two"] * 3 + ["2"] * 7, ["red"] * 10]
     assert vqa_accuracy(["yes", "two", "blue"], humans) == pytest.approx(100 * (2 / 3 + 1 + 0) / 3)
+
+
+def test_caption_diversity_counts_captions_and_words():
+    from modeling_xattn.metrics_xattn import caption_diversity
+
+    captions = ["A dog runs .", "a dog runs", "a cat sleeps .", "A dog runs on grass ."]
+    # case and punctuation do not make a caption different
+    assert caption_diversity(captions) == {"distinct_captions": 3, "distinct_words": 7}

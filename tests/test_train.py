@@ -56,7 +56,9 @@ def run_script(args, env=None, cwd=REPO):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    common = FAST + ["--max_steps", "10", "--save_steps", "4", "--eval_steps", "5", "--synthetic_samples", "64"]
+    # the default recipe's warm-up and cosine schedule, with seeded random crops
+    common = FAST + ["--max_steps", "10", "--save_steps", "4", "--eval_steps", "5", "--synthetic_samples", "64",
+                     "--warmup_steps", "3", "--random_crop_scale", "0.5"]
     straight = run_script(common + ["--output_dir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-2000:]
 

@@ -1,0 +1,209 @@
+"""The training recipe, piece by piece: the recipe switch, the learned temperature, SigLIP's loss, attention pooling,
+the gated cross-attention, weight-decay exclusions, the schedule and the seeded crops."""
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from modeling_xattn import XAttnConfig, XAttnForMultiTask
+from modeling_xattn.data_xattn import RandomResizedCrops, XAttnCollator, crop_fraction
+from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
+from modeling_xattn.train_xattn import RECIPES, parse_args
+from modeling_xattn.training_xattn import decay_excluded, learning_rate_factor, parameter_groups
+
+from conftest import make_batch
+
+
+def tiny(**overrides):
+    return XAttnForMultiTask(XAttnConfig.from_preset("tiny", **overrides))
+
+
+# --------------------------------------------------------------------------------------------- the recipe switch
+
+
+def test_paper_recipe_sets_every_literal_choice():
+    paper = parse_args(["--recipe", "paper"])
+    assert paper.contrastive_loss == "margin"  # Formula 2 as written
+    assert paper.optimizer == "adam" and paper.weight_decay == 1e-4 and paper.decay_exclusions is False
+    assert paper.lr_decay_beta == 0.5 and paper.lr_scheduler == "constant" and paper.warmup_steps == 0  # Formula 5
+    assert paper.random_crop_scale == 1.0  # no augmentation
+    assert paper.fusion_gate is False and paper.retrieval_pooling == "mean" and paper.learnable_temperature is False
+    assert paper.learning_rate == 1e-3 and paper.batch_size == 32
+    assert set(RECIPES["paper"]) == set(RECIPES["default"])  # both recipes decide the same options
+
+
+def test_default_recipe_and_explicit_options_win():
+    default = parse_args([])
+    for name, value in RECIPES["default"].items():
+        assert getattr(default, name) == value, name
+    assert default.contrastive_loss == "infonce" and default.optimizer == "adamw"
+    mixed = parse_args(["--recipe", "paper", "--contrastive_loss", "infonce", "--fusion_gate"])
+    assert mixed.contrastive_loss == "infonce" and mixed.fusion_gate is True and mixed.optimizer == "adam"
+    assert parse_args(["--no-fusion_gate"]).fusion_gate is False
+
+
+# --------------------------------------------------------------------------------------------- retrieval losses
+
+
+def test_temperature_is_learned_and_clamped():
+    retrieval = tiny(contrastive_loss="infonce", learnable_temperature=True).retrieval
+    assert retrieval.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    images = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    loss = retrieval.contrastive_loss(images, texts, ~torch.eye(4, dtype=torch.bool))
+    loss.backward()
+    assert retrieval.logit_scale.grad is not None and retrieval.logit_scale.grad.abs() > 0
+    with torch.no_grad():
+        retrieval.logit_scale.fill_(10.0)  # exp(10) ~ 22026: clamped to 100
+    assert retrieval.scale().item() == pytest.approx(100.0)
+    torch.testing.assert_close(retrieval.similarity(images, texts), images @ texts.T * 100.0)
+    assert MAX_LOGIT_SCALE == pytest.approx(math.log(100))
+    fixed = tiny(contrastive_loss="infonce", learnable_temperature=False).retrieval
+    assert fixed.logit_scale is None and fixed.scale() == pytest.approx(1 / 0.07)
+
+
+def test_sigmoid_loss_by_hand():
+    """SigLIP: -1/B Σ_ij log σ(z_ij (t·cos_ij + b)), t = 10 and b = -10 at the start."""
+    retrieval = XAttnRetrievalHead(XAttnConfig.from_preset("tiny", contrastive_loss="sigmoid"))
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    cosine = images @ texts.T
+    signs = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    expected = sum(-math.log(1 / (1 + math.exp(-signs[i, j] * (10 * cosine[i, j] - 10))))
+                   for i in range(2) for j in range(2)) / 2
+    loss = retrieval.contrastive_loss(images, texts, ~torch.eye(2, dtype=torch.bool))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert retrieval.logit_bias.item() == -10.0
+
+
+def test_attention_pooling_embeds_and_trains():
+    model = tiny(retrieval_pooling="attention", contrastive_loss="infonce")
+    batch = make_batch(model.config, batch_size=3)
+    out = model(pixel_values=batch["pixel_values"], caption_input_ids=batch["input_ids"],
+                caption_attention_mask=batch["attention_mask"])
+    out.loss.backward()
+    for name in ("retrieval.image_pool.probe", "retrieval.text_pool.probe"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    assert torch.allclose(out.image_embeds.norm(dim=-1), torch.ones(3))
+    # padding does not reach the pooled text
+    ids, mask = batch["input_ids"][:1], batch["attention_mask"][:1]
+    padded = torch.cat([ids, torch.full((1, 3), model.config.pad_token_id)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 3, dtype=mask.dtype)], dim=1)
+    model.eval()
+    torch.testing.assert_close(model.get_text_features(ids, mask), model.get_text_features(padded, padded_mask))
+
+
+# --------------------------------------------------------------------------------------------- the gate
+
+
+def test_closed_gate_gives_exactly_the_concatenation_model():
+    torch.manual_seed(0)
+    gated = tiny(fusion_gate=True).eval()
+    concat = tiny(fusion_type="concat").eval()
+    loaded = concat.load_state_dict(gated.state_dict(), strict=False)
+    assert not loaded.missing_keys
+    assert loaded.unexpected_keys and all(".cross_attention." in k for k in loaded.unexpected_keys)
+    batch = make_batch(gated.config, batch_size=2)
+    inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+    a, b = gated.xattn(**inputs), concat.xattn(**inputs)
+    assert torch.equal(a.pooler_output, b.pooler_output)
+    assert torch.equal(a.image_last_hidden_state, b.image_last_hidden_state)
+    assert torch.equal(gated.generate(batch["pixel_values"], max_new_tokens=5),
+                       concat.generate(batch["pixel_values"], max_new_tokens=5))
+    # opened, the cross-attention changes the output, and the gate gets a gradient from the start
+    gated.train()
+    out = gated(**inputs, labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    gate = gated.get_parameter("xattn.layers.0.text_block.cross_attention.gate")
+    assert gate.item() == 0.0 and gate.grad.abs() > 0
+    with torch.no_grad():
+        gate.fill_(1.0)
+    gated.eval()
+    assert not torch.equal(gated.xattn(**inputs).pooler_output, b.pooler_output)
+
+
+def test_gated_reranking_reuses_projections_exactly():
+    torch.manual_seed(0)
+    model = tiny(fusion_gate=True).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".gate"):
+                param.fill_(0.7)
+    batch = make_batch(model.config, batch_size=3)
+    images = model.encode_gallery_images(batch["pixel_values"])
+    texts = model.encode_gallery_texts(batch["input_ids"], batch["attention_mask"])
+    plain, _ = model.rank(images, texts, exhaustive=True)
+    reused, _ = model.rank(images, texts, exhaustive=True, reuse=True)
+    torch.testing.assert_close(plain, reused)
+
+
+# --------------------------------------------------------------------------------------------- optimisation
+
+
+def test_excluded_parameters_get_no_decay():
+    model = tiny(fusion_gate=True, retrieval_pooling="attention", contrastive_loss="infonce",
+                 learnable_temperature=True)
+    excluded = decay_excluded(model)
+    for name in ("xattn.layers.0.text_block.cross_attention.gate", "retrieval.logit_scale",
+                 "retrieval.image_pool.probe", "xattn.fusion_projection.bias", "xattn.vision_model.layer_norm.weight",
+                 "xattn.vision_model.row_embeddings.weight", "xattn.text_model.embeddings.word_embeddings.weight"):
+        assert name in excluded, name
+    assert "xattn.fusion_projection.weight" not in excluded
+    groups = parameter_groups(model, 1e-3, weight_decay=0.5, decay_exclusions=True)
+    optimizer = torch.optim.AdamW(groups)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no loss gradient: only the decay moves a weight
+    optimizer.step()
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p, before[name])
+        assert moved == (name not in excluded and bool(before[name].abs().sum() > 0)), name
+    # without exclusions every weight decays (the paper's reading)
+    assert all(g["weight_decay"] == 0.5 for g in parameter_groups(model, 1e-3, weight_decay=0.5))
+
+
+def test_learning_rate_schedule():
+    assert learning_rate_factor(0, 100, warmup_steps=10) == pytest.approx(0.1)
+    assert learning_rate_factor(50, 100, warmup_steps=10) == 1.0  # constant after warm-up
+    assert learning_rate_factor(9, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.09)))
+    assert learning_rate_factor(50, 100, 0, "cosine") == pytest.approx(0.5)
+    assert learning_rate_factor(100, 100, 0, "cosine") == pytest.approx(0.0)
+    # a time budget half spent counts as half the run, whatever the step count says
+    assert learning_rate_factor(10, 10**6, 0, "cosine", time_fraction=0.5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="scheduler"):
+        learning_rate_factor(0, 10, 0, "linear")
+
+
+# --------------------------------------------------------------------------------------------- augmentation
+
+
+def test_random_crops_are_seeded_and_reproducible():
+    rows = [{"image": Image.new("RGB", (40, 30), (i, 0, 0)), "captions": ["a"], "image_id": i} for i in range(20)]
+    crops = RandomResizedCrops(rows, scale=0.5, seed=3)
+    boxes = [crops[i]["crop_box"] for i in range(20)]
+    assert boxes == [RandomResizedCrops(rows, scale=0.5, seed=3)[i]["crop_box"] for i in range(20)]
+    assert boxes != [RandomResizedCrops(rows, scale=0.5, seed=4)[i]["crop_box"] for i in range(20)]
+    torch.manual_seed(123)  # the global generator plays no part
+    assert [crops[i]["crop_box"] for i in range(20)] == boxes
+    crops.set_epoch(1)
+    assert [crops[i]["crop_box"] for i in range(20)] != boxes  # a new epoch, new crops
+    for left, top, right, bottom in boxes:
+        assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
+        assert 0.5 - 1e-6 <= (right - left) * (bottom - top) <= 1 + 1e-6
+        assert 3 / 4 - 1e-6 <= (right - left) / (bottom - top) <= 4 / 3 + 1e-6
+    assert "crop_box" not in RandomResizedCrops(rows, scale=1.0)[0]  # scale 1: no augmentation
+    image = Image.new("RGB", (100, 50))
+    assert crop_fraction(image, (0.1, 0.2, 0.6, 1.0)).size == (50, 40)
+    with pytest.raises(ValueError, match="scale"):
+        RandomResizedCrops(rows, scale=0.0)
+
+
+def test_collator_applies_the_crop(processor):
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    image.paste((0, 0, 0), (0, 0, 32, 64))  # left half black
+    collate = XAttnCollator(processor, task="captioning")
+    whole = collate([{"image": image, "captions": ["a photo"], "image_id": 0}])["pixel_values"]
+    left = collate([{"image": image, "captions": ["a photo"], "image_id": 0, "crop_box": (0.0, 0.0, 0.5, 1.0)}])
+    assert left["pixel_values"].mean() < whole.mean()  # only the black half is left
