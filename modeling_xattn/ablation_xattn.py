@@ -32,7 +32,7 @@ COLUMNS = [("captioning", "CIDEr"), ("captioning", "BLEU-4"), ("captioning", "ME
            ("retrieval", "t2i_R@1"), ("retrieval", "t2i_R@5"), ("retrieval", "t2i_R@10"),
            ("classification", "accuracy")]
 HEADERS = ["CIDEr", "BLEU-4", "METEOR", "i→t R@1", "i→t R@5", "i→t R@10", "t→i R@1", "t→i R@5", "t→i R@10",
-           "3-way acc."]
+           "accuracy"]
 
 
 def parse_args(argv=None, description: str | None = None):

@@ -165,6 +165,9 @@ class XAttnConfig(PretrainedConfig):
             At g = 0 the layer is exactly the concatenation model's layer, so training starts from "without
             cross-attention" and the fusion is added only as far as it helps. False: the paper's post-norm
             sub-layer, LN(h + attn(h, other)). `scripts/train.py` sets True unless `--recipe paper`.
+        fusion_gate_init (`float`, defaults to 0.0): the initial g of every gate. At 0 the cross-attention's own
+            weights get no gradient until a gate moves (their output is multiplied by tanh(0) = 0); a small opening
+            (e.g. 0.1) lets them learn from the first step, at the cost of starting near, not at, concatenation.
         initializer_range (`float`, defaults to 0.02): std of the normal init of linear and embedding weights.
 
     Heads:
@@ -198,6 +201,8 @@ class XAttnConfig(PretrainedConfig):
         lambda_itm (`float`, defaults to 1.0): weight of the image-text matching loss, a term this package adds to
             Formula 4 (L + λITM·LITM): the matching head re-ranks retrieval shortlists; 0 turns it off.
         decoder_config (`BertConfig` or `dict`): the causal caption decoder (vocabulary = the text vocabulary).
+        caption_label_smoothing (`float`, defaults to 0.0): label smoothing of Formula 3's cross-entropy (BLIP's
+            decoder uses 0.1); 0 is Formula 3 as written.
         max_caption_length (`int`, defaults to 40): longest caption (tokens) the data pipeline prepares.
         pad_token_id (`int`, defaults to 0), bos_token_id (`int`, defaults to 2, ALBERT's `[CLS]`), eos_token_id
             (`int`, defaults to 3, ALBERT's `[SEP]`): special tokens used by generation.
@@ -231,6 +236,7 @@ class XAttnConfig(PretrainedConfig):
         modalities: str = "both",
         fusion_self_attention: bool = True,
         fusion_gate: bool = False,
+        fusion_gate_init: float = 0.0,
         initializer_range: float = 0.02,
         classifier_dropout: float = 0.1,
         projection_dim: int = 256,
@@ -245,6 +251,7 @@ class XAttnConfig(PretrainedConfig):
         lambda_seq: float = 1.0,
         lambda_itm: float = 1.0,
         decoder_config=None,
+        caption_label_smoothing: float = 0.0,
         max_caption_length: int = 40,
         pad_token_id: int = 0,
         bos_token_id: int = 2,
@@ -277,6 +284,7 @@ class XAttnConfig(PretrainedConfig):
         self.modalities = modalities
         self.fusion_self_attention = fusion_self_attention
         self.fusion_gate = fusion_gate
+        self.fusion_gate_init = fusion_gate_init
         self.initializer_range = initializer_range
 
         self.classifier_dropout = classifier_dropout
@@ -291,6 +299,7 @@ class XAttnConfig(PretrainedConfig):
         self.lambda_cl = lambda_cl
         self.lambda_seq = lambda_seq
         self.lambda_itm = lambda_itm
+        self.caption_label_smoothing = caption_label_smoothing
         self.max_caption_length = max_caption_length
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
@@ -373,7 +382,8 @@ class XAttnConfig(PretrainedConfig):
             fail("cbam_kernel_size", f"must be a positive odd integer, got {self.cbam_kernel_size!r}")
         if self.grid_size < 1:
             fail("image_size", f"{self.image_size} px is too small for {len(self.block_config)} dense blocks")
-        for field in ("hidden_dropout_prob", "attention_dropout_prob", "vision_dropout", "classifier_dropout"):
+        for field in ("hidden_dropout_prob", "attention_dropout_prob", "vision_dropout", "classifier_dropout",
+                      "caption_label_smoothing"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
                 fail(field, f"must lie in [0, 1), got {value!r}")

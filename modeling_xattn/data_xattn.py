@@ -698,6 +698,38 @@ def load_karpathy(split_file: str, image_dir: str, split: str = "train"):
     return _to_schema(rows)
 
 
+MATCHING_CLASSES = ("another photo's caption", "its own caption")
+
+
+def caption_matching(dataset, seed: int = 0, every_caption: bool = True):
+    """A captioned split as a labelled two-way task, as visual entailment builds one from captions: does this caption
+    describe this photo? Each (photo, caption) gives two rows: the photo with that caption (label "its own caption")
+    and the photo with a caption of another photo, drawn from `seed` (label "another photo's caption"). The classes
+    are balanced (chance is 50%) and neither the photo alone nor the caption alone tells the label; only the two
+    together do. `every_caption=False` (evaluation splits) takes one caption per photo, drawn from `seed`, so that a
+    photo counts once. Photos without captions are left out; the rows carry no captions (a classification set)."""
+    import datasets
+
+    rng = random.Random(seed)
+    captions = [_row_captions({"captions": c}) for c in dataset["captions"]]
+    photos = [index for index, own in enumerate(captions) if own]
+    if len(photos) < 2:
+        raise ValueError(f"caption matching needs at least two captioned photos; the split has {len(photos)}")
+    images, ids = undecoded(dataset)["image"], dataset["image_id"]
+    rows = []
+    for index in photos:
+        chosen = captions[index] if every_caption else [rng.choice(captions[index])]
+        for caption in chosen:
+            other = rng.choice(photos[:-1])
+            other = photos[-1] if other == index else other  # a uniform draw among the other photos
+            rows.append({"image": images[index], "text": caption, "label": MATCHING_CLASSES[1],
+                         "image_id": ids[index]})
+            rows.append({"image": images[index], "text": rng.choice(captions[other]), "label": MATCHING_CLASSES[0],
+                         "image_id": ids[index]})
+    data = _to_schema(rows, list(MATCHING_CLASSES))
+    return data.cast_column("image", datasets.Image()) if isinstance(rows[0]["image"], dict) else data
+
+
 def merge_sentiment_pair(text_label: str, image_label: str) -> str | None:
     """MVSA's rule for one annotator's (text, image) pair: equal -> that label; one neutral -> the other;
     positive against negative -> None (the pair is dropped)."""
@@ -777,6 +809,11 @@ def add_data_arguments(parser, streaming: bool = True) -> None:
     data.add_argument("--synthetic_shapes", type=int, default=SyntheticSpec.num_shapes, help="shape kinds in use")
     data.add_argument("--data_seed", type=int, default=0, help="seed of the embedded dataset and of held-out splits")
     data.add_argument("--validation_fraction", type=float, default=0.1)
+    data.add_argument("--caption_matching", action="store_true",
+                      help="turn a captioned source into a labelled two-way task (train with --tasks "
+                           "classification): does this caption describe this photo or another photo? Each training "
+                           "caption gives one matching and one mismatched row; evaluation splits take one caption "
+                           "per photo; chance is 50%% (not with --streaming)")
     data.add_argument("--max_samples", type=int, help="use at most this many rows of the split")
     data.add_argument("--num_workers", type=int, default=0)
     if not streaming:
@@ -842,6 +879,8 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
                        "score)")
     else:
         raise ValueError(f"{source} has no {split!r} split; it has {sorted(splits)}")
+    if getattr(args, "caption_matching", False):
+        data = caption_matching(data, seed=args.data_seed, every_caption=split == "train")
     if args.max_samples:
         data = data.select(range(min(args.max_samples, len(data))))
     return data
@@ -935,6 +974,8 @@ __all__ = [
     "class_names_of",
     "row_targets",
     "CaptionPairs",
+    "MATCHING_CLASSES",
+    "caption_matching",
     "read_metadata",
     "flickr8k_to_imagefolder",
     "add_data_arguments",

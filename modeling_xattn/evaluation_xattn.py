@@ -11,6 +11,7 @@ retrieval R@1/5/10 both directions, two-stage (the embeddings shortlist `top_k`,
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -20,6 +21,8 @@ from .data_xattn import BadRowCounter, XAttnCollator
 from .hub_xattn import load_pretrained, load_processor
 from .metrics_xattn import caption_metrics, classification_metrics, recall_at_k, retrieval_metrics
 from .training_xattn import generation_overrides, plot_caption_samples, usable_rows
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("classification", "retrieval", "captioning")
 
@@ -148,6 +151,10 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
     R@1-vs-k curve)."""
     if getattr(model, "retrieval", None) is None:
         return {}
+    if getattr(model.config, "lambda_itm", 1.0) == 0 and (top_k or exhaustive):
+        # a matching head trained with weight 0 (the paper recipe has no such loss) would re-rank at random
+        logger.warning("the matching head was trained with lambda_itm=0: ranking by the embeddings alone (top_k 0)")
+        top_k, exhaustive = 0, False
     collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
     pixels, captions, owner, count = [], [], [], 0
     for rows, batch in batches(dataset, collate, batch_size, progress, "retrieval: images"):

@@ -327,7 +327,7 @@ class XAttnSublayer(nn.Module):
         self.attention = XAttnAttention(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.gate = nn.Parameter(torch.zeros(1)) if gated else None
+        self.gate = nn.Parameter(torch.full((1,), float(config.fusion_gate_init))) if gated else None
 
     def query_input(self, hidden_states):
         """What the queries are projected from: the states, normalised first in the gated (pre-norm) form."""
@@ -586,7 +586,8 @@ class XAttnPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         if isinstance(module, XAttnSublayer) and module.gate is not None:
-            init.zeros_(module.gate)  # closed: the layer starts as the concatenation model's
+            # closed at 0: the layer starts as the concatenation model's
+            init.constant_(module.gate, getattr(self.config, "fusion_gate_init", 0.0))
         elif isinstance(module, XAttnAttentionPool):
             init.normal_(module.probe, std=self.config.initializer_range)
         elif isinstance(module, XAttnRetrievalHead):
@@ -924,15 +925,22 @@ class XAttnCaptionHead(nn.Module):
         return self.projection(torch.cat(states, dim=1)), torch.cat(masks, dim=1)
 
     def forward(self, memory, memory_mask, decoder_input_ids, decoder_attention_mask=None, labels=None):
-        """Formula 3: the decoder's built-in causal-LM loss (labels shifted inside, -100 ignored)."""
-        return self.text_decoder(
+        """Formula 3: the decoder's built-in causal-LM loss (labels shifted inside, -100 ignored); with
+        `caption_label_smoothing`, the same shifted cross-entropy with smoothed targets (as BLIP's decoder)."""
+        smoothing = getattr(self.config, "caption_label_smoothing", 0.0)
+        out = self.text_decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask,
-            labels=labels,
+            labels=None if smoothing else labels,
             return_dict=True,
         )
+        if smoothing and labels is not None:
+            logits = out.logits[:, :-1].float()  # token t predicts token t+1
+            out.loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                       ignore_index=-100, label_smoothing=smoothing)
+        return out
 
 
 def caption_labels(caption_input_ids, caption_attention_mask, pad_token_id):

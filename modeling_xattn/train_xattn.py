@@ -103,13 +103,18 @@ def parse_args(argv=None, description: str | None = None):
     train.add_argument("--fusion_gate", action=argparse.BooleanOptionalAction,
                        help="tanh-gated cross-attention initialised closed (Flamingo): the full model starts as the "
                             "concatenation model. Recipe default: on; paper: off")
+    train.add_argument("--fusion_gate_init", type=float, default=0.0,
+                       help="initial g of the gates (0: closed, exactly the concatenation model at the start)")
     train.add_argument("--retrieval_pooling", choices=["mean", "attention"],
                        help="pooling of the retrieval embeddings. Recipe default: attention; paper: mean")
     train.add_argument("--lambda_ce", type=float, default=1.0)
     train.add_argument("--lambda_cl", type=float, default=1.0)
     train.add_argument("--lambda_seq", type=float, default=1.0)
-    train.add_argument("--lambda_itm", type=float, default=1.0,
-                       help="weight of the image-text matching loss (not in the paper; trains the re-ranking head)")
+    train.add_argument("--lambda_itm", type=float,
+                       help="weight of the image-text matching loss, which trains the head that re-ranks retrieval "
+                            "shortlists. Recipe default: 1; paper: 0 (the paper has no such loss)")
+    train.add_argument("--caption_label_smoothing", type=float, default=0.0,
+                       help="label smoothing of the caption loss (Formula 3 as written: 0; BLIP: 0.1)")
     train.add_argument("--num_beams", type=int, default=3,
                        help="beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
     train.add_argument("--optimizer", choices=["adamw", "adam"],
@@ -129,7 +134,9 @@ def parse_args(argv=None, description: str | None = None):
                             "default: 1 (augmentation is not yet measured against its absence); paper: 1")
     train.add_argument("--batch_size", type=int, default=32, help="per process")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--num_epochs", type=int, default=3, help="an epoch is one pass over every image-caption pair")
+    train.add_argument("--num_epochs", type=int, default=2,
+                       help="an epoch is one pass over every image-caption pair (2: the main job reaches its README "
+                            "figures in 2 epochs, under 5 minutes on 2 CPU cores)")
     train.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
     train.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
     train.add_argument("--lr_decay_beta", type=float,
@@ -141,7 +148,8 @@ def parse_args(argv=None, description: str | None = None):
                             "minutes, see README); paper: constant")
     train.add_argument("--warmup_steps", type=int,
                        help="linear warm-up of the learning rate. Recipe default: 100; paper: 0")
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--max_grad_norm", type=float,
+                       help="clip the gradients' global norm (0: off). Recipe default: 1; paper: 0 (no clipping)")
     train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
@@ -178,10 +186,12 @@ def parse_args(argv=None, description: str | None = None):
 RECIPES = {
     "default": dict(contrastive_loss="infonce", learnable_temperature=True, fusion_gate=True,
                     retrieval_pooling="attention", optimizer="adamw", weight_decay=0.05, decay_exclusions=True,
-                    random_crop_scale=1.0, lr_decay_beta=1.0, lr_scheduler="constant", warmup_steps=100),
+                    random_crop_scale=1.0, lr_decay_beta=1.0, lr_scheduler="constant", warmup_steps=100,
+                    lambda_itm=1.0, max_grad_norm=1.0),
     "paper": dict(contrastive_loss="margin", learnable_temperature=False, fusion_gate=False,
                   retrieval_pooling="mean", optimizer="adam", weight_decay=1e-4, decay_exclusions=False,
-                  random_crop_scale=1.0, lr_decay_beta=0.5, lr_scheduler="constant", warmup_steps=0),
+                  random_crop_scale=1.0, lr_decay_beta=0.5, lr_scheduler="constant", warmup_steps=0,
+                  lambda_itm=0.0, max_grad_norm=0.0),
 }
 
 
@@ -226,7 +236,9 @@ def build_model(args, processor, tasks, label_names, answers=None):
         contrastive_temperature=args.contrastive_temperature,
         learnable_temperature=args.learnable_temperature,
         fusion_gate=args.fusion_gate,
+        fusion_gate_init=args.fusion_gate_init,
         retrieval_pooling=args.retrieval_pooling,
+        caption_label_smoothing=args.caption_label_smoothing,
         **labels,
     )
     config = XAttnConfig.from_preset(args.model_size, **overrides)
@@ -278,6 +290,8 @@ def train(args) -> dict:
         if args.streaming:
             if not args.max_steps:
                 raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs by")
+            if args.caption_matching:
+                raise ValueError("--caption_matching pairs captions across a whole split, which a stream never holds")
             # the tokenizer, tasks and class names come from the stream's first rows; validation is read once
             streaming = StreamingData(args)  # its bad rows are counted by the collator, as any source's
             train_data, val_data = streaming.probe, streaming.validation
@@ -368,8 +382,10 @@ def train(args) -> dict:
         else:
             try:
                 accelerator.load_state(path)
-            except ValueError as error:  # e.g. a stream position saved by another number of processes
-                raise SystemExit(f"cannot resume from {path}: {error}") from None
+            except ValueError as error:  # a stream position saved by another number of processes; optimiser
+                # groups of other options (--recipe, --decay_exclusions, --freeze_*, --backbone_learning_rate)
+                raise SystemExit(f"cannot resume from {path}: {error}. Resume with the options the checkpoint was "
+                                 "trained with (its run's --recipe and optimiser options)") from None
             accelerator.print(f"resumed from {path} at step {state.global_step}")
     if args.report_to != "none":
         accelerator.init_trackers("xattn", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
@@ -415,12 +431,10 @@ def train(args) -> dict:
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                # the schedule (warm-up, cosine) times Formula 5's factor
-                factor = plateau.factor * learning_rate_factor(
-                    state.global_step, max_steps, args.warmup_steps, args.lr_scheduler,
-                    _minutes(state, started) / args.max_train_minutes if args.max_train_minutes else 0.0)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
+                # every group's peak rate x Formula 5's factor x the schedule (warm-up, cosine)
+                minutes = _shared_minutes(accelerator, state, started) if args.max_train_minutes else 0.0
+                plateau.apply(learning_rate_factor(state.global_step, max_steps, args.warmup_steps, args.lr_scheduler,
+                                                   minutes / args.max_train_minutes if args.max_train_minutes else 0.0))
                 optimizer.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
@@ -432,7 +446,7 @@ def train(args) -> dict:
                 if getattr(out, key) is not None:
                     logs[f"train_{key}"] = getattr(out, key).item()
             progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
-            timed_out = args.max_train_minutes and _minutes(state, started) >= args.max_train_minutes
+            timed_out = args.max_train_minutes and minutes >= args.max_train_minutes
             last = state.global_step >= max_steps or timed_out
             if state.global_step % eval_steps == 0 or last:
                 metrics = evaluate_multitask(model, val_loader, accelerator)
@@ -503,6 +517,15 @@ def _weights(accelerator, model) -> dict | None:
 def _minutes(state, started: float) -> float:
     """Minutes this run has trained, across resumes: the time saved with the last checkpoint plus the time since."""
     return (state.train_seconds + time.time() - started) / 60
+
+
+def _shared_minutes(accelerator, state, started: float) -> float:
+    """`_minutes` on the slowest clock of all processes (a collective): every process then stops on the same step
+    and sets the same learning rate, where each reading its own clock could stop one of them a step early."""
+    minutes = _minutes(state, started)
+    if accelerator.num_processes == 1:
+        return minutes
+    return accelerator.gather(torch.tensor([minutes], device=accelerator.device)).max().item()
 
 
 def _keep_best(args, accelerator, model, processor, state, metrics):

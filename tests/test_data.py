@@ -7,9 +7,13 @@ import torch
 from PIL import Image
 
 from modeling_xattn.data_xattn import (
+    MATCHING_CLASSES,
     BadRowCounter,
     XAttnCollator,
     answer_vocabulary,
+    caption_matching,
+    data_options,
+    load_split,
     load_coco_captions,
     load_imagefolder,
     load_karpathy,
@@ -139,6 +143,36 @@ def test_imagefolder_with_metadata(tmp_path):
     data = load_imagefolder(str(tmp_path))
     assert len(data) == 3 and sorted(data["label"]) == [0, 1, 2]
     assert data[0]["captions"][1] == "another" and data[0]["image"].size == (20, 16)
+
+
+def test_caption_matching_pairs_each_caption_with_its_photo_and_with_another(tmp_path, processor):
+    rows = []
+    for i in range(6):
+        write_image(tmp_path / f"{i}.png", colour=(i * 40, 10, 10))
+        rows.append({"file_name": f"{i}.png", "captions": [f"photo {i} first", f"photo {i} second", " "]})
+    rows.append({"file_name": "6.png", "captions": []})  # no caption: left out
+    write_image(tmp_path / "6.png")
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    options = data_options(dataset="imagefolder", data_dir=str(tmp_path), caption_matching=True, validation_fraction=0.5)
+    train = load_split(options, "train")  # a single-split folder: every row
+    assert train.features["label"].names == list(MATCHING_CLASSES)
+    assert len(train) == 6 * 2 * 2 and Counter(train["label"]) == {0: 12, 1: 12}  # two captions x (own, another)
+    assert train["captions"] == [[]] * 24  # a classification set
+    for row in train:
+        photo = row["image_id"].split(".")[0]  # the image id is the file name
+        own = row["text"].startswith(f"photo {photo} ")
+        assert own == (row["label"] == 1), row  # label 1 exactly when the caption is this photo's
+    assert train[0]["image"].size == (20, 16)
+    again = load_split(options, "train")
+    assert again["text"] == train["text"]  # seeded
+    other = load_split(data_options(**{**vars(options), "data_seed": 1}), "train")
+    assert other["text"] != train["text"]
+    one = caption_matching(load_imagefolder(str(tmp_path)), every_caption=False)
+    assert len(one) == 12 and Counter(one["label"]) == {0: 6, 1: 6}  # one caption per photo, as evaluation takes
+    batch = XAttnCollator(processor, task="classification")([train[i] for i in range(4)])
+    assert batch["labels"].tolist() == train["label"][:4] and "input_ids" in batch
+    with pytest.raises(ValueError, match="at least two captioned photos"):
+        caption_matching(load_imagefolder(str(tmp_path)).select([0]))
 
 
 def test_csv_and_jsonl_tables(tmp_path):

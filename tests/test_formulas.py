@@ -113,9 +113,21 @@ def test_formula_5_compares_with_the_previous_evaluation():
         lrs.append(optimizer.param_groups[0]["lr"])
     # 0.95 >= 0.9: x0.5; 0.95 >= 0.95: x0.5 again (the best so far, 0.9, plays no part); 0.8 >= 0.7: x0.5
     assert lrs == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4])
+    assert decay.factor == pytest.approx(0.125)
     resumed = PreviousLossDecay(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), beta=0.5)
     resumed.load_state_dict(decay.state_dict())
     assert resumed.previous_loss == 0.8 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1.25e-4)
+    resumed.apply(0.5)  # a schedule's multiple on top: peak x factor x schedule
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.125 * 0.5)
+
+
+def test_formula_5_resumes_a_checkpoint_that_kept_only_the_rates():
+    """Checkpoints written before the factor was kept hold the decayed rates alone: the factor is read back from
+    them, and the rates (not an `initial_lr` the old optimiser state lacks) come from the peak."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    resumed = PreviousLossDecay(optimizer, beta=0.5)
+    resumed.load_state_dict({"previous_loss": 0.7, "lrs": [2.5e-4]})
+    assert resumed.factor == pytest.approx(0.25) and optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
 
 
 # --------------------------------------------------------------------------------------------- bf16

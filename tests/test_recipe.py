@@ -31,6 +31,7 @@ def test_paper_recipe_sets_every_literal_choice():
     assert paper.random_crop_scale == 1.0  # no augmentation
     assert paper.fusion_gate is False and paper.retrieval_pooling == "mean" and paper.learnable_temperature is False
     assert paper.learning_rate == 1e-3 and paper.batch_size == 32
+    assert paper.lambda_itm == 0.0 and paper.max_grad_norm == 0.0  # no matching loss, no clipping: the paper has neither
     assert set(RECIPES["paper"]) == set(RECIPES["default"])  # both recipes decide the same options
 
 
@@ -124,6 +125,48 @@ def test_closed_gate_gives_exactly_the_concatenation_model():
     assert not torch.equal(gated.xattn(**inputs).pooler_output, b.pooler_output)
 
 
+def test_a_closed_gate_starves_the_cross_attention_and_a_small_opening_feeds_it():
+    """At g = 0 the cross-attention's own weights get no gradient (their output is multiplied by tanh(0)); with
+    `fusion_gate_init` they learn from the first step."""
+    grads = {}
+    for opening in (0.0, 0.1):
+        torch.manual_seed(0)
+        model = tiny(fusion_gate=True, fusion_gate_init=opening)
+        batch = make_batch(model.config, batch_size=2)
+        model(**batch, labels=torch.tensor([0, 1])).loss.backward()
+        layer = model.xattn.layers[0].text_block.cross_attention
+        assert layer.gate.item() == pytest.approx(opening)
+        grads[opening] = sum(p.grad.abs().sum().item() for p in layer.attention.parameters())
+    assert grads[0.0] == 0.0 and grads[0.1] > 0.0
+
+
+def test_caption_label_smoothing_is_the_smoothed_shifted_cross_entropy():
+    from modeling_xattn.modeling_xattn import XAttnCaptionHead, caption_labels
+
+    torch.manual_seed(0)
+    config = XAttnConfig.from_preset("tiny")
+    plain = XAttnCaptionHead(config).eval()
+    smoothed = XAttnCaptionHead(XAttnConfig.from_preset("tiny", caption_label_smoothing=0.1)).eval()
+    smoothed.load_state_dict(plain.state_dict())
+    batch = make_batch(config, batch_size=2, pad_last=2)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    labels = caption_labels(ids, mask, config.pad_token_id)
+    memory = torch.randn(2, 5, config.hidden_size)
+    memory_mask = torch.ones(2, 5, dtype=torch.long)
+    out_plain = plain(plain.projection(memory), memory_mask, ids, mask, labels)
+    out = smoothed(smoothed.projection(memory), memory_mask, ids, mask, labels)
+    assert torch.equal(out.logits, out_plain.logits)  # the same weights, the same predictions
+    # by hand: token t predicts token t+1; (1 - e) * CE + e * the mean over the vocabulary of -log p
+    log_probs = out.logits[:, :-1].float().log_softmax(-1).reshape(-1, out.logits.shape[-1])
+    target = labels[:, 1:].reshape(-1)
+    log_probs, target = log_probs[target != -100], target[target != -100]
+    nll = -log_probs.gather(1, target[:, None]).mean()
+    assert out_plain.loss.item() == pytest.approx(nll.item(), rel=1e-5)  # 0: Formula 3 as written
+    assert out.loss.item() == pytest.approx((0.9 * nll - 0.1 * log_probs.mean()).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="caption_label_smoothing"):
+        XAttnConfig.from_preset("tiny", caption_label_smoothing=1.0)
+
+
 def test_gated_reranking_reuses_projections_exactly():
     torch.manual_seed(0)
     model = tiny(fusion_gate=True).eval()
@@ -167,7 +210,9 @@ def test_excluded_parameters_get_no_decay():
 def test_learning_rate_schedule():
     assert learning_rate_factor(0, 100, warmup_steps=10) == pytest.approx(0.1)
     assert learning_rate_factor(50, 100, warmup_steps=10) == 1.0  # constant after warm-up
-    assert learning_rate_factor(9, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.09)))
+    assert learning_rate_factor(9, 100, 10, "cosine") == pytest.approx(1.0)  # the warm-up's last step
+    # the cosine starts after the warm-up: 45 of its 90 steps is half way
+    assert learning_rate_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert learning_rate_factor(50, 100, 0, "cosine") == pytest.approx(0.5)
     assert learning_rate_factor(100, 100, 0, "cosine") == pytest.approx(0.0)
     # a time budget half spent counts as half the run, whatever the step count says

@@ -110,7 +110,7 @@ def test_ablation_runs_every_configuration(tmp_path):
                              "--num_beams", "1", "--no_progress", "--synthetic_samples", "80", "--",
                              "--batch_size", "8", "--vocab_size", "150"])
     assert set(summary) == set(ablation.CONFIGURATIONS)
-    assert "3-way acc." in summary["text features only"] and "CIDEr" not in summary["text features only"]
+    assert "accuracy" in summary["text features only"] and "CIDEr" not in summary["text features only"]
     assert "i→t R@1" not in summary["visual features only"] and "t→i R@1" in summary["full model"] and "CIDEr" in summary["visual features only"]
     table = (tmp_path / "ablation.md").read_text()
     assert table.count("\n|") >= 6 and (tmp_path / "ablation.png").stat().st_size > 1000
