@@ -332,28 +332,55 @@ class CaptionPairs(torch.utils.data.Dataset):
         return {**self.dataset[row], "caption_index": caption}
 
 
-class RandomResizedCrops(torch.utils.data.Dataset):
-    """Training examples with a random crop each (torchvision's RandomResizedCrop parameters: an area in
-    [`scale`, 1] of the photo, aspect ratio in [3/4, 4/3]; no flips, since captions say "left" and "right"). The crop
-    is a box in fractions of the photo, `row["crop_box"] = (left, top, right, bottom)`, which `XAttnCollator` cuts
-    before the processor resizes. It is drawn from a generator seeded with (seed, epoch, index), so it does not
-    depend on the global random state, the loader's workers or an interruption: a resumed run crops the same.
-    `set_epoch` draws new crops for the next pass; the epoch sits in shared memory, so workers see it."""
+class EpochSeeded(torch.utils.data.Dataset):
+    """A view of `dataset` whose examples draw something from a generator seeded with (seed, epoch, index): the draw
+    does not depend on the global random state, the loader's workers or an interruption, so a resumed run draws the
+    same. `set_epoch` (passed on to a wrapped `EpochSeeded`) moves to the next pass; the epoch sits in shared memory,
+    so workers see it."""
 
-    def __init__(self, dataset, scale: float = 0.5, seed: int = 0, ratio=(3 / 4, 4 / 3)):
-        if not 0.0 < scale <= 1.0:
-            raise ValueError(f"RandomResizedCrops: scale must lie in (0, 1], got {scale!r}")
-        self.dataset, self.scale, self.seed, self.ratio = dataset, scale, seed, ratio
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, seed
         self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
+        if isinstance(self.dataset, EpochSeeded):
+            self.dataset.set_epoch(epoch)
+
+    def generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_stable_id(f"{self.seed}/{int(self._epoch[0])}/{index}"))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+
+class CaptionPerPhoto(EpochSeeded):
+    """One example per photo and epoch, with one of its captions drawn from (seed, epoch, index): the alternative
+    to `CaptionPairs` (every image-caption pair every epoch), as some captioning recipes sample. Rows without
+    captions are one example each, unchanged."""
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        count = len(_row_captions(row))
+        if count < 2:
+            return row
+        return {**row, "caption_index": int(torch.randint(count, (1,), generator=self.generator(index)))}
+
+
+class RandomResizedCrops(EpochSeeded):
+    """Training examples with a random crop each (torchvision's RandomResizedCrop parameters: an area in
+    [`scale`, 1] of the photo, aspect ratio in [3/4, 4/3]; no flips, since captions say "left" and "right"). The crop
+    is a box in fractions of the photo, `row["crop_box"] = (left, top, right, bottom)`, which `XAttnCollator` cuts
+    before the processor resizes, drawn from (seed, epoch, index) (`EpochSeeded`)."""
+
+    def __init__(self, dataset, scale: float = 0.5, seed: int = 0, ratio=(3 / 4, 4 / 3)):
+        if not 0.0 < scale <= 1.0:
+            raise ValueError(f"RandomResizedCrops: scale must lie in (0, 1], got {scale!r}")
+        super().__init__(dataset, seed)
+        self.scale, self.ratio = scale, ratio
+
     def crop_box(self, index: int) -> tuple[float, float, float, float]:
-        generator = torch.Generator().manual_seed(_stable_id(f"{self.seed}/{int(self._epoch[0])}/{index}"))
+        generator = self.generator(index)
         log_ratio = torch.log(torch.tensor(self.ratio))
         for _ in range(10):  # torchvision's rejection loop, on the unit square (the aspect is the photo's own)
             area = self.scale + (1.0 - self.scale) * torch.rand(1, generator=generator).item()
@@ -974,6 +1001,9 @@ __all__ = [
     "class_names_of",
     "row_targets",
     "CaptionPairs",
+    "CaptionPerPhoto",
+    "EpochSeeded",
+    "RandomResizedCrops",
     "MATCHING_CLASSES",
     "caption_matching",
     "read_metadata",

@@ -28,6 +28,8 @@ from .data_xattn import (
     TASK_TARGETS,
     BadRowCounter,
     CaptionPairs,
+    CaptionPerPhoto,
+    EpochSeeded,
     RandomResizedCrops,
     XAttnCollator,
     add_data_arguments,
@@ -132,6 +134,10 @@ def parse_args(argv=None, description: str | None = None):
                             "3/4-4/3, then resized (RandomResizedCrop, seeded per example and epoch; no flips: "
                             "captions say left and right; not applied to streamed data); 1 = no augmentation. Recipe "
                             "default: 1 (augmentation is not yet measured against its absence); paper: 1")
+    train.add_argument("--caption_sampling", choices=["pairs", "one_per_photo"], default="pairs",
+                       help="pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); "
+                            "one_per_photo: an epoch is every photo once, with one of its captions drawn per epoch "
+                            "(seeded, so a resumed run draws the same)")
     train.add_argument("--batch_size", type=int, default=32, help="per process")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--num_epochs", type=int, default=2,
@@ -314,8 +320,12 @@ def train(args) -> dict:
             f"--validation_fraction {args.validation_fraction} held none out of train (shards and Hub datasets hold "
             "rows out by a hash of image_id, which can pick none of a small source); raise --validation_fraction "
             f"or give the source a validation split. {counter.summary()}")
-    # One example per image-caption pair: every caption trains in every epoch (validation: the first caption).
-    train_examples = CaptionPairs(train_data) if "caption" in TASK_TARGETS[task] else train_data
+    # One example per image-caption pair: every caption trains in every epoch (validation: the first caption); or
+    # one example per photo with a caption drawn per epoch.
+    train_examples = train_data
+    if "caption" in TASK_TARGETS[task]:
+        train_examples = (CaptionPairs(train_data) if args.caption_sampling == "pairs"
+                          else CaptionPerPhoto(train_data, seed=args.seed))
     if args.random_crop_scale < 1.0:
         train_examples = RandomResizedCrops(train_examples, args.random_crop_scale, seed=args.seed)
     needed = args.batch_size * accelerator.num_processes
@@ -399,7 +409,7 @@ def train(args) -> dict:
         if stream is None:
             epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(train_loader))
             train_loader.set_epoch(epoch)
-            if isinstance(train_examples, RandomResizedCrops):
+            if isinstance(train_examples, EpochSeeded):
                 train_examples.set_epoch(epoch)
             loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
         else:

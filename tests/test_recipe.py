@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
-from modeling_xattn.data_xattn import RandomResizedCrops, XAttnCollator, crop_fraction
+from modeling_xattn.data_xattn import CaptionPerPhoto, RandomResizedCrops, XAttnCollator, crop_fraction
 from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
 from modeling_xattn.train_xattn import RECIPES, parse_args
 from modeling_xattn.training_xattn import decay_excluded, learning_rate_factor, parameter_groups
@@ -243,6 +243,22 @@ def test_random_crops_are_seeded_and_reproducible():
     assert crop_fraction(image, (0.1, 0.2, 0.6, 1.0)).size == (50, 40)
     with pytest.raises(ValueError, match="scale"):
         RandomResizedCrops(rows, scale=0.0)
+
+
+def test_one_caption_per_photo_is_seeded_per_epoch_and_reaches_every_caption():
+    rows = [{"image": None, "captions": [f"{i}-{c}" for c in range(5)], "image_id": i} for i in range(40)]
+    rows.append({"image": None, "captions": [], "image_id": 40})  # no caption: the row as it is
+    sampled = CaptionPerPhoto(rows, seed=3)
+    assert len(sampled) == 41 and "caption_index" not in sampled[40]
+    drawn = [sampled[i]["caption_index"] for i in range(40)]
+    assert drawn == [CaptionPerPhoto(rows, seed=3)[i]["caption_index"] for i in range(40)]
+    assert set(drawn) == set(range(5))
+    torch.manual_seed(7)  # the global generator plays no part
+    assert [sampled[i]["caption_index"] for i in range(40)] == drawn
+    # wrapped in crops, one set_epoch moves both draws to the next pass
+    cropped = RandomResizedCrops(sampled, scale=0.5, seed=3)
+    cropped.set_epoch(1)
+    assert [sampled[i]["caption_index"] for i in range(40)] != drawn
 
 
 def test_collator_applies_the_crop(processor):
