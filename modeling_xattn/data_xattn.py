@@ -734,7 +734,9 @@ def caption_matching(dataset, seed: int = 0, every_caption: bool = True):
     and the photo with a caption of another photo, drawn from `seed` (label "another photo's caption"). The classes
     are balanced (chance is 50%) and neither the photo alone nor the caption alone tells the label; only the two
     together do. `every_caption=False` (evaluation splits) takes one caption per photo, drawn from `seed`, so that a
-    photo counts once. Photos without captions are left out; the rows carry no captions (a classification set)."""
+    photo counts once. Photos without captions are left out. Training rows (`every_caption=True`) keep their photo's
+    own captions, so retrieval or captioning can train beside the matching task (`--tasks classification,retrieval`);
+    evaluation rows carry none, so that every photo is scored once, on the matching task alone."""
     import datasets
 
     rng = random.Random(seed)
@@ -749,10 +751,11 @@ def caption_matching(dataset, seed: int = 0, every_caption: bool = True):
         for caption in chosen:
             other = rng.choice(photos[:-1])
             other = photos[-1] if other == index else other  # a uniform draw among the other photos
+            own = captions[index] if every_caption else []
             rows.append({"image": images[index], "text": caption, "label": MATCHING_CLASSES[1],
-                         "image_id": ids[index]})
+                         "image_id": ids[index], "captions": own})
             rows.append({"image": images[index], "text": rng.choice(captions[other]), "label": MATCHING_CLASSES[0],
-                         "image_id": ids[index]})
+                         "image_id": ids[index], "captions": own})
     data = _to_schema(rows, list(MATCHING_CLASSES))
     return data.cast_column("image", datasets.Image()) if isinstance(rows[0]["image"], dict) else data
 
@@ -838,9 +841,10 @@ def add_data_arguments(parser, streaming: bool = True) -> None:
     data.add_argument("--validation_fraction", type=float, default=0.1)
     data.add_argument("--caption_matching", action="store_true",
                       help="turn a captioned source into a labelled two-way task (train with --tasks "
-                           "classification): does this caption describe this photo or another photo? Each training "
-                           "caption gives one matching and one mismatched row; evaluation splits take one caption "
-                           "per photo; chance is 50%% (not with --streaming)")
+                           "classification, or classification,retrieval): does this caption describe this photo or "
+                           "another photo? Each training caption gives one matching and one mismatched row (both keep "
+                           "the photo's own captions); evaluation splits take one caption per photo; chance is 50%% "
+                           "(not with --streaming)")
     data.add_argument("--max_samples", type=int, help="use at most this many rows of the split")
     data.add_argument("--num_workers", type=int, default=0)
     if not streaming:

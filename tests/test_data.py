@@ -157,7 +157,9 @@ def test_caption_matching_pairs_each_caption_with_its_photo_and_with_another(tmp
     train = load_split(options, "train")  # a single-split folder: every row
     assert train.features["label"].names == list(MATCHING_CLASSES)
     assert len(train) == 6 * 2 * 2 and Counter(train["label"]) == {0: 12, 1: 12}  # two captions x (own, another)
-    assert train["captions"] == [[]] * 24  # a classification set
+    # training rows keep their photo's own captions (for retrieval beside the task); evaluation rows carry none
+    assert all(row["captions"] == [f"photo {row['image_id'].split('.')[0]} first",
+                                   f"photo {row['image_id'].split('.')[0]} second"] for row in train)
     for row in train:
         photo = row["image_id"].split(".")[0]  # the image id is the file name
         own = row["text"].startswith(f"photo {photo} ")
@@ -169,6 +171,7 @@ def test_caption_matching_pairs_each_caption_with_its_photo_and_with_another(tmp
     assert other["text"] != train["text"]
     one = caption_matching(load_imagefolder(str(tmp_path)), every_caption=False)
     assert len(one) == 12 and Counter(one["label"]) == {0: 6, 1: 6}  # one caption per photo, as evaluation takes
+    assert one["captions"] == [[]] * 12
     batch = XAttnCollator(processor, task="classification")([train[i] for i in range(4)])
     assert batch["labels"].tolist() == train["label"][:4] and "input_ids" in batch
     with pytest.raises(ValueError, match="at least two captioned photos"):
