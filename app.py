@@ -3,7 +3,7 @@ variables XATTN_MODEL (a Hub id or folder; default outputs/xattn) and XATTN_REVI
 Locally, `python scripts/demo.py --model ...` runs the same app."""
 import os
 
-from modeling_xattn.demo_xattn import load_demo
+from modeling_xattn.training.apps.demo import load_demo
 
 
 def main():

@@ -25,7 +25,7 @@ run `--retrieval_repeats` times, once by default, as exhaustive scoring is the s
 autocast (`--precision fp32` to compare) and the figures are labelled with the device; on a CPU it runs in fp32.
 """
 
-from modeling_xattn.benchmark_xattn import main as run
+from modeling_xattn.training.apps.benchmark import main as run
 
 
 def main(argv=None) -> dict:

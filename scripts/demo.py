@@ -10,7 +10,7 @@ from `app.py` (see README).
 """
 import argparse
 
-from modeling_xattn.demo_xattn import load_demo
+from modeling_xattn.training.apps.demo import load_demo
 
 
 def main(argv=None):

@@ -18,10 +18,17 @@ from pathlib import Path
 
 import torch
 
-from modeling_xattn.data_xattn import BadRowCounter, add_data_arguments, load_split, undecoded
-from modeling_xattn.evaluation_xattn import (TASKS, caption_samples, evaluate_model, load_model, markdown_table,
-                                             shortlist_sizes)
-from modeling_xattn.training_xattn import usable_rows
+from modeling_xattn.training.data.schema import BadRowCounter
+from modeling_xattn.training.data.sources import add_data_arguments, load_split, undecoded
+from modeling_xattn.training.evaluation import (
+    TASKS,
+    caption_samples,
+    evaluate_model,
+    load_model,
+    markdown_table,
+    shortlist_sizes,
+)
+from modeling_xattn.training.tasks import usable_rows
 
 
 def parse_args(argv=None):

@@ -11,8 +11,8 @@ question, image_id). Rows whose image cannot be read are skipped and counted.
 """
 import argparse
 
-from modeling_xattn.data_xattn import add_data_arguments
-from modeling_xattn.streaming_xattn import make_shards
+from modeling_xattn.training.data.sources import add_data_arguments
+from modeling_xattn.training.data.streaming import make_shards
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from modeling_xattn.publishing_xattn import push_folder
+from modeling_xattn.training.publishing import push_folder
 
 
 def parse_args(argv=None):

@@ -11,9 +11,9 @@ import argparse
 from PIL import Image
 from transformers import AutoModel
 
-from modeling_xattn.hub_xattn import load_pretrained, load_processor
 from modeling_xattn.processing_xattn import to_rgb
-from modeling_xattn.visualization_xattn import attention_maps, render
+from modeling_xattn.training.apps.visualization import attention_maps, render
+from modeling_xattn.training.hub import load_pretrained, load_processor
 
 
 def parse_args(argv=None):

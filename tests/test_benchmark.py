@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
-import modeling_xattn.benchmark_xattn as library
 from conftest import load_script
+
+import modeling_xattn.training.apps.benchmark as library
 
 benchmark = load_script("benchmark")  # the command line; its figures come from the library module
 

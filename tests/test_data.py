@@ -4,27 +4,24 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_SAMPLE
 from PIL import Image
 
-from modeling_xattn.data_xattn import (
+from modeling_xattn.training.collate import XAttnCollator
+from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary, vqa_soft_scores
+from modeling_xattn.training.data.sources import (
     MATCHING_CLASSES,
-    BadRowCounter,
-    XAttnCollator,
-    answer_vocabulary,
     caption_matching,
     data_options,
-    load_split,
     load_coco_captions,
     load_imagefolder,
     load_karpathy,
     load_mvsa,
+    load_split,
     load_table,
     merge_sentiment_pair,
-    synthetic_dataset,
-    vqa_soft_scores,
 )
-
-from conftest import SHARED_SAMPLE
+from modeling_xattn.training.data.synthetic import synthetic_dataset
 
 
 def write_image(path, colour=(200, 30, 30), size=(20, 16)):
@@ -104,7 +101,7 @@ def test_bad_rows_are_skipped_and_counted(processor, tmp_path):
 
 
 def test_decompression_bomb_is_skipped(processor, tmp_path, monkeypatch):
-    import modeling_xattn.data_xattn as data
+    import modeling_xattn.training.data.schema as data
 
     monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100)
     big = write_image(tmp_path / "big.png", size=(20, 20))

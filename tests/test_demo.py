@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 gradio = pytest.importorskip("gradio", reason="the demo's optional dependency: pip install -e '.[demo]'")
+from conftest import SHARED_SAMPLE, load_script  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from conftest import SHARED_SAMPLE, load_script  # noqa: E402
-from modeling_xattn.demo_xattn import XAttnDemo, build_demo  # noqa: E402
-from modeling_xattn.evaluation_xattn import load_model, rank_gallery  # noqa: E402
-from modeling_xattn.synthetic_xattn import synthetic_dataset  # noqa: E402
+from modeling_xattn.training.apps.demo import XAttnDemo, build_demo  # noqa: E402
+from modeling_xattn.training.data.synthetic import synthetic_dataset  # noqa: E402
+from modeling_xattn.training.evaluation import load_model, rank_gallery  # noqa: E402
 
 train = load_script("train")
 demo_script = load_script("demo")

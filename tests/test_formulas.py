@@ -7,13 +7,18 @@ import math
 
 import pytest
 import torch
-
-from modeling_xattn import (XAttnConfig, XAttnForConditionalGeneration, XAttnForImageTextRetrieval, XAttnForMultiTask,
-                            XAttnForSequenceClassification, XAttnModel)
-from modeling_xattn.modeling_xattn import XAttnClassificationHead, XAttnRetrievalHead, caption_labels
-from modeling_xattn.training_xattn import PreviousLossDecay
-
 from conftest import make_batch
+
+from modeling_xattn import (
+    XAttnConfig,
+    XAttnForConditionalGeneration,
+    XAttnForImageTextRetrieval,
+    XAttnForMultiTask,
+    XAttnForSequenceClassification,
+    XAttnModel,
+)
+from modeling_xattn.modeling_xattn import XAttnClassificationHead, XAttnRetrievalHead, caption_labels
+from modeling_xattn.training.optimization import PreviousLossDecay
 
 # Two images and two texts on the unit circle. Pairs (1, 1) and (2, 2) match; (1, 2) and (2, 1) are negatives.
 IMAGES = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

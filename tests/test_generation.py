@@ -1,9 +1,8 @@
 import pytest
 import torch
+from conftest import make_batch
 
 from modeling_xattn import XAttnConfig, XAttnForConditionalGeneration, XAttnForMultiTask
-
-from conftest import make_batch
 
 
 @pytest.fixture

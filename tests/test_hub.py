@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import load_script
 from hub_server import serve
-from modeling_xattn.hub_xattn import UnsafeCheckpointError, check_safe, load_pretrained
+from safetensors.torch import save_file
+
+from modeling_xattn.training.hub import UnsafeCheckpointError, check_safe, load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 train = load_script("train")

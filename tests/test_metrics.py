@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from modeling_xattn.metrics_xattn import (
+from modeling_xattn.training.metrics import (
     caption_metrics,
     classification_metrics,
     recall_at_k,
@@ -49,15 +49,15 @@ def test_caption_metrics_equal_the_toolkits_own_scorers():
 def test_caption_metrics_as_an_evaluate_module():
     import evaluate
 
-    from modeling_xattn import caption_metrics_module
+    from modeling_xattn.training import caption_metric
 
-    metric = evaluate.load(caption_metrics_module.__file__)
+    metric = evaluate.load(caption_metric.__file__)
     result = metric.compute(predictions=PREDICTIONS, references=REFERENCES)
     assert result == caption_metrics(PREDICTIONS, REFERENCES)
 
 
 def test_caption_metrics_without_java_is_a_clear_error(monkeypatch):
-    import modeling_xattn.metrics_xattn as metrics
+    import modeling_xattn.training.metrics as metrics
 
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
     with pytest.raises(metrics.JavaNotFoundError, match="METEOR.*tokenize=False"):
@@ -101,7 +101,7 @@ def test_vqa_accuracy_soft_score():
 
 
 def test_caption_diversity_counts_captions_and_words():
-    from modeling_xattn.metrics_xattn import caption_diversity
+    from modeling_xattn.training.metrics import caption_diversity
 
     captions = ["A dog runs .", "a dog runs", "a cat sleeps .", "A dog runs on grass ."]
     # case and punctuation do not make a caption different

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torchvision
+from conftest import make_batch
 from safetensors.torch import save_file
 from transformers import AlbertConfig, AlbertModel
 
@@ -13,8 +14,6 @@ from modeling_xattn import (
     XAttnForSequenceClassification,
     XAttnModel,
 )
-
-from conftest import make_batch
 
 HEADS = [XAttnModel, XAttnForSequenceClassification, XAttnForImageTextRetrieval, XAttnForConditionalGeneration,
          XAttnForMultiTask]

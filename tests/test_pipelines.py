@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import serve
 from PIL import Image
 from transformers import pipeline
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.pipeline_xattn import CUSTOM_PIPELINES
-
-from hub_server import serve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,11 +3,10 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import CORPUS, SHARED_SAMPLE
 from PIL import Image
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask, XAttnProcessor, to_rgb, train_albert_tokenizer
-
-from conftest import CORPUS, SHARED_SAMPLE
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -9,22 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_SAMPLE, load_script
 from PIL import Image
 
-from conftest import SHARED_SAMPLE, load_script
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
-from modeling_xattn.data_xattn import (
-    NO_TARGET,
-    CaptionPairs,
-    XAttnCollator,
-    add_data_arguments,
-    as_label,
-    load_imagefolder,
-    load_split,
-    synthetic_dataset,
-    undecoded,
-)
 from modeling_xattn.modeling_xattn import negative_pairs, sample_negatives
+from modeling_xattn.training.collate import CaptionPairs, XAttnCollator
+from modeling_xattn.training.data.schema import NO_TARGET, as_label
+from modeling_xattn.training.data.sources import add_data_arguments, load_imagefolder, load_split, undecoded
+from modeling_xattn.training.data.synthetic import synthetic_dataset
 
 train = load_script("train")
 evaluation = load_script("evaluate")
@@ -354,7 +347,7 @@ def test_a_hub_style_dataset_keeps_its_splits(tmp_path):
 
 
 def test_vqa_rows_without_a_question_keep_their_captions(processor):
-    from modeling_xattn.data_xattn import answer_vocabulary
+    from modeling_xattn.training.data.schema import answer_vocabulary
 
     data = synthetic_dataset(4)
     rows = [dict(data[i]) for i in range(4)]
@@ -421,7 +414,7 @@ def test_evaluation_counts_only_bad_rows_and_never_overwrites_with_nothing(capti
 
 
 def test_official_flickr8k_files_become_an_imagefolder(tmp_path):
-    from modeling_xattn.data_xattn import flickr8k_to_imagefolder
+    from modeling_xattn.training.data.sources import flickr8k_to_imagefolder
 
     source = tmp_path / "Flicker8k_Dataset"
     source.mkdir()

@@ -5,15 +5,14 @@ import math
 
 import pytest
 import torch
+from conftest import make_batch
 from PIL import Image
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
-from modeling_xattn.data_xattn import CaptionPerPhoto, RandomResizedCrops, XAttnCollator, crop_fraction
 from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
-from modeling_xattn.train_xattn import RECIPES, parse_args
-from modeling_xattn.training_xattn import decay_excluded, learning_rate_factor, parameter_groups
-
-from conftest import make_batch
+from modeling_xattn.training.collate import CaptionPerPhoto, RandomResizedCrops, XAttnCollator, crop_fraction
+from modeling_xattn.training.loop import RECIPES, parse_args
+from modeling_xattn.training.optimization import decay_excluded, learning_rate_factor, parameter_groups
 
 
 def tiny(**overrides):

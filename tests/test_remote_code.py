@@ -7,11 +7,10 @@ import sys
 import textwrap
 
 import torch
+from conftest import make_batch
 from safetensors.torch import save_file
 
 from modeling_xattn import XAttnConfig, XAttnForConditionalGeneration, XAttnForMultiTask
-
-from conftest import make_batch
 
 CHILD = textwrap.dedent(
     """

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHARED_SAMPLE, load_script
 
 ablation = load_script("ablation")
@@ -27,7 +26,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from modeling_xattn.data_xattn import synthetic_dataset
+    from modeling_xattn.training.data.synthetic import synthetic_dataset
 
     folder = tmp_path_factory.mktemp("images")
     for i, row in enumerate(synthetic_dataset(5, seed=9)):
@@ -60,11 +59,11 @@ def test_shortlist_size_per_direction(trained):
 
 
 def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
-    from modeling_xattn.evaluation_xattn import recall_at_1_by_k
-    from modeling_xattn.metrics_xattn import retrieval_metrics
+    from modeling_xattn.training.evaluation import recall_at_1_by_k
+    from modeling_xattn.training.metrics import retrieval_metrics
 
     model, processor = evaluation.load_model(str(trained))
-    from modeling_xattn.data_xattn import synthetic_dataset
+    from modeling_xattn.training.data.synthetic import synthetic_dataset
 
     data = synthetic_dataset(6, seed=5)
     batch = processor(images=list(data["image"]), captions=[c for cs in data["captions"] for c in cs])
@@ -129,7 +128,7 @@ def test_a_known_attention_map_is_drawn_where_it_attends(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from modeling_xattn.visualization_xattn import overlay, render
+    from modeling_xattn.training.apps.visualization import overlay, render
 
     grid = torch.zeros(8, 8)
     grid[0, 0] = 1.0
@@ -183,7 +182,7 @@ def test_readme_evaluation_from_python_runs_as_written(trained, tmp_path, monkey
     """README's notebook evaluation, on an imagefolder of labelled, captioned rows the test writes."""
     import re
 
-    from modeling_xattn.data_xattn import synthetic_dataset
+    from modeling_xattn.training.data.synthetic import synthetic_dataset
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "evaluate_model(" in b)
@@ -204,8 +203,8 @@ def test_readme_evaluation_from_python_runs_as_written(trained, tmp_path, monkey
 def test_attention_maps_from_any_model_class(trained, images):
     from PIL import Image
 
-    from modeling_xattn.evaluation_xattn import load_model
-    from modeling_xattn.visualization_xattn import attention_maps
+    from modeling_xattn.training.apps.visualization import attention_maps
+    from modeling_xattn.training.evaluation import load_model
 
     model, processor = load_model(str(trained))  # the multi-task model: its fused encoder gives the maps
     tokens, maps, cbam = attention_maps(model, processor, Image.open(images / "0.png"), "a red circle")
@@ -213,7 +212,7 @@ def test_attention_maps_from_any_model_class(trained, images):
 
 
 def test_ablation_passes_every_data_option_to_training():
-    from modeling_xattn.ablation_xattn import data_arguments, parse_args
+    from modeling_xattn.training.apps.ablation import data_arguments, parse_args
 
     args, extra = parse_args(["--synthetic_colours", "3", "--synthetic_min_objects", "1", "--", "--model_size", "tiny"])
     passed = data_arguments(args)
@@ -223,7 +222,7 @@ def test_ablation_passes_every_data_option_to_training():
 
 
 def test_a_missing_card_template_is_a_clear_error(trained, tmp_path):
-    from modeling_xattn.publishing_xattn import build_card
+    from modeling_xattn.training.publishing import build_card
 
     with pytest.raises(FileNotFoundError, match="model_card.md of the source checkout"):
         build_card(trained, "user/x", template=tmp_path / "absent.md")

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_SAMPLE, kill_after_checkpoint, load_script
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import SHARED_SAMPLE, kill_after_checkpoint, load_script
-from modeling_xattn.data_xattn import class_names, data_options, load_split
-from modeling_xattn.streaming_xattn import StreamingData, load_shards
+from modeling_xattn.training.data.schema import class_names
+from modeling_xattn.training.data.shards import load_shards
+from modeling_xattn.training.data.sources import data_options, load_split
+from modeling_xattn.training.data.streaming import StreamingData
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
@@ -212,10 +214,10 @@ def test_two_processes_stream_and_end_with_identical_weights(embedded_shards, tm
 def test_hub_datasets_stream(embedded_shards, tmp_path):
     """Two Hub dataset repos streamed from the Hub test server: a repo of shards, and an imagefolder of PNG photos
     with `metadata.jsonl` (read through the column options), each at a pinned commit."""
+    from hub_server import serve
     from huggingface_hub import HfApi
 
-    from hub_server import serve
-    from modeling_xattn.synthetic_xattn import synthetic_dataset
+    from modeling_xattn.training.data.synthetic import synthetic_dataset
 
     photos = tmp_path / "photos" / "train"
     photos.mkdir(parents=True)

@@ -37,7 +37,7 @@ def test_main_trains_evaluates_and_writes_a_loadable_folder(tmp_path):
     assert "val_accuracy" in card and "$" + "metrics_table" not in card
     model = AutoModelForPreTraining.from_pretrained(out, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
-    from modeling_xattn.data_xattn import synthetic_dataset
+    from modeling_xattn.training.data.synthetic import synthetic_dataset
 
     row = synthetic_dataset(1)[0]
     inputs = processor(images=[row["image"]], text=[row["text"]])
@@ -79,7 +79,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_interrupted_save_never_hides_the_last_complete_checkpoint(tmp_path):
-    from modeling_xattn.training_xattn import latest_checkpoint
+    from modeling_xattn.training.checkpoints import latest_checkpoint
 
     checkpoints = tmp_path / "checkpoints"
     (checkpoints / "step_4").mkdir(parents=True)

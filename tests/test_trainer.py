@@ -5,9 +5,15 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from modeling_xattn import (XAttnConfig, XAttnForConditionalGeneration, XAttnForImageTextRetrieval, XAttnForMultiTask,
-                            XAttnForSequenceClassification)
-from modeling_xattn.data_xattn import XAttnCollator, synthetic_dataset
+from modeling_xattn import (
+    XAttnConfig,
+    XAttnForConditionalGeneration,
+    XAttnForImageTextRetrieval,
+    XAttnForMultiTask,
+    XAttnForSequenceClassification,
+)
+from modeling_xattn.training.collate import XAttnCollator
+from modeling_xattn.training.data.synthetic import synthetic_dataset
 
 
 def tiny(processor, **overrides):

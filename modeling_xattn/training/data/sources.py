@@ -1,483 +1,39 @@
-"""Data layer: every source becomes one `datasets.Dataset` schema, and one collator turns rows into model batches.
-
-Schema (every loader returns these columns; a task ignores what it does not use):
-    image     - a PIL image (`datasets.Image()` feature) or a path string
-    text      - statement, tweet or question for classification / VQA ("" when there is none)
-    captions  - list of reference captions (empty when there are none)
-    label     - class id for classification, -100 (`NO_TARGET`) when unlabelled
-    answers   - list of human answers for VQA (empty when there are none)
-    image_id  - an identifier of the image (several captions of one image share it)
-
-Sources: the embedded synthetic dataset (`synthetic_dataset`, no download), a local imagefolder with
-`metadata.jsonl`, CSV/JSONL files with image paths, any Hub dataset with a column mapping, COCO caption annotation
-files, Karpathy split files, and the MVSA sentiment layout; each source's own splits (`load_split`). Rows without a
-target for the task, unreadable, truncated or missing images and decompression bombs are skipped and counted in
-`BadRowCounter`; non-UTF-8 text and unusual image modes are converted and counted. `CaptionPairs` makes one training
-example per image-caption pair.
-"""
+"""Data sources: a local imagefolder with `metadata.jsonl` (and Flickr8k's official files turned into one), CSV/JSONL
+tables, any Hub dataset with a column mapping, COCO caption files, Karpathy split files, MVSA, WebDataset shards and
+the embedded dataset, each read into the common schema (`schema.py`); the data options; and `load_split`, the split
+and hold-out policy every command shares."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import logging
 import math
-import os
 import random
-import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from .configuration_xattn import SENTIMENT_LABELS
-from .metrics_xattn import vqa_score
-from .modeling_xattn import caption_labels
+from modeling_xattn.configuration_xattn import SENTIMENT_LABELS
+from modeling_xattn.training.data.schema import (
+    NO_TARGET,
+    SPLIT_FOLDERS,
+    BadRowCounter,
+    as_label,
+    class_names_of,
+    clean_text,
+    load_image,
+    row_captions,
+    stable_id,
+    to_schema,
+)
+from modeling_xattn.training.data.shards import load_shards
+from modeling_xattn.training.data.synthetic import SyntheticSpec, synthetic_dataset
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = ("image", "text", "captions", "label", "answers", "image_id")
-
-# The embedded dataset lives in synthetic_xattn.py; its names stay importable from here.
-from .synthetic_xattn import COLOURS, POSITIONS, SHAPES, SyntheticSpec, synthetic_dataset, synthetic_example  # noqa: E402, F401
-
-# ======================================================================================================= bad rows
-
-NO_TARGET = -100  # "no target" for a row, in labels everywhere (transformers' losses ignore -100)
-
-
-def as_label(value) -> int:
-    """A class id, or `NO_TARGET` for None or a negative id (datasets' `ClassLabel` marks a missing label with -1)."""
-    if value is None or isinstance(value, bool):
-        return NO_TARGET
-    if isinstance(value, str):
-        value = value.strip()
-        if value in SENTIMENT_LABELS:
-            return SENTIMENT_LABELS.index(value)
-        return int(value) if value.lstrip("-").isdigit() and int(value) >= 0 else NO_TARGET
-    value = int(value)
-    return value if value >= 0 else NO_TARGET
-
-
-@dataclass
-class BadRowCounter:
-    """Rows skipped for bad input and values converted to make a row usable, by reason; `summary()` is printed at
-    the end of a run. A row (`where`) skipped again for the same reason (next epoch, another caption of the same
-    image) is counted once."""
-
-    counts: Counter = field(default_factory=Counter)
-    examples: dict = field(default_factory=dict)
-    converted: Counter = field(default_factory=Counter)
-    _seen: set = field(default_factory=set, repr=False)
-
-    def add(self, reason: str, where: str = ""):
-        """Count a skipped row."""
-        self._record(self.counts, "skipped", reason, where)
-
-    def convert(self, reason: str, where: str = ""):
-        """Count a value that was repaired rather than skipped (a Latin-1 caption, a 16-bit image...)."""
-        self._record(self.converted, "converted", reason, where)
-
-    def _record(self, counts: Counter, kind: str, reason: str, where: str):
-        key = (kind, reason, where)
-        if where and key in self._seen:
-            return
-        self._seen.add(key)
-        counts[reason] += 1
-        self.examples.setdefault(reason, where)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> str:
-        def listed(counts):
-            return "; ".join(f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in counts.most_common())
-
-        text = f"bad rows skipped: {self.total}" + (f" - {listed(self.counts)}" if self.counts else "")
-        if self.converted:
-            text += f"\nvalues converted: {sum(self.converted.values())} - {listed(self.converted)}"
-        return text
-
-
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
-
-
-def load_image(value, base_dir: str | None = None) -> Image.Image:
-    """A PIL image from a PIL image, a path, or a datasets image dict; fully decoded (truncated files fail here)."""
-    if isinstance(value, dict):  # datasets' undecoded image: {"bytes": ..., "path": ...}
-        value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else value.get("path")
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(base_dir, value) if base_dir and not os.path.isabs(value) else Path(value)
-        value = Image.open(path)
-    if not isinstance(value, Image.Image):
-        raise ValueError(f"not an image: {type(value).__name__}")
-    if value.width * value.height > MAX_IMAGE_PIXELS:
-        raise Image.DecompressionBombError(f"{value.width}x{value.height} pixels")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        value.load()
-    return value
-
-
-def clean_text(value) -> str:
-    """Text as a clean string; bytes are decoded as UTF-8, falling back to Latin-1 (never fails)."""
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            value = value.decode("latin-1")
-    return " ".join(str(value).split())
-
-
-# ======================================================================================================= collator
-
-# What each collator task trains on: a row is usable when it has at least one of these targets.
-TASK_TARGETS = {
-    "multitask": ("statement", "caption"),
-    "classification": ("statement",),
-    "vqa": ("question",),
-    "vqa+captions": ("question", "caption"),
-    "retrieval": ("caption",),
-    "captioning": ("caption",),
-}
-
-
-def _row_text(row, task: str) -> str:
-    """The text the fused encoder reads for a row: the question for VQA, else the statement."""
-    return clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text"))
-
-
-def _row_captions(row) -> list[str]:
-    return [text for text in (clean_text(c) for c in row.get("captions") or []) if text]
-
-
-def row_targets(row, task: str) -> set[str]:
-    """The targets of `task` that `row` carries: "statement" (text + class label), "question" (VQA question),
-    "caption" (at least one non-empty caption). Reads no image."""
-    targets = set()
-    text = _row_text(row, task)
-    if text and as_label(row.get("label")) != NO_TARGET:
-        targets.add("statement")
-    if text and task.startswith("vqa"):
-        targets.add("question")
-    if _row_captions(row):
-        targets.add("caption")
-    return targets & set(TASK_TARGETS[task])
-
-
-def _missing_target_reason(row, task: str) -> str:
-    """Why a row has no target for `task`, for the skipped-row summary."""
-    if task == "classification":
-        return "empty text" if not _row_text(row, task) else "no label"
-    if task == "vqa":
-        return "empty question"
-    if task in ("retrieval", "captioning"):
-        return "no caption"
-    return "no caption and no labelled text" if task == "multitask" else "no caption and no question"
-
-
-class XAttnCollator:
-    """Rows of the schema -> a model batch through `XAttnProcessor`.
-
-    task: "multitask" (a labelled statement and/or a caption per row), "classification", "vqa" (question + soft
-    scores over `answer_vocab`), "vqa+captions", "retrieval" or "captioning" (`TASK_TARGETS` lists what each trains
-    on). A row is kept when its image reads and it carries at least one of the task's targets; otherwise it is
-    skipped and counted by reason, and the batch shrinks.
-
-    Rows that lack one target keep the others: a row without a label gets `labels = -100` (its statement, if any,
-    is still encoded), a row without a caption gets an all-zero `caption_attention_mask` (the model's "no caption"),
-    a VQA row without a question gets soft scores of -100. A batch in which no row has a statement has no
-    `input_ids` (and labels of -100 only); one in which no row has a caption has no `caption_input_ids`. Every batch
-    carries `image_ids` (the models take them: captions of one image are never each other's negatives);
-    `with_row_index=True` adds `row_index`, the positions in `rows` of the rows that were kept.
-
-    The caption of a row is `row["caption_index"]` where set (`CaptionPairs` sets it: one example per image-caption
-    pair), else `caption_index` (default: the first caption).
-
-    head: the model the batch feeds, under this package's loop or `transformers.Trainer` (which needs
-    `remove_unused_columns=False`, since the collator reads the raw columns):
-        "multitask" (default; `XAttnForMultiTask`, also `XAttnForSequenceClassification`): the keys above, and
-            `labels` always (all -100 when no row has one), so that Trainer computes an evaluation loss on
-            caption-only sets too;
-        "classification": the statement/question and its labels only;
-        "retrieval" (`XAttnForImageTextRetrieval`): the caption as `input_ids`/`attention_mask`, the image ids as
-            `labels` (captions of one image are never each other's negatives);
-        "captioning" (`XAttnForConditionalGeneration`): the caption as `decoder_input_ids`/`decoder_attention_mask`
-            and as `labels` (padding -100).
-    """
-
-    HEADS = ("multitask", "classification", "retrieval", "captioning")
-
-    def __init__(self, processor, task: str = "multitask", answer_vocab: list[str] | None = None,
-                 counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
-                 head: str = "multitask", with_row_index: bool = False):
-        if task not in TASK_TARGETS:
-            raise ValueError(f"XAttnCollator: task must be one of {sorted(TASK_TARGETS)}, got {task!r}")
-        if head not in self.HEADS:
-            raise ValueError(f"XAttnCollator: head must be one of {self.HEADS}, got {head!r}")
-        if head in ("retrieval", "captioning") and "caption" not in TASK_TARGETS[task]:
-            raise ValueError(f"XAttnCollator: head={head!r} trains on captions, which task={task!r} does not read")
-        self.head = head
-        self.with_row_index = with_row_index
-        self.processor = processor
-        self.task = task
-        self.answer_vocab = {a: i for i, a in enumerate(answer_vocab or [])}
-        self.counter = counter if counter is not None else BadRowCounter()
-        self.caption_index = caption_index
-        self.image_dir = image_dir
-
-    def __call__(self, rows: list[dict]) -> dict:
-        task = self.task
-        images, texts, captions, labels, answers, ids, kept, has = [], [], [], [], [], [], [], []
-        for position, row in enumerate(rows):
-            where = str(row.get("image_id", ""))
-            targets = row_targets(row, task)
-            reason = None if targets else _missing_target_reason(row, task)
-            if reason is None:
-                try:
-                    image = load_image(row["image"], self.image_dir)
-                except Exception as error:  # unreadable, truncated, missing or too large: skip, count
-                    reason = f"bad image ({type(error).__name__})"
-            if reason is not None:
-                self.counter.add(reason, where)
-                continue
-            if image.mode != "RGB":
-                self.counter.convert(f"{image.mode} image converted to RGB", where)
-            if row.get("crop_box") is not None:  # training augmentation (RandomResizedCrops)
-                image = crop_fraction(image, row["crop_box"])
-            if isinstance(row.get("text"), bytes) or isinstance(row.get("question"), bytes):
-                self.counter.convert("text bytes decoded", where)
-            row_captions = _row_captions(row)
-            index = row.get("caption_index")
-            index = self.caption_index if index is None else index
-            images.append(image)
-            kept.append(position)
-            has.append(targets)
-            texts.append(_row_text(row, task))
-            captions.append(row_captions[min(index, len(row_captions) - 1)] if row_captions else "")
-            labels.append(as_label(row.get("label")) if "statement" in targets else NO_TARGET)
-            answers.append(row.get("answers") or [])
-            ids.append(row.get("image_id", len(ids)))
-        if not images:
-            return {}
-        with_text = [bool({"statement", "question"} & targets) for targets in has]
-        with_caption = [("caption" in targets) for targets in has]
-        batch = dict(self.processor(
-            images=images,
-            text=texts if any(with_text) else None,
-            captions=captions if any(with_caption) else None,
-        ))
-        if any(with_caption) and not all(with_caption):
-            batch["caption_attention_mask"][~torch.tensor(with_caption)] = 0  # all-zero mask: this row has no caption
-        if any(with_text) and task in ("multitask", "classification"):
-            batch["labels"] = torch.tensor(labels, dtype=torch.long)
-        if any(with_text) and task.startswith("vqa"):
-            scores = vqa_soft_scores(answers, self.answer_vocab)
-            scores[~torch.tensor(with_text)] = NO_TARGET
-            batch["labels"] = scores
-        batch["image_ids"] = torch.tensor([_stable_id(i) for i in ids], dtype=torch.long)
-        batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
-        batch = self._for_head(batch)
-        if not self.with_row_index:
-            batch.pop("row_index", None)
-        return batch
-
-    def _for_head(self, batch: dict) -> dict:
-        """Rename the batch's keys to the arguments of the model `head` names."""
-        if self.head == "multitask":
-            if "labels" not in batch:
-                shape = (len(batch["pixel_values"]),)
-                if self.task.startswith("vqa"):
-                    shape += (len(self.answer_vocab),)
-                batch["labels"] = torch.full(shape, NO_TARGET, dtype=torch.float if len(shape) == 2 else torch.long)
-            return batch
-        if self.head == "classification":
-            return {k: v for k, v in batch.items() if not k.startswith("caption_")}
-        if "caption_input_ids" not in batch:  # no row of this batch has a caption: nothing for this head
-            return {}
-        has_caption = batch["caption_attention_mask"].bool().any(-1)
-        ids, mask = batch["caption_input_ids"][has_caption], batch["caption_attention_mask"][has_caption]
-        common = {"pixel_values": batch["pixel_values"][has_caption], "row_index": batch["row_index"][has_caption]}
-        if self.head == "retrieval":
-            return {**common, "input_ids": ids, "attention_mask": mask, "labels": batch["image_ids"][has_caption]}
-        return {**common, "decoder_input_ids": ids, "decoder_attention_mask": mask,
-                "labels": caption_labels(ids, mask, self.processor.tokenizer.pad_token_id)}
-
-
-class CaptionPairs(torch.utils.data.Dataset):
-    """One example per image-caption pair (a row with five captions is five examples per epoch, as COCO captioning
-    and ALBEF/BLIP retrieval training iterate), so every caption trains in every epoch; rows without captions are
-    one example each. An example is the row with `caption_index` set, which `XAttnCollator` reads.
-
-    The pairs are a fixed list, so the DataLoader's seeded sampler shuffles them and a resumed run skips exactly
-    the batches it had done."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.pairs = [(row, caption) for row, captions in enumerate(dataset["captions"])
-                      for caption in range(max(len(_row_captions({"captions": captions})), 1))]
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict:
-        row, caption = self.pairs[index]
-        return {**self.dataset[row], "caption_index": caption}
-
-
-class EpochSeeded(torch.utils.data.Dataset):
-    """A view of `dataset` whose examples draw something from a generator seeded with (seed, epoch, index): the draw
-    does not depend on the global random state, the loader's workers or an interruption, so a resumed run draws the
-    same. `set_epoch` (passed on to a wrapped `EpochSeeded`) moves to the next pass; the epoch sits in shared memory,
-    so workers see it."""
-
-    def __init__(self, dataset, seed: int = 0):
-        self.dataset, self.seed = dataset, seed
-        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
-        if isinstance(self.dataset, EpochSeeded):
-            self.dataset.set_epoch(epoch)
-
-    def generator(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed(_stable_id(f"{self.seed}/{int(self._epoch[0])}/{index}"))
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-class CaptionPerPhoto(EpochSeeded):
-    """One example per photo and epoch, with one of its captions drawn from (seed, epoch, index): the alternative
-    to `CaptionPairs` (every image-caption pair every epoch), as some captioning recipes sample. Rows without
-    captions are one example each, unchanged."""
-
-    def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
-        count = len(_row_captions(row))
-        if count < 2:
-            return row
-        return {**row, "caption_index": int(torch.randint(count, (1,), generator=self.generator(index)))}
-
-
-class RandomResizedCrops(EpochSeeded):
-    """Training examples with a random crop each (torchvision's RandomResizedCrop parameters: an area in
-    [`scale`, 1] of the photo, aspect ratio in [3/4, 4/3]; no flips, since captions say "left" and "right"). The crop
-    is a box in fractions of the photo, `row["crop_box"] = (left, top, right, bottom)`, which `XAttnCollator` cuts
-    before the processor resizes, drawn from (seed, epoch, index) (`EpochSeeded`)."""
-
-    def __init__(self, dataset, scale: float = 0.5, seed: int = 0, ratio=(3 / 4, 4 / 3)):
-        if not 0.0 < scale <= 1.0:
-            raise ValueError(f"RandomResizedCrops: scale must lie in (0, 1], got {scale!r}")
-        super().__init__(dataset, seed)
-        self.scale, self.ratio = scale, ratio
-
-    def crop_box(self, index: int) -> tuple[float, float, float, float]:
-        generator = self.generator(index)
-        log_ratio = torch.log(torch.tensor(self.ratio))
-        for _ in range(10):  # torchvision's rejection loop, on the unit square (the aspect is the photo's own)
-            area = self.scale + (1.0 - self.scale) * torch.rand(1, generator=generator).item()
-            aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=generator)).item()
-            width, height = math.sqrt(area * aspect), math.sqrt(area / aspect)
-            if width <= 1.0 and height <= 1.0:
-                left = (1.0 - width) * torch.rand(1, generator=generator).item()
-                top = (1.0 - height) * torch.rand(1, generator=generator).item()
-                return left, top, left + width, top + height
-        return 0.0, 0.0, 1.0, 1.0
-
-    def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
-        return row if self.scale >= 1.0 else {**row, "crop_box": self.crop_box(index)}
-
-
-def crop_fraction(image: Image.Image, box) -> Image.Image:
-    """`image` cut to `box` = (left, top, right, bottom) in fractions of its width and height."""
-    width, height = image.size
-    left, top, right, bottom = box
-    return image.crop((round(left * width), round(top * height), max(round(right * width), round(left * width) + 1),
-                       max(round(bottom * height), round(top * height) + 1)))
-
-
-def _stable_id(value) -> int:
-    """An integer id for any image id, equal across processes (Python's str hash is salted per process)."""
-    import hashlib
-
-    if isinstance(value, int):
-        return value
-    return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=7).digest(), "big")
-
-
-def vqa_soft_scores(answers: list[list[str]], vocab: dict[str, int]) -> torch.Tensor:
-    """The standard VQA target: score(a) = min(#annotators who gave a / 3, 1) for each answer in the vocabulary."""
-    scores = torch.zeros(len(answers), len(vocab))
-    for row, given in enumerate(answers):
-        for answer, count in Counter(clean_text(a).lower() for a in given).items():
-            if answer in vocab:
-                scores[row, vocab[answer]] = vqa_score(count)
-    return scores
-
-
-def answer_vocabulary(dataset, top_k: int = 3129) -> list[str]:
-    """The `top_k` most frequent answers (VQAv2's usual 3129), most frequent first."""
-    counts = Counter(clean_text(a).lower() for answers in dataset["answers"] for a in answers)
-    return [a for a, _ in counts.most_common(top_k)]
-
-
-# ======================================================================================================= loaders
-
-
-def _to_schema(rows: list[dict], class_names: list[str] | None = None):
-    """Rows -> a Dataset of the schema. With `class_names`, string labels become ids into it and the label column a
-    `ClassLabel` that carries the names (the training script names the classifier's outputs after them; a missing
-    label is then -1, ClassLabel's own mark, which `as_label` reads as -100)."""
-    import datasets
-
-    for row in rows:
-        row.setdefault("text", "")
-        row.setdefault("captions", [])
-        row["label"] = _label_ids(row.get("label"), class_names)
-        row.setdefault("answers", [])
-        row.setdefault("question", "")
-    columns = {key: [row.get(key) for row in rows] for key in (*SCHEMA, "question")}
-    columns["image_id"] = [str(v) for v in columns["image_id"]]
-    dataset = datasets.Dataset.from_dict(columns)
-    return dataset.cast_column("label", datasets.ClassLabel(names=class_names)) if class_names else dataset
-
-
-def _label_ids(label, class_names: list[str] | None = None) -> int:
-    """A label (id or name) as an id into `class_names`; a missing or unknown label is -1 with names (ClassLabel's
-    own mark, which `as_label` reads as -100) and -100 without."""
-    if class_names and isinstance(label, str) and label.strip() in class_names:
-        return class_names.index(label.strip())
-    label = as_label(label)
-    return -1 if class_names and label == NO_TARGET else label
-
-
-def class_names(*datasets_) -> list[str]:
-    """The classifier's label names for training on `datasets_`: names a loader recorded, the sentiment names for
-    ids 0-2 (the paper's 3-way task), else "0".."K-1" for the largest id K-1 found."""
-    import datasets
-
-    top = -1
-    for dataset in datasets_:
-        feature = dataset.features.get("label")
-        if isinstance(feature, datasets.ClassLabel):
-            return list(feature.names)
-        top = max([top, *(as_label(v) for v in dataset["label"])])
-    return list(SENTIMENT_LABELS) if top < len(SENTIMENT_LABELS) else [str(i) for i in range(top + 1)]
-
-
-# The split folder names `datasets`' imagefolder recognises, mapped to the split they hold.
-SPLIT_FOLDERS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-                 "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "test",
-                 "evaluation": "test"}
 METADATA_FILE = "metadata.jsonl"
 
 
@@ -540,7 +96,7 @@ def load_imagefolder(data_dir: str, split: str | None = "train", caption_column:
         rows = {name: _imagefolder_rows(folder, caption_column, text_column, label_column, counter)
                 for name, folder in folders.items()}
         names = class_names_of([row["label"] for part in rows.values() for row in part])
-        splits = datasets.DatasetDict({name: _to_schema(part, names).cast_column("image", datasets.Image())
+        splits = datasets.DatasetDict({name: to_schema(part, names).cast_column("image", datasets.Image())
                                        for name, part in rows.items()})
     else:  # no metadata: `datasets` reads class sub-folders as labels
         loaded = datasets.load_dataset("imagefolder", data_dir=data_dir)
@@ -619,15 +175,6 @@ def _imagefolder_rows(folder: Path, caption_column, text_column, label_column, c
     return rows
 
 
-def class_names_of(labels) -> list[str] | None:
-    """Class names when labels are names other than the sentiment ones (sorted, so every split maps a name to the
-    same id); None when they are ids or sentiment names, which `as_label` reads."""
-    names = {str(label).strip() for label in labels if isinstance(label, str) and label.strip()}
-    if all(name in SENTIMENT_LABELS or name.lstrip("-").isdigit() for name in names):
-        return None
-    return sorted(name for name in names if not name.lstrip("-").isdigit())
-
-
 def map_columns(dataset, image_column="image", caption_column=None, text_column=None, label_column=None,
                 answers_column=None, id_column=None, question_column=None):
     """Rename/convert a dataset's columns to the schema (as transformers' example scripts take `--image_column`...);
@@ -694,7 +241,7 @@ def load_table(path: str, image_dir: str | None = None, image_column="image", ca
             "answers": row.get(answers_column) or [],
             "image_id": row.get("image_id", index),
         })
-    return _to_schema(rows)
+    return to_schema(rows)
 
 
 def load_coco_captions(annotation_file: str, image_dir: str):
@@ -706,7 +253,7 @@ def load_coco_captions(annotation_file: str, image_dir: str):
         captions.setdefault(annotation["image_id"], []).append(clean_text(annotation["caption"]))
     rows = [{"image": str(Path(image_dir) / image["file_name"]), "captions": captions.get(image["id"], []),
              "image_id": image["id"]} for image in data["images"]]
-    return _to_schema(rows)
+    return to_schema(rows)
 
 
 def load_karpathy(split_file: str, image_dir: str, split: str = "train"):
@@ -722,7 +269,7 @@ def load_karpathy(split_file: str, image_dir: str, split: str = "train"):
         path = Path(image_dir, image.get("filepath", ""), image["filename"])
         rows.append({"image": str(path), "captions": [clean_text(s["raw"]) for s in image["sentences"]],
                      "image_id": image.get("cocoid", image.get("imgid"))})
-    return _to_schema(rows)
+    return to_schema(rows)
 
 
 MATCHING_CLASSES = ("another photo's caption", "its own caption")
@@ -740,7 +287,7 @@ def caption_matching(dataset, seed: int = 0, every_caption: bool = True):
     import datasets
 
     rng = random.Random(seed)
-    captions = [_row_captions({"captions": c}) for c in dataset["captions"]]
+    captions = [row_captions({"captions": c}) for c in dataset["captions"]]
     photos = [index for index, own in enumerate(captions) if own]
     if len(photos) < 2:
         raise ValueError(f"caption matching needs at least two captioned photos; the split has {len(photos)}")
@@ -756,7 +303,7 @@ def caption_matching(dataset, seed: int = 0, every_caption: bool = True):
                          "image_id": ids[index], "captions": own})
             rows.append({"image": images[index], "text": rng.choice(captions[other]), "label": MATCHING_CLASSES[0],
                          "image_id": ids[index], "captions": own})
-    data = _to_schema(rows, list(MATCHING_CLASSES))
+    data = to_schema(rows, list(MATCHING_CLASSES))
     return data.cast_column("image", datasets.Image()) if isinstance(rows[0]["image"], dict) else data
 
 
@@ -806,10 +353,7 @@ def load_mvsa(root: str, seed: int = 0, counter: BadRowCounter | None = None):
     random.Random(seed).shuffle(order)
     n_train, n_val = math.floor(0.8 * len(rows)), math.floor(0.1 * len(rows))
     splits = {"train": order[:n_train], "validation": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    return datasets.DatasetDict({name: _to_schema([rows[i] for i in idx]) for name, idx in splits.items()})
-
-
-# ======================================================================================================= command line
+    return datasets.DatasetDict({name: to_schema([rows[i] for i in idx]) for name, idx in splits.items()})
 
 
 def add_data_arguments(parser, streaming: bool = True) -> None:
@@ -889,7 +433,7 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
         raise ValueError(f"split must be train, validation or test, got {split!r}")
     if isinstance(args, dict):
         args = data_options(**args)
-    splits = _source_splits(args, counter if counter is not None else BadRowCounter())
+    splits = source_splits(args, counter if counter is not None else BadRowCounter())
     source = _source_name(args)
     if split == "train" and hold_out_validation and "validation" not in splits and "train" in splits:
         data = _held_out(splits["train"](), "train", args)
@@ -926,7 +470,7 @@ STREAMABLE = ("webdataset", "hub")
 def held_out_by_id(image_id, fraction: float, seed: int = 0) -> bool:
     """Whether the row of `image_id` is one of the `fraction` held out for validation: a hash of the id and the seed,
     so every process, epoch and reading order agrees."""
-    return _stable_id(f"validation:{seed}:{image_id}") % 10_000 < fraction * 10_000
+    return stable_id(f"validation:{seed}:{image_id}") % 10_000 < fraction * 10_000
 
 
 def _held_out(full, split, args):
@@ -946,7 +490,7 @@ def _source_name(args) -> str:
     return f"{args.dataset} source {args.data_dir or args.data_file}"
 
 
-def _source_splits(args, counter) -> dict:
+def source_splits(args, counter) -> dict:
     """The splits the source itself has, each as a function that loads it (nothing is read before it is needed)."""
     columns = dict(caption_column=args.caption_column, text_column=args.text_column, label_column=args.label_column)
     if args.dataset == "synthetic":
@@ -974,8 +518,6 @@ def _source_splits(args, counter) -> dict:
                                                            revision=args.dataset_revision, **mapping))
                 for split, name in canonical.items()}
     if args.dataset == "webdataset":
-        from .streaming_xattn import load_shards
-
         splits = load_shards(args.data_dir)
         return {name: (lambda part=part: part) for name, part in splits.items()}
     if args.dataset == "coco":
@@ -995,41 +537,3 @@ def undecoded(dataset):
     if isinstance(dataset.features.get("image"), datasets.Image):
         return dataset.cast_column("image", datasets.Image(decode=False))
     return dataset
-
-
-__all__ = [
-    "NO_TARGET",
-    "TASK_TARGETS",
-    "as_label",
-    "class_names",
-    "class_names_of",
-    "row_targets",
-    "CaptionPairs",
-    "CaptionPerPhoto",
-    "EpochSeeded",
-    "RandomResizedCrops",
-    "MATCHING_CLASSES",
-    "caption_matching",
-    "read_metadata",
-    "flickr8k_to_imagefolder",
-    "add_data_arguments",
-    "load_split",
-    "undecoded",
-    "SyntheticSpec",
-    "synthetic_dataset",
-    "synthetic_example",
-    "BadRowCounter",
-    "XAttnCollator",
-    "load_image",
-    "clean_text",
-    "vqa_soft_scores",
-    "answer_vocabulary",
-    "map_columns",
-    "load_imagefolder",
-    "load_hub_dataset",
-    "load_table",
-    "load_coco_captions",
-    "load_karpathy",
-    "load_mvsa",
-    "merge_sentiment_pair",
-]

@@ -1,5 +1,5 @@
 """The paper's ablation study behind `scripts/ablation.py` (its docstring has the commands): each configuration
-trained with the same seed, data and budget through `train_xattn.train`, evaluated with `evaluation_xattn`, and
+trained with the same seed, data and budget through `loop.train`, evaluated with `evaluation`, and
 summarised as a table (mean ± std over seeds) and a bar chart.
 """
 
@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .training_xattn import pyplot
-from .data_xattn import BadRowCounter, add_data_arguments, data_options, load_split, undecoded
-from .evaluation_xattn import evaluate_model, load_model, markdown_table
-from .train_xattn import parse_args as parse_train_args, train
-
+from modeling_xattn.training.data.schema import BadRowCounter
+from modeling_xattn.training.data.sources import add_data_arguments, data_options, load_split, undecoded
+from modeling_xattn.training.evaluation import evaluate_model, load_model, markdown_table
+from modeling_xattn.training.loop import parse_args as parse_train_args
+from modeling_xattn.training.loop import train
+from modeling_xattn.training.plots import pyplot
 
 CONFIGURATIONS = {
     "full model": [],

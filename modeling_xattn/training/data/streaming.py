@@ -16,171 +16,27 @@ every checkpoint, from which a killed run resumes.
 What a resume restores, exactly as `datasets` can: the position in the source (shard and row). The rows that were
 waiting in the shuffle buffer at the checkpoint are not stored by `datasets`, so they are not seen again in that
 epoch (at most `--shuffle_buffer_size` rows); with `--shuffle_buffer_size 0` the resumed run reads exactly the rows
-the uninterrupted run would have read.
-"""
+the uninterrupted run would have read."""
+
 from __future__ import annotations
 
-import io
-import json
-import os
-import tarfile
 from itertools import islice
 from pathlib import Path
 
 import torch
 
-from .data_xattn import (
-    NO_TARGET,
+from modeling_xattn.training.data.schema import (
     SPLIT_FOLDERS,
     TASK_TARGETS,
     BadRowCounter,
-    _label_ids,
-    _row_captions,
-    _source_splits,
-    _to_schema,
-    as_label,
     class_names_of,
-    clean_text,
-    held_out_by_id,
-    load_image,
-    map_columns,
-    undecoded,
+    label_id,
+    row_captions,
+    to_schema,
 )
-from .training_xattn import any_process
-
-SHARD_PATTERN = "{split}-{index:06d}.tar"
-JPEG_QUALITY = 95
-
-
-def shard_features():
-    """The `datasets` features of a shard sample (given to the webdataset builder, which would otherwise infer them
-    from the first five samples and fail on a later row whose caption list is not empty where theirs were)."""
-    import datasets
-
-    text = datasets.Value("string")
-    return datasets.Features({
-        "__key__": text, "__url__": text, "jpg": datasets.Image(decode=False),
-        "json": {"captions": datasets.List(text), "text": text, "label": text, "answers": datasets.List(text),
-                 "question": text, "image_id": text},
-    })
-
-
-# ======================================================================================================= writing
-
-
-def _jpeg_bytes(value) -> bytes:
-    """The image of a row as JPEG bytes: a JPEG file's own bytes, anything else decoded and encoded once."""
-    raw = None
-    if isinstance(value, dict):  # datasets' undecoded image
-        raw = value.get("bytes")
-        if raw is None and value.get("path"):
-            raw = Path(value["path"]).read_bytes()
-    elif isinstance(value, (str, os.PathLike)):
-        raw = Path(value).read_bytes()
-    if raw is not None and raw[:3] == b"\xff\xd8\xff":
-        load_image({"bytes": raw})  # a truncated or damaged JPEG is refused here, not in the middle of training
-        return raw
-    image = load_image({"bytes": raw} if raw is not None else value)
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
-
-
-def shard_sample(row, names: list[str] | None = None) -> dict:
-    """The JSON member of a row's sample: the schema's text columns, the label as its class name (ids mean
-    nothing without the names) or "" when the row has none."""
-    label = as_label(row.get("label"))
-    return {
-        "captions": _row_captions(row),
-        "text": clean_text(row.get("text")),
-        "label": "" if label == NO_TARGET else (names[label] if names and label < len(names) else str(label)),
-        "answers": [clean_text(a) for a in row.get("answers") or []],
-        "question": clean_text(row.get("question")),
-        "image_id": str(row.get("image_id", "")),
-    }
-
-
-def write_shards(rows, output_dir: str, split: str, rows_per_shard: int = 1000, names: list[str] | None = None,
-                 counter: BadRowCounter | None = None) -> list[str]:
-    """Write `rows` (schema rows: a `datasets.Dataset` or any iterable of dicts) as WebDataset shards
-    `{split}-000000.tar`, ... of at most `rows_per_shard` samples in `output_dir`; returns their paths.
-
-    A row whose image cannot be read is skipped and counted in `counter`. Each shard is written to a temporary name
-    and renamed when complete, so a killed run never leaves a truncated shard under a shard's name."""
-    if rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
-    counter = counter if counter is not None else BadRowCounter()
-    os.makedirs(output_dir, exist_ok=True)
-    paths, tar, written, temporary = [], None, 0, None
-
-    def close():
-        tar.close()
-        os.replace(temporary, paths[-1])
-
-    for index, row in enumerate(rows):
-        where = str(row.get("image_id", index))
-        try:
-            image = _jpeg_bytes(row["image"])
-        except Exception as error:  # unreadable, truncated, missing or too large: skip, count
-            counter.add(f"bad image ({type(error).__name__})", where)
-            continue
-        if written % rows_per_shard == 0:
-            if tar is not None:
-                close()
-            paths.append(os.path.join(output_dir, SHARD_PATTERN.format(split=split, index=len(paths))))
-            temporary = paths[-1] + ".tmp"
-            tar = tarfile.open(temporary, "w")
-        key = f"{index:09d}"
-        for member, data in ((f"{key}.jpg", image),
-                             (f"{key}.json", json.dumps(shard_sample(row, names), ensure_ascii=False).encode())):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        written += 1
-    if tar is not None:
-        close()
-    return paths
-
-
-# ======================================================================================================= reading
-
-
-def shard_files(data_dir: str) -> dict[str, list[str]]:
-    """The shards of a folder by split: `train-*.tar`, `validation-*.tar` (or any split-folder name `datasets`
-    knows: `val-*.tar`, `test-*.tar`, ...)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data_dir {data_dir}: no such folder")
-    splits: dict[str, list[str]] = {}
-    for path in sorted(root.glob("*.tar")):
-        prefix = path.name.split("-", 1)[0].lower()
-        if prefix in SPLIT_FOLDERS:
-            splits.setdefault(SPLIT_FOLDERS[prefix], []).append(str(path))
-    if not splits:
-        raise FileNotFoundError(f"--data_dir {data_dir}: no shards named train-*.tar / validation-*.tar / test-*.tar "
-                                "(scripts/make_shards.py writes them)")
-    return splits
-
-
-def load_shards(data_dir: str):
-    """A folder of shards read whole (not streamed), as a `DatasetDict` of the schema: what evaluation and
-    `--dataset webdataset` without `--streaming` use. Class names are taken from every split's labels."""
-    import datasets
-
-    loaded = datasets.DatasetDict({
-        split: datasets.load_dataset("webdataset", data_files={split: paths}, split=split, features=shard_features())
-        for split, paths in shard_files(data_dir).items()})
-    loaded = loaded.map(_from_shard, remove_columns=list(shard_features()), desc="reading shards")
-    names = class_names_of([label for part in loaded.values() for label in part["label"]])
-    loaded = loaded.map(lambda row: {"label": _label_ids(row["label"], names)}, desc="labels")
-    return loaded.cast_column("label", datasets.ClassLabel(names=names)) if names else loaded
-
-
-def _from_shard(row) -> dict:
-    sample = row["json"] or {}
-    return {"image": row["jpg"], "text": sample.get("text") or "", "captions": sample.get("captions") or [],
-            "label": sample.get("label") or "", "answers": sample.get("answers") or [],
-            "question": sample.get("question") or "", "image_id": sample.get("image_id") or row["__key__"]}
+from modeling_xattn.training.data.shards import from_shard, shard_features, shard_files, write_shards
+from modeling_xattn.training.data.sources import held_out_by_id, map_columns, source_splits, undecoded
+from modeling_xattn.training.distributed import any_process
 
 
 def schema_stream(stream, args):
@@ -191,7 +47,7 @@ def schema_stream(stream, args):
 
     columns = set(stream.column_names or [])
     if {"jpg", "json"} <= columns:
-        return stream.map(_from_shard, remove_columns=sorted(columns))
+        return stream.map(from_shard, remove_columns=sorted(columns))
     if args.image_column in columns and isinstance(stream.features[args.image_column], datasets.Image):
         stream = stream.cast_column(args.image_column, datasets.Image(decode=False))
     return map_columns(stream, image_column=args.image_column, caption_column=args.caption_column,
@@ -249,8 +105,8 @@ class StreamingData:
             raise ValueError("the streamed train split has no row")
         raw_labels = [row["label"] for row in probe_rows + validation_rows]
         self.class_names = self._stream_class_names() or class_names_of(raw_labels)
-        self.probe = _to_schema(probe_rows, self.class_names)
-        self.validation = _to_schema(validation_rows, self.class_names)
+        self.probe = to_schema(probe_rows, self.class_names)
+        self.validation = to_schema(validation_rows, self.class_names)
 
     def _stream_class_names(self):
         import datasets
@@ -272,7 +128,7 @@ class StreamingData:
         names = self.class_names
 
         def open_stream():
-            stream = self._train_rows().map(lambda row: {"label": _label_ids(row["label"], names)})
+            stream = self._train_rows().map(lambda row: {"label": label_id(row["label"], names)})
             if "caption" in TASK_TARGETS[task]:
                 stream = stream.map(_caption_pairs, batched=True, batch_size=1)
             return stream
@@ -286,7 +142,7 @@ def _caption_pairs(rows: dict) -> dict:
     example. Runs as a batched map, which `datasets` resumes inside a batch."""
     out = {key: [] for key in (*rows, "caption_index")}
     for position in range(len(rows["image"])):
-        count = max(len(_row_captions({"captions": rows["captions"][position]})), 1)
+        count = max(len(row_captions({"captions": rows["captions"][position]})), 1)
         for caption in range(count):
             for key in rows:
                 out[key].append(rows[key][position])
@@ -382,7 +238,7 @@ def make_shards(args, output_dir: str, rows_per_shard: int = 1000, splits: list[
     import datasets
 
     counter = BadRowCounter()
-    available = _source_splits(args, counter)
+    available = source_splits(args, counter)
     unknown = sorted(set(splits or []) - set(available))
     if unknown:
         raise ValueError(f"the source has no split {', '.join(unknown)}; it has {sorted(available)}")
@@ -399,17 +255,3 @@ def make_shards(args, output_dir: str, rows_per_shard: int = 1000, splits: list[
         written[split] = write_shards(data, output_dir, split, rows_per_shard, names, counter)
         rows[split] = len(data) - (counter.total - before)
     return {"shards": written, "rows": rows, "summary": counter.summary()}
-
-
-__all__ = [
-    "load_shards",
-    "StreamingData",
-    "TrainingStream",
-    "schema_stream",
-    "shard_features",
-    "shard_files",
-    "shard_sample",
-    "make_shards",
-    "stream_splits",
-    "write_shards",
-]

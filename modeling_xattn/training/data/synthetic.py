@@ -1,6 +1,6 @@
 """The embedded default dataset: coloured shapes on a 3x3 grid, with a 3-way statement, five captions and a VQA question
 per image, drawn deterministically from a seed in seconds (no download). `synthetic_dataset` returns it in the data
-layer's schema (`data_xattn.SCHEMA`).
+layer's schema (`schema.SCHEMA`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from .configuration_xattn import SENTIMENT_LABELS
+from modeling_xattn.configuration_xattn import SENTIMENT_LABELS
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
            "purple": (150, 60, 190), "white": (245, 245, 245)}

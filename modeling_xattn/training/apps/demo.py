@@ -16,10 +16,11 @@ import tempfile
 
 import torch
 
-from .data_xattn import load_image
-from .pipeline_xattn import label_probabilities
-from .processing_xattn import to_rgb
-from .visualization_xattn import attention_maps, render
+from modeling_xattn.pipeline_xattn import label_probabilities
+from modeling_xattn.processing_xattn import to_rgb
+from modeling_xattn.training.apps.visualization import attention_maps, render
+from modeling_xattn.training.data.schema import load_image
+from modeling_xattn.training.evaluation import load_model, rank_gallery
 
 MAX_GALLERY = 64  # photos ranked at once: each is encoded on every request
 
@@ -96,8 +97,6 @@ class XAttnDemo:
     def rank(self, files, caption: str) -> tuple[list[tuple], str]:
         """`files` ranked by how well each matches `caption`: `([(photo, "score"), ...] best first, a note naming
         any file left out)`."""
-        from .evaluation_xattn import rank_gallery
-
         gr = _gradio()
         if not (caption or "").strip():
             raise gr.Error("Write a caption to rank the photos by.")
@@ -200,8 +199,6 @@ def build_demo(model, processor, title: str | None = None):
 
 def load_demo(model: str, revision: str | None = None, title: str | None = None):
     """`build_demo` over a saved folder or Hub id (custom code and safetensors only, as everywhere)."""
-    from .evaluation_xattn import load_model
-
     looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip(os.sep).replace("/", "", 1)
     if looks_like_path and not os.path.isdir(model):
         raise SystemExit(f"--model {model}: no such folder (give a saved model folder or a Hub id user/name)")

@@ -18,10 +18,19 @@ from pathlib import Path
 
 import torch
 
-from .configuration_xattn import XAttnConfig
-from .evaluation_xattn import encode_gallery, markdown_table, recall_at_1_by_k
-from .modeling_xattn import (XAttnForConditionalGeneration, XAttnForMultiTask, XAttnForSequenceClassification,
-                             XAttnFusionLayer)
+from modeling_xattn import XAttnProcessor, train_albert_tokenizer
+from modeling_xattn.configuration_xattn import XAttnConfig
+from modeling_xattn.modeling_xattn import (
+    XAttnForConditionalGeneration,
+    XAttnForMultiTask,
+    XAttnForSequenceClassification,
+    XAttnFusionLayer,
+)
+from modeling_xattn.processing_xattn import make_image_processor
+from modeling_xattn.training.data.synthetic import synthetic_dataset
+from modeling_xattn.training.evaluation import encode_gallery, markdown_table, recall_at_1_by_k
+from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.metrics import retrieval_metrics
 
 SECTIONS = ("fusion", "generation", "retrieval", "training", "inference")
 TARGETS = {
@@ -239,14 +248,9 @@ def bench_generation(args, device) -> dict:
 
 def retrieval_model(args, device):
     """The trained multi-task model (`--model`, else outputs/xattn) and its processor, or an untrained tiny one."""
-    from .hub_xattn import load_pretrained, load_processor
-
     folder = args.model or ("outputs/xattn" if Path("outputs/xattn/config.json").exists() else None)
     if folder and not args.smoke:
         return load_pretrained(folder).to(device).eval(), load_processor(folder), folder
-    from modeling_xattn import XAttnProcessor, train_albert_tokenizer
-    from .data_xattn import synthetic_dataset
-    from .processing_xattn import make_image_processor
 
     data = synthetic_dataset(50, seed=0)
     tokenizer = train_albert_tokenizer([c for cs in data["captions"] for c in cs] + list(data["text"]), 150)
@@ -258,9 +262,6 @@ def retrieval_model(args, device):
 
 
 def bench_retrieval(args, device) -> dict:
-    from .data_xattn import synthetic_dataset
-    from .metrics_xattn import retrieval_metrics
-
     model, processor, source = retrieval_model(args, device)
     data = synthetic_dataset(args.gallery_images, seed=1, captions_per_image=5)  # the embedded test split's seed
     captions = [c for cs in data["captions"] for c in cs]
@@ -403,7 +404,7 @@ def memory_probe(args) -> dict:
 
 def run_memory_probe(args, mode: str) -> dict:
     # a fresh interpreter, so that its peak memory is the probe's own
-    command = [sys.executable, "-c", "import sys; from modeling_xattn.benchmark_xattn import main; main(sys.argv[1:])",
+    command = [sys.executable, "-c", "import sys; from modeling_xattn.training.apps.benchmark import main; main(sys.argv[1:])",
                "--_memory_probe", mode, "--model_size", args.model_size,
                "--batch_size", str(args.batch_size), "--device", args.device, "--precision", args.precision]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -17,10 +17,12 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .data_xattn import BadRowCounter, XAttnCollator
-from .hub_xattn import load_pretrained, load_processor
-from .metrics_xattn import caption_metrics, classification_metrics, recall_at_k, retrieval_metrics
-from .training_xattn import generation_overrides, plot_caption_samples, usable_rows
+from modeling_xattn.training.collate import XAttnCollator
+from modeling_xattn.training.data.schema import BadRowCounter
+from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.metrics import caption_metrics, classification_metrics, recall_at_k, retrieval_metrics
+from modeling_xattn.training.plots import plot_caption_samples
+from modeling_xattn.training.tasks import usable_rows
 
 logger = logging.getLogger(__name__)
 
@@ -309,3 +311,8 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
 __all__ = ["TASKS", "batches", "caption_samples", "embedding_spread", "encode_gallery", "evaluate_captioning",
            "evaluate_classification", "evaluate_model", "evaluate_multitask", "evaluate_retrieval",
            "generate_captions", "load_model", "markdown_table", "rank_gallery"]
+
+
+def generation_overrides(num_beams: int | None = None, max_new_tokens: int | None = None) -> dict:
+    """The generation arguments a command line set; the others come from the model's `generation_config`."""
+    return {k: v for k, v in dict(num_beams=num_beams, max_new_tokens=max_new_tokens).items() if v is not None}

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data_xattn import load_image
-from .evaluation_xattn import generate_captions, rank_gallery
-from .hub_xattn import load_pretrained, load_processor
-from .processing_xattn import to_rgb
+from modeling_xattn.processing_xattn import to_rgb
+from modeling_xattn.training.data.schema import load_image
+from modeling_xattn.training.evaluation import generate_captions, rank_gallery
+from modeling_xattn.training.hub import load_pretrained, load_processor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

@@ -1,18 +1,18 @@
 """The caption metrics as an `evaluate` module that loads offline from a local path:
 
     import evaluate
-    from modeling_xattn import caption_metrics_module
-    metric = evaluate.load(caption_metrics_module.__file__)
+    from modeling_xattn.training import caption_metric
+    metric = evaluate.load(caption_metric.__file__)
     metric.compute(predictions=["a dog"], references=[["a dog runs", "a brown dog"]])
 
 (`evaluate.load("bleu")` and friends need the Hub; this one computes BLEU-1..4, METEOR, ROUGE-L and CIDEr with the
-COCO caption toolkit, exactly as `modeling_xattn.metrics_xattn.caption_metrics` does.)
+COCO caption toolkit, exactly as `modeling_xattn.training.metrics.caption_metrics` does.)
 """
 
 import datasets
 import evaluate
 
-from modeling_xattn.metrics_xattn import caption_metrics
+from modeling_xattn.training.metrics import caption_metrics
 
 _DESCRIPTION = "COCO caption evaluation toolkit metrics: BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (toolkit scale)."
 _KWARGS = """

@@ -14,6 +14,8 @@ from collections import Counter
 
 import torch
 
+from modeling_xattn.training.data.schema import clean_text, vqa_score
+
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 JAVA_METRICS = ("METEOR",)
 
@@ -143,17 +145,12 @@ def classification_metrics(predictions, labels, num_labels: int | None = None) -
     return {"accuracy": float((predictions == labels).float().mean() * 100), "macro_f1": 100 * sum(f1s) / len(f1s)}
 
 
-def vqa_score(count: int) -> float:
-    """The standard VQA soft score of an answer given by `count` of the annotators: min(count / 3, 1)."""
-    return min(count / 3.0, 1.0)
 
 
 def vqa_accuracy(predicted_answers: list[str], human_answers: list[list[str]]) -> float:
     """VQA accuracy (percent): each prediction scores min(#annotators who gave it / 3, 1)."""
     if len(predicted_answers) != len(human_answers):
         raise ValueError("predicted_answers and human_answers differ in length")
-    from .data_xattn import clean_text
-
     total = 0.0
     for predicted, given in zip(predicted_answers, human_answers):
         counts = Counter(clean_text(a).lower() for a in given)

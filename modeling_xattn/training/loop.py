@@ -21,41 +21,32 @@ from accelerate.utils import TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .configuration_xattn import XAttnConfig
-from .modeling_xattn import XAttnForMultiTask
-from .processing_xattn import XAttnProcessor, train_albert_tokenizer
-from .data_xattn import (
-    TASK_TARGETS,
-    BadRowCounter,
+from modeling_xattn.configuration_xattn import XAttnConfig
+from modeling_xattn.modeling_xattn import XAttnForMultiTask
+from modeling_xattn.processing_xattn import XAttnProcessor, train_albert_tokenizer
+from modeling_xattn.training.checkpoints import (
+    TrainingState,
+    latest_checkpoint,
+    quiet_tied_weights_notice,
+    save_checkpoint_atomically,
+    write_json,
+)
+from modeling_xattn.training.collate import (
     CaptionPairs,
     CaptionPerPhoto,
     EpochSeeded,
     RandomResizedCrops,
     XAttnCollator,
-    add_data_arguments,
-    class_names,
-    answer_vocabulary,
-    load_split,
-    undecoded,
 )
-from .evaluation_xattn import evaluate_multitask
-from .streaming_xattn import StreamingData
-from .publishing_xattn import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
-from .training_xattn import (
-    PreviousLossDecay,
-    any_process,
-    TrainingState,
-    collator_task,
-    latest_checkpoint,
-    learning_rate_factor,
-    parameter_groups,
-    plot_training_curves,
-    quiet_tied_weights_notice,
-    save_checkpoint_atomically,
-    select_tasks,
-    usable_rows,
-    write_json,
-)
+from modeling_xattn.training.data.schema import TASK_TARGETS, BadRowCounter, answer_vocabulary, class_names
+from modeling_xattn.training.data.sources import add_data_arguments, load_split, undecoded
+from modeling_xattn.training.data.streaming import StreamingData
+from modeling_xattn.training.distributed import any_process
+from modeling_xattn.training.evaluation import evaluate_multitask
+from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
+from modeling_xattn.training.plots import plot_training_curves
+from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
+from modeling_xattn.training.tasks import collator_task, select_tasks, usable_rows
 
 STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_steps 0 mean every this many steps
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .training_xattn import pyplot
+from modeling_xattn.training.plots import pyplot
 
 SIDE = 224  # pixels of each drawn photo
 

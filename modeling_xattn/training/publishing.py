@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluation_xattn import markdown_table
-from .hub_xattn import load_pretrained, load_processor
+from modeling_xattn.training.evaluation import markdown_table
+from modeling_xattn.training.hub import load_pretrained, load_processor
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.png"]

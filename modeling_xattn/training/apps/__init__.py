@@ -1,0 +1,1 @@
+"""The jobs behind `scripts/`: each takes parsed options and runs one command."""

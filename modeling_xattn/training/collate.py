@@ -1,0 +1,246 @@
+"""Rows of the schema -> model batches: the collator, one example per image-caption pair or one caption per
+photo per epoch, and seeded random-resized crops."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+
+from modeling_xattn.modeling_xattn import caption_labels
+from modeling_xattn.training.data.schema import (
+    NO_TARGET,
+    TASK_TARGETS,
+    BadRowCounter,
+    as_label,
+    load_image,
+    missing_target_reason,
+    row_captions,
+    row_targets,
+    row_text,
+    stable_id,
+    vqa_soft_scores,
+)
+
+
+class XAttnCollator:
+    """Rows of the schema -> a model batch through `XAttnProcessor`.
+
+    task: "multitask" (a labelled statement and/or a caption per row), "classification", "vqa" (question + soft
+    scores over `answer_vocab`), "vqa+captions", "retrieval" or "captioning" (`TASK_TARGETS` lists what each trains
+    on). A row is kept when its image reads and it carries at least one of the task's targets; otherwise it is
+    skipped and counted by reason, and the batch shrinks.
+
+    Rows that lack one target keep the others: a row without a label gets `labels = -100` (its statement, if any,
+    is still encoded), a row without a caption gets an all-zero `caption_attention_mask` (the model's "no caption"),
+    a VQA row without a question gets soft scores of -100. A batch in which no row has a statement has no
+    `input_ids` (and labels of -100 only); one in which no row has a caption has no `caption_input_ids`. Every batch
+    carries `image_ids` (the models take them: captions of one image are never each other's negatives);
+    `with_row_index=True` adds `row_index`, the positions in `rows` of the rows that were kept.
+
+    The caption of a row is `row["caption_index"]` where set (`CaptionPairs` sets it: one example per image-caption
+    pair), else `caption_index` (default: the first caption).
+
+    head: the model the batch feeds, under this package's loop or `transformers.Trainer` (which needs
+    `remove_unused_columns=False`, since the collator reads the raw columns):
+        "multitask" (default; `XAttnForMultiTask`, also `XAttnForSequenceClassification`): the keys above, and
+            `labels` always (all -100 when no row has one), so that Trainer computes an evaluation loss on
+            caption-only sets too;
+        "classification": the statement/question and its labels only;
+        "retrieval" (`XAttnForImageTextRetrieval`): the caption as `input_ids`/`attention_mask`, the image ids as
+            `labels` (captions of one image are never each other's negatives);
+        "captioning" (`XAttnForConditionalGeneration`): the caption as `decoder_input_ids`/`decoder_attention_mask`
+            and as `labels` (padding -100).
+    """
+
+    HEADS = ("multitask", "classification", "retrieval", "captioning")
+
+    def __init__(self, processor, task: str = "multitask", answer_vocab: list[str] | None = None,
+                 counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
+                 head: str = "multitask", with_row_index: bool = False):
+        if task not in TASK_TARGETS:
+            raise ValueError(f"XAttnCollator: task must be one of {sorted(TASK_TARGETS)}, got {task!r}")
+        if head not in self.HEADS:
+            raise ValueError(f"XAttnCollator: head must be one of {self.HEADS}, got {head!r}")
+        if head in ("retrieval", "captioning") and "caption" not in TASK_TARGETS[task]:
+            raise ValueError(f"XAttnCollator: head={head!r} trains on captions, which task={task!r} does not read")
+        self.head = head
+        self.with_row_index = with_row_index
+        self.processor = processor
+        self.task = task
+        self.answer_vocab = {a: i for i, a in enumerate(answer_vocab or [])}
+        self.counter = counter if counter is not None else BadRowCounter()
+        self.caption_index = caption_index
+        self.image_dir = image_dir
+
+    def __call__(self, rows: list[dict]) -> dict:
+        task = self.task
+        images, texts, captions, labels, answers, ids, kept, has = [], [], [], [], [], [], [], []
+        for position, row in enumerate(rows):
+            where = str(row.get("image_id", ""))
+            targets = row_targets(row, task)
+            reason = None if targets else missing_target_reason(row, task)
+            if reason is None:
+                try:
+                    image = load_image(row["image"], self.image_dir)
+                except Exception as error:  # unreadable, truncated, missing or too large: skip, count
+                    reason = f"bad image ({type(error).__name__})"
+            if reason is not None:
+                self.counter.add(reason, where)
+                continue
+            if image.mode != "RGB":
+                self.counter.convert(f"{image.mode} image converted to RGB", where)
+            if row.get("crop_box") is not None:  # training augmentation (RandomResizedCrops)
+                image = crop_fraction(image, row["crop_box"])
+            if isinstance(row.get("text"), bytes) or isinstance(row.get("question"), bytes):
+                self.counter.convert("text bytes decoded", where)
+            references = row_captions(row)
+            index = row.get("caption_index")
+            index = self.caption_index if index is None else index
+            images.append(image)
+            kept.append(position)
+            has.append(targets)
+            texts.append(row_text(row, task))
+            captions.append(references[min(index, len(references) - 1)] if references else "")
+            labels.append(as_label(row.get("label")) if "statement" in targets else NO_TARGET)
+            answers.append(row.get("answers") or [])
+            ids.append(row.get("image_id", len(ids)))
+        if not images:
+            return {}
+        with_text = [bool({"statement", "question"} & targets) for targets in has]
+        with_caption = [("caption" in targets) for targets in has]
+        batch = dict(self.processor(
+            images=images,
+            text=texts if any(with_text) else None,
+            captions=captions if any(with_caption) else None,
+        ))
+        if any(with_caption) and not all(with_caption):
+            batch["caption_attention_mask"][~torch.tensor(with_caption)] = 0  # all-zero mask: this row has no caption
+        if any(with_text) and task in ("multitask", "classification"):
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if any(with_text) and task.startswith("vqa"):
+            scores = vqa_soft_scores(answers, self.answer_vocab)
+            scores[~torch.tensor(with_text)] = NO_TARGET
+            batch["labels"] = scores
+        batch["image_ids"] = torch.tensor([stable_id(i) for i in ids], dtype=torch.long)
+        batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
+        batch = self._for_head(batch)
+        if not self.with_row_index:
+            batch.pop("row_index", None)
+        return batch
+
+    def _for_head(self, batch: dict) -> dict:
+        """Rename the batch's keys to the arguments of the model `head` names."""
+        if self.head == "multitask":
+            if "labels" not in batch:
+                shape = (len(batch["pixel_values"]),)
+                if self.task.startswith("vqa"):
+                    shape += (len(self.answer_vocab),)
+                batch["labels"] = torch.full(shape, NO_TARGET, dtype=torch.float if len(shape) == 2 else torch.long)
+            return batch
+        if self.head == "classification":
+            return {k: v for k, v in batch.items() if not k.startswith("caption_")}
+        if "caption_input_ids" not in batch:  # no row of this batch has a caption: nothing for this head
+            return {}
+        has_caption = batch["caption_attention_mask"].bool().any(-1)
+        ids, mask = batch["caption_input_ids"][has_caption], batch["caption_attention_mask"][has_caption]
+        common = {"pixel_values": batch["pixel_values"][has_caption], "row_index": batch["row_index"][has_caption]}
+        if self.head == "retrieval":
+            return {**common, "input_ids": ids, "attention_mask": mask, "labels": batch["image_ids"][has_caption]}
+        return {**common, "decoder_input_ids": ids, "decoder_attention_mask": mask,
+                "labels": caption_labels(ids, mask, self.processor.tokenizer.pad_token_id)}
+
+
+class CaptionPairs(torch.utils.data.Dataset):
+    """One example per image-caption pair (a row with five captions is five examples per epoch, as COCO captioning
+    and ALBEF/BLIP retrieval training iterate), so every caption trains in every epoch; rows without captions are
+    one example each. An example is the row with `caption_index` set, which `XAttnCollator` reads.
+
+    The pairs are a fixed list, so the DataLoader's seeded sampler shuffles them and a resumed run skips exactly
+    the batches it had done."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.pairs = [(row, caption) for row, captions in enumerate(dataset["captions"])
+                      for caption in range(max(len(row_captions({"captions": captions})), 1))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        row, caption = self.pairs[index]
+        return {**self.dataset[row], "caption_index": caption}
+
+
+class EpochSeeded(torch.utils.data.Dataset):
+    """A view of `dataset` whose examples draw something from a generator seeded with (seed, epoch, index): the draw
+    does not depend on the global random state, the loader's workers or an interruption, so a resumed run draws the
+    same. `set_epoch` (passed on to a wrapped `EpochSeeded`) moves to the next pass; the epoch sits in shared memory,
+    so workers see it."""
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, seed
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+        if isinstance(self.dataset, EpochSeeded):
+            self.dataset.set_epoch(epoch)
+
+    def generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(stable_id(f"{self.seed}/{int(self._epoch[0])}/{index}"))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+class CaptionPerPhoto(EpochSeeded):
+    """One example per photo and epoch, with one of its captions drawn from (seed, epoch, index): the alternative
+    to `CaptionPairs` (every image-caption pair every epoch), as some captioning recipes sample. Rows without
+    captions are one example each, unchanged."""
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        count = len(row_captions(row))
+        if count < 2:
+            return row
+        return {**row, "caption_index": int(torch.randint(count, (1,), generator=self.generator(index)))}
+
+
+class RandomResizedCrops(EpochSeeded):
+    """Training examples with a random crop each (torchvision's RandomResizedCrop parameters: an area in
+    [`scale`, 1] of the photo, aspect ratio in [3/4, 4/3]; no flips, since captions say "left" and "right"). The crop
+    is a box in fractions of the photo, `row["crop_box"] = (left, top, right, bottom)`, which `XAttnCollator` cuts
+    before the processor resizes, drawn from (seed, epoch, index) (`EpochSeeded`)."""
+
+    def __init__(self, dataset, scale: float = 0.5, seed: int = 0, ratio=(3 / 4, 4 / 3)):
+        if not 0.0 < scale <= 1.0:
+            raise ValueError(f"RandomResizedCrops: scale must lie in (0, 1], got {scale!r}")
+        super().__init__(dataset, seed)
+        self.scale, self.ratio = scale, ratio
+
+    def crop_box(self, index: int) -> tuple[float, float, float, float]:
+        generator = self.generator(index)
+        log_ratio = torch.log(torch.tensor(self.ratio))
+        for _ in range(10):  # torchvision's rejection loop, on the unit square (the aspect is the photo's own)
+            area = self.scale + (1.0 - self.scale) * torch.rand(1, generator=generator).item()
+            aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=generator)).item()
+            width, height = math.sqrt(area * aspect), math.sqrt(area / aspect)
+            if width <= 1.0 and height <= 1.0:
+                left = (1.0 - width) * torch.rand(1, generator=generator).item()
+                top = (1.0 - height) * torch.rand(1, generator=generator).item()
+                return left, top, left + width, top + height
+        return 0.0, 0.0, 1.0, 1.0
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        return row if self.scale >= 1.0 else {**row, "crop_box": self.crop_box(index)}
+
+
+def crop_fraction(image: Image.Image, box) -> Image.Image:
+    """`image` cut to `box` = (left, top, right, bottom) in fractions of its width and height."""
+    width, height = image.size
+    left, top, right, bottom = box
+    return image.crop((round(left * width), round(top * height), max(round(right * width), round(left * width) + 1),
+                       max(round(bottom * height), round(top * height) + 1)))

@@ -1,0 +1,1 @@
+"""Data: every source read into one row schema, as whole datasets or as streams."""

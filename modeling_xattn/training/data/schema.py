@@ -1,0 +1,248 @@
+"""The common row schema every source produces, and what a row offers each task.
+
+Schema (every loader returns these columns; a task ignores what it does not use):
+    image     - a PIL image (`datasets.Image()` feature) or a path string
+    text      - statement, tweet or question for classification / VQA ("" when there is none)
+    captions  - list of reference captions (empty when there are none)
+    label     - class id for classification, -100 (`NO_TARGET`) when unlabelled
+    answers   - list of human answers for VQA (empty when there are none)
+    image_id  - an identifier of the image (several captions of one image share it)
+
+Unreadable, truncated or missing images and decompression bombs are refused by `load_image` and counted by the
+callers in `BadRowCounter`; non-UTF-8 text is converted (`clean_text`)."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from modeling_xattn.configuration_xattn import SENTIMENT_LABELS
+
+SCHEMA = ("image", "text", "captions", "label", "answers", "image_id")
+
+
+NO_TARGET = -100  # "no target" for a row, in labels everywhere (transformers' losses ignore -100)
+
+
+def as_label(value) -> int:
+    """A class id, or `NO_TARGET` for None or a negative id (datasets' `ClassLabel` marks a missing label with -1)."""
+    if value is None or isinstance(value, bool):
+        return NO_TARGET
+    if isinstance(value, str):
+        value = value.strip()
+        if value in SENTIMENT_LABELS:
+            return SENTIMENT_LABELS.index(value)
+        return int(value) if value.lstrip("-").isdigit() and int(value) >= 0 else NO_TARGET
+    value = int(value)
+    return value if value >= 0 else NO_TARGET
+
+
+@dataclass
+class BadRowCounter:
+    """Rows skipped for bad input and values converted to make a row usable, by reason; `summary()` is printed at
+    the end of a run. A row (`where`) skipped again for the same reason (next epoch, another caption of the same
+    image) is counted once."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+    converted: Counter = field(default_factory=Counter)
+    _seen: set = field(default_factory=set, repr=False)
+
+    def add(self, reason: str, where: str = ""):
+        """Count a skipped row."""
+        self._record(self.counts, "skipped", reason, where)
+
+    def convert(self, reason: str, where: str = ""):
+        """Count a value that was repaired rather than skipped (a Latin-1 caption, a 16-bit image...)."""
+        self._record(self.converted, "converted", reason, where)
+
+    def _record(self, counts: Counter, kind: str, reason: str, where: str):
+        key = (kind, reason, where)
+        if where and key in self._seen:
+            return
+        self._seen.add(key)
+        counts[reason] += 1
+        self.examples.setdefault(reason, where)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        def listed(counts):
+            return "; ".join(f"{reason}: {n} (e.g. {self.examples[reason]})" for reason, n in counts.most_common())
+
+        text = f"bad rows skipped: {self.total}" + (f" - {listed(self.counts)}" if self.counts else "")
+        if self.converted:
+            text += f"\nvalues converted: {sum(self.converted.values())} - {listed(self.converted)}"
+        return text
+
+
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+
+
+def load_image(value, base_dir: str | None = None) -> Image.Image:
+    """A PIL image from a PIL image, a path, or a datasets image dict; fully decoded (truncated files fail here)."""
+    if isinstance(value, dict):  # datasets' undecoded image: {"bytes": ..., "path": ...}
+        value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else value.get("path")
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(base_dir, value) if base_dir and not os.path.isabs(value) else Path(value)
+        value = Image.open(path)
+    if not isinstance(value, Image.Image):
+        raise ValueError(f"not an image: {type(value).__name__}")
+    if value.width * value.height > MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{value.width}x{value.height} pixels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        value.load()
+    return value
+
+
+def clean_text(value) -> str:
+    """Text as a clean string; bytes are decoded as UTF-8, falling back to Latin-1 (never fails)."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            value = value.decode("latin-1")
+    return " ".join(str(value).split())
+
+
+# What each collator task trains on: a row is usable when it has at least one of these targets.
+TASK_TARGETS = {
+    "multitask": ("statement", "caption"),
+    "classification": ("statement",),
+    "vqa": ("question",),
+    "vqa+captions": ("question", "caption"),
+    "retrieval": ("caption",),
+    "captioning": ("caption",),
+}
+
+
+def row_text(row, task: str) -> str:
+    """The text the fused encoder reads for a row: the question for VQA, else the statement."""
+    return clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text"))
+
+
+def row_captions(row) -> list[str]:
+    return [text for text in (clean_text(c) for c in row.get("captions") or []) if text]
+
+
+def row_targets(row, task: str) -> set[str]:
+    """The targets of `task` that `row` carries: "statement" (text + class label), "question" (VQA question),
+    "caption" (at least one non-empty caption). Reads no image."""
+    targets = set()
+    text = row_text(row, task)
+    if text and as_label(row.get("label")) != NO_TARGET:
+        targets.add("statement")
+    if text and task.startswith("vqa"):
+        targets.add("question")
+    if row_captions(row):
+        targets.add("caption")
+    return targets & set(TASK_TARGETS[task])
+
+
+def missing_target_reason(row, task: str) -> str:
+    """Why a row has no target for `task`, for the skipped-row summary."""
+    if task == "classification":
+        return "empty text" if not row_text(row, task) else "no label"
+    if task == "vqa":
+        return "empty question"
+    if task in ("retrieval", "captioning"):
+        return "no caption"
+    return "no caption and no labelled text" if task == "multitask" else "no caption and no question"
+
+
+def stable_id(value) -> int:
+    """An integer id for any image id, equal across processes (Python's str hash is salted per process)."""
+    import hashlib
+
+    if isinstance(value, int):
+        return value
+    return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=7).digest(), "big")
+
+
+def vqa_soft_scores(answers: list[list[str]], vocab: dict[str, int]) -> torch.Tensor:
+    """The standard VQA target: score(a) = min(#annotators who gave a / 3, 1) for each answer in the vocabulary."""
+    scores = torch.zeros(len(answers), len(vocab))
+    for row, given in enumerate(answers):
+        for answer, count in Counter(clean_text(a).lower() for a in given).items():
+            if answer in vocab:
+                scores[row, vocab[answer]] = vqa_score(count)
+    return scores
+
+
+def answer_vocabulary(dataset, top_k: int = 3129) -> list[str]:
+    """The `top_k` most frequent answers (VQAv2's usual 3129), most frequent first."""
+    counts = Counter(clean_text(a).lower() for answers in dataset["answers"] for a in answers)
+    return [a for a, _ in counts.most_common(top_k)]
+
+
+def to_schema(rows: list[dict], class_names: list[str] | None = None):
+    """Rows -> a Dataset of the schema. With `class_names`, string labels become ids into it and the label column a
+    `ClassLabel` that carries the names (the training script names the classifier's outputs after them; a missing
+    label is then -1, ClassLabel's own mark, which `as_label` reads as -100)."""
+    import datasets
+
+    for row in rows:
+        row.setdefault("text", "")
+        row.setdefault("captions", [])
+        row["label"] = label_id(row.get("label"), class_names)
+        row.setdefault("answers", [])
+        row.setdefault("question", "")
+    columns = {key: [row.get(key) for row in rows] for key in (*SCHEMA, "question")}
+    columns["image_id"] = [str(v) for v in columns["image_id"]]
+    dataset = datasets.Dataset.from_dict(columns)
+    return dataset.cast_column("label", datasets.ClassLabel(names=class_names)) if class_names else dataset
+
+
+def label_id(label, class_names: list[str] | None = None) -> int:
+    """A label (id or name) as an id into `class_names`; a missing or unknown label is -1 with names (ClassLabel's
+    own mark, which `as_label` reads as -100) and -100 without."""
+    if class_names and isinstance(label, str) and label.strip() in class_names:
+        return class_names.index(label.strip())
+    label = as_label(label)
+    return -1 if class_names and label == NO_TARGET else label
+
+
+def class_names(*datasets_) -> list[str]:
+    """The classifier's label names for training on `datasets_`: names a loader recorded, the sentiment names for
+    ids 0-2 (the paper's 3-way task), else "0".."K-1" for the largest id K-1 found."""
+    import datasets
+
+    top = -1
+    for dataset in datasets_:
+        feature = dataset.features.get("label")
+        if isinstance(feature, datasets.ClassLabel):
+            return list(feature.names)
+        top = max([top, *(as_label(v) for v in dataset["label"])])
+    return list(SENTIMENT_LABELS) if top < len(SENTIMENT_LABELS) else [str(i) for i in range(top + 1)]
+
+
+def class_names_of(labels) -> list[str] | None:
+    """Class names when labels are names other than the sentiment ones (sorted, so every split maps a name to the
+    same id); None when they are ids or sentiment names, which `as_label` reads."""
+    names = {str(label).strip() for label in labels if isinstance(label, str) and label.strip()}
+    if all(name in SENTIMENT_LABELS or name.lstrip("-").isdigit() for name in names):
+        return None
+    return sorted(name for name in names if not name.lstrip("-").isdigit())
+
+
+# The split folder names `datasets`' imagefolder recognises, mapped to the split they hold.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                 "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "test",
+                 "evaluation": "test"}
+
+
+def vqa_score(count: int) -> float:
+    """The standard VQA soft score of an answer given by `count` of the annotators: min(count / 3, 1)."""
+    return min(count / 3.0, 1.0)

@@ -1,0 +1,65 @@
+"""Figures written to files: training curves and photos with their generated and reference captions."""
+
+from __future__ import annotations
+
+import math
+
+from modeling_xattn.training.data.schema import load_image
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures go to files, no display is needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: list[dict], path: str) -> None:
+    """A PNG of every loss and metric in `history` against the step."""
+    plt = pyplot()
+
+    keys = sorted({k for row in history for k in row if k != "step" and isinstance(row[k], (int, float))})
+    losses = [k for k in keys if "loss" in k]
+    metrics = [k for k in keys if "loss" not in k and k != "lr"]
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, group, title in ((axes[0], losses, "losses"), (axes[1], metrics, "validation metrics"), (axes[2], ["lr"], "learning rate")):
+        for key in group:
+            points = [(row["step"], row[key]) for row in history if key in row and math.isfinite(row[key])]
+            if points:
+                ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if group:
+            ax.legend(fontsize=7)
+    axes[2].set_yscale("log")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_caption_samples(images, predictions: list[str], references: list[list[str]], path: str, columns: int = 3):
+    """A PNG grid: each photo above its generated caption and its reference captions."""
+    import textwrap
+
+    plt = pyplot()
+
+
+    rows = math.ceil(len(images) / columns)
+    figure, axes = plt.subplots(2 * rows, columns, figsize=(4.6 * columns, 7.0 * rows), squeeze=False,
+                                gridspec_kw={"height_ratios": [3, 2] * rows})
+    for ax in axes.flat:
+        ax.axis("off")
+    for index, (image, predicted, refs) in enumerate(zip(images, predictions, references)):
+        row, column = divmod(index, columns)
+        axes[2 * row, column].imshow(load_image(image).convert("RGB"))
+        lines = textwrap.wrap(f"generated: {predicted}", 52) + ["references:"]
+        for reference in refs[:5]:
+            lines += textwrap.wrap(f"- {reference}", 52)
+        axes[2 * row + 1, column].text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8,
+                                       transform=axes[2 * row + 1, column].transAxes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

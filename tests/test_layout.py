@@ -1,0 +1,133 @@
+"""The package's shape: the Hub model apart from the training library, dependencies pointing one way, no cycle.
+
+Read from the source (AST), so a function-local import counts like any other: it cannot hide a cycle."""
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "modeling_xattn"
+HUB_FILES = ("configuration_xattn", "modeling_xattn", "processing_xattn", "pipeline_xattn")
+
+# Each module's layer: a module may import from its own layer or a lower one, never a higher one.
+LAYERS = {
+    0: ["modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES)],  # what ships next to the weights
+    1: ["modeling_xattn.training.data.schema", "modeling_xattn.training.data.synthetic",
+        "modeling_xattn.training.distributed"],
+    2: ["modeling_xattn.training.data.shards", "modeling_xattn.training.data.sources",
+        "modeling_xattn.training.data.streaming", "modeling_xattn.training.collate", "modeling_xattn.training.tasks"],
+    3: ["modeling_xattn.training.metrics", "modeling_xattn.training.caption_metric", "modeling_xattn.training.hub",
+        "modeling_xattn.training.plots", "modeling_xattn.training.optimization", "modeling_xattn.training.checkpoints"],
+    4: ["modeling_xattn.training.evaluation", "modeling_xattn.training.publishing"],
+    5: ["modeling_xattn.training.loop"],
+    6: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "prediction",
+                                                              "visualization")],
+}
+RANK = {module: rank for rank, modules in LAYERS.items() for module in modules}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every package module `path` imports, at the top or inside a function, absolute or relative."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            modules = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {m for m in modules if m.startswith("modeling_xattn") and module_path(m)}
+    return found - {name}
+
+
+def module_path(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted(module for module in graph() if module not in RANK and not module.endswith((".training",
+                                                                                               ".data", ".apps")))
+    assert not unplaced, f"place these modules in a layer of LAYERS: {unplaced}"
+
+
+def test_dependencies_point_down_the_layers():
+    upward = [(module, target) for module, targets in graph().items() for target in targets
+              if module in RANK and target in RANK and RANK[target] > RANK[module]]
+    assert not upward, f"imports from a higher layer: {upward}"
+
+
+def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first walk of `edges` closes, each as the modules along it."""
+    state, stack, cycles = {}, [], []
+
+    def visit(module):
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycle():
+    cycles = find_cycles(graph())
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_hub_files_import_only_each_other():
+    for name in HUB_FILES:
+        path = PACKAGE / f"{name}.py"
+        outside = {m for m in imports_of(path) if m.rpartition(".")[2] not in HUB_FILES}
+        assert not outside, f"{path.name} imports {outside}: custom code on the Hub cannot import them"
+
+
+def test_scripts_import_no_script():
+    for path in (ROOT / "scripts").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        siblings = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+        assert not {n.split(".")[0] for n in names} & (siblings | {"scripts"}), path.name
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    # the check itself can fail: two modules importing each other, one of them inside a function
+    package = tmp_path / "modeling_xattn"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import x\n")
+    (package / "b.py").write_text("def f():\n    from modeling_xattn.a import y\n")
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "ROOT", tmp_path)
+    monkeypatch.setattr(this, "PACKAGE", package)
+    assert graph()["modeling_xattn.b"] == {"modeling_xattn.a"}
+    assert find_cycles(graph()) == [["modeling_xattn.a", "modeling_xattn.b", "modeling_xattn.a"]]
