@@ -6,6 +6,8 @@ import ast
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "modeling_xattn"
 HUB_FILES = ("configuration_xattn", "modeling_xattn", "processing_xattn", "pipeline_xattn")
@@ -131,3 +133,37 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
     monkeypatch.setattr(this, "PACKAGE", package)
     assert graph()["modeling_xattn.b"] == {"modeling_xattn.a"}
     assert find_cycles(graph()) == [["modeling_xattn.a", "modeling_xattn.b", "modeling_xattn.a"]]
+
+
+# --------------------------------------------------------------------------------------------- the task registry
+
+
+def test_every_task_is_declared_once_and_matches_the_model():
+    import dataclasses
+
+    from modeling_xattn import XAttnConfig, XAttnForMultiTask
+    from modeling_xattn.modeling_xattn import HEAD_PREFIXES, XAttnMultiTaskOutput
+    from modeling_xattn.training import evaluation
+    from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, REGISTRY, TASK_TARGETS
+
+    config = XAttnConfig.from_preset("tiny")
+    model = XAttnForMultiTask(config)
+    outputs = {field.name for field in dataclasses.fields(XAttnMultiTaskOutput)}
+    for name, task in REGISTRY.items():
+        assert task.head in HEAD_PREFIXES and isinstance(getattr(model, task.head), torch.nn.Module), name
+        assert set(task.losses) <= outputs, name
+        assert all(isinstance(getattr(config, weight), float) for weight in task.weights), name
+        assert any(task.target in targets for targets in TASK_TARGETS.values()), name
+    assert set(HEAD_PREFIXES) == {task.head for task in REGISTRY.values()}  # every head serves a task
+    assert set(LOSS_KEYS) == {field for field in outputs if field.startswith("loss_")}  # every loss has its task
+    assert evaluation.TASKS == EVALUATED_TASKS == ("classification", "retrieval", "captioning")
+
+
+def test_a_run_weighs_only_the_losses_of_its_tasks():
+    from modeling_xattn.training.tasks import loss_weights
+
+    given = {"lambda_ce": 2.0, "lambda_cl": 3.0, "lambda_itm": 4.0, "lambda_seq": 5.0}
+    assert loss_weights({"captioning"}, given) == {"lambda_ce": 0.0, "lambda_cl": 0.0, "lambda_itm": 0.0,
+                                                    "lambda_seq": 5.0}
+    assert loss_weights({"retrieval", "vqa"}, given) == {"lambda_ce": 2.0, "lambda_cl": 3.0, "lambda_itm": 4.0,
+                                                         "lambda_seq": 0.0}

@@ -11,17 +11,14 @@ from PIL import Image
 from modeling_xattn.modeling_xattn import caption_labels
 from modeling_xattn.training.data.schema import (
     NO_TARGET,
-    TASK_TARGETS,
     BadRowCounter,
     as_label,
     load_image,
-    missing_target_reason,
     row_captions,
-    row_targets,
-    row_text,
     stable_id,
     vqa_soft_scores,
 )
+from modeling_xattn.training.tasks import TASK_TARGETS, missing_target_reason, row_targets, row_text
 
 
 class XAttnCollator:

@@ -22,11 +22,11 @@ from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.hub import load_pretrained, load_processor
 from modeling_xattn.training.metrics import caption_metrics, classification_metrics, recall_at_k, retrieval_metrics
 from modeling_xattn.training.plots import plot_caption_samples
-from modeling_xattn.training.tasks import usable_rows
+from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, usable_rows
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("classification", "retrieval", "captioning")
+TASKS = EVALUATED_TASKS  # the tasks evaluate_model scores (the registry's)
 
 
 def load_model(name: str, revision: str | None = None):
@@ -270,7 +270,7 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
         with accelerator.autocast():
             out = model(**batch)
         size = len(batch["pixel_values"])
-        for key in ("loss", "loss_ce", "loss_cl", "loss_itm", "loss_seq"):
+        for key in ("loss", *LOSS_KEYS):
             value = getattr(out, key)
             if value is not None:
                 total = accelerator.gather_for_metrics(value.detach().float().reshape(1) * size).sum()

@@ -38,7 +38,7 @@ from modeling_xattn.training.collate import (
     RandomResizedCrops,
     XAttnCollator,
 )
-from modeling_xattn.training.data.schema import TASK_TARGETS, BadRowCounter, answer_vocabulary, class_names
+from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary, class_names
 from modeling_xattn.training.data.sources import add_data_arguments, load_split, undecoded
 from modeling_xattn.training.data.streaming import StreamingData
 from modeling_xattn.training.distributed import any_process
@@ -46,7 +46,15 @@ from modeling_xattn.training.evaluation import evaluate_multitask
 from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
 from modeling_xattn.training.plots import plot_training_curves
 from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
-from modeling_xattn.training.tasks import collator_task, select_tasks, usable_rows
+from modeling_xattn.training.tasks import (
+    LOSS_KEYS,
+    LOSS_WEIGHTS,
+    TASK_TARGETS,
+    collator_task,
+    loss_weights,
+    select_tasks,
+    usable_rows,
+)
 
 STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_steps 0 mean every this many steps
 
@@ -222,10 +230,7 @@ def build_model(args, processor, tasks, label_names, answers=None):
         labels = dict(id2label=dict(enumerate(label_names)))
     overrides = dict(
         fusion_type=args.fusion_type, modalities=args.modalities, use_cbam=not args.no_cbam,
-        lambda_ce=args.lambda_ce if tasks & {"classification", "vqa"} else 0.0,
-        lambda_cl=args.lambda_cl if "retrieval" in tasks else 0.0,
-        lambda_seq=args.lambda_seq if "captioning" in tasks else 0.0,
-        lambda_itm=args.lambda_itm if "retrieval" in tasks else 0.0,
+        **loss_weights(tasks, {weight: getattr(args, weight) for weight in LOSS_WEIGHTS}),
         text_config={"vocab_size": len(processor.tokenizer)},
         image_size=_image_size(args),
         contrastive_loss=args.contrastive_loss,
@@ -426,9 +431,9 @@ def train(args) -> dict:
                                        f"({', '.join(k for k in batch if 'ids' in k)}); check --tasks and --modalities")
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(
-                        f"non-finite loss {out.loss.item()} at step {state.global_step} (ce={out.loss_ce}, "
-                        f"cl={out.loss_cl}, itm={out.loss_itm}, seq={out.loss_seq}); lower --learning_rate or check the data. "
-                        f"The last checkpoint is in {checkpoints_dir}.")
+                        f"non-finite loss {out.loss.item()} at step {state.global_step} ("
+                        + ", ".join(f"{key}={getattr(out, key)}" for key in LOSS_KEYS)
+                        + f"); lower --learning_rate or check the data. The last checkpoint is in {checkpoints_dir}.")
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -443,7 +448,7 @@ def train(args) -> dict:
             state.global_step += 1
             progress.update(1)
             logs = {"step": state.global_step, "train_loss": out.loss.item(), "lr": optimizer.param_groups[0]["lr"]}
-            for key in ("loss_ce", "loss_cl", "loss_itm", "loss_seq"):
+            for key in LOSS_KEYS:
                 if getattr(out, key) is not None:
                     logs[f"train_{key}"] = getattr(out, key).item()
             progress.set_postfix(loss=f"{logs['train_loss']:.3f}")

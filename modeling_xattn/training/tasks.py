@@ -1,16 +1,97 @@
-"""What a run trains on: the tasks, the target each needs, and the rows that carry one."""
+"""The task registry: every task declared once, with the row target it needs, the head that serves it, its losses
+and their Formula 4 weights, and what evaluation reports for it; and the rows that carry each task's target.
+
+Adding a head: the head in `modeling_xattn.py` (its prefix in `HEAD_PREFIXES`, its loss a field of the output), one
+`Task` below, and its tests. Training, evaluation, the collator's row filter and the non-finite-loss report read it
+from here."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
-from modeling_xattn.training.data.schema import BadRowCounter, missing_target_reason, row_targets
-
-TASKS = ("classification", "retrieval", "captioning", "vqa")
+from modeling_xattn.training.data.schema import NO_TARGET, BadRowCounter, as_label, clean_text, row_captions
 
 
-# Which target each task needs (see `data.schema.row_targets`).
-TASK_NEEDS = {"classification": "statement", "retrieval": "caption", "captioning": "caption", "vqa": "question"}
+@dataclass(frozen=True)
+class Task:
+    """One task: `target` is what a row must carry ("statement": a text with a class label, "caption", "question"),
+    `head` the module of `XAttnForMultiTask` that serves it, `losses` its fields of the model output and `weights`
+    the config fields that weigh them in Formula 4, `metrics` the keys evaluation reports, `auto` whether `--tasks
+    auto` trains it where the data has its target, `evaluated` whether `evaluate_model` scores it."""
+
+    name: str
+    target: str
+    head: str
+    losses: tuple[str, ...]
+    weights: tuple[str, ...]
+    metrics: tuple[str, ...]
+    auto: bool = True
+    evaluated: bool = True
+
+
+REGISTRY = {task.name: task for task in (
+    Task("classification", "statement", "classifier", ("loss_ce",), ("lambda_ce",), ("accuracy", "macro_f1")),
+    Task("retrieval", "caption", "retrieval", ("loss_cl", "loss_itm"), ("lambda_cl", "lambda_itm"),
+         ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")),
+    Task("captioning", "caption", "captioner", ("loss_seq",), ("lambda_seq",),
+         ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")),
+    # VQA: answers as classes on the classifier (soft scores), trained only when asked for
+    Task("vqa", "question", "classifier", ("loss_ce",), ("lambda_ce",), ("vqa_accuracy",), auto=False, evaluated=False),
+)}
+TASKS = tuple(REGISTRY)
+EVALUATED_TASKS = tuple(name for name, task in REGISTRY.items() if task.evaluated)
+LOSS_KEYS = tuple(dict.fromkeys(key for task in REGISTRY.values() for key in task.losses))
+LOSS_WEIGHTS = tuple(dict.fromkeys(key for task in REGISTRY.values() for key in task.weights))
+
+
+def loss_weights(tasks, weights: dict[str, float]) -> dict[str, float]:
+    """Formula 4's weights for a run that trains `tasks`: each task's own weights as given, 0 for every other."""
+    used = {weight for name in tasks for weight in REGISTRY[name].weights}
+    return {weight: (weights[weight] if weight in used else 0.0) for weight in LOSS_WEIGHTS}
+
+
+# What each collator task (one per set of training tasks, `collator_task`) trains on: a row is usable when it has at
+# least one of these targets.
+TASK_TARGETS = {
+    "multitask": ("statement", "caption"),
+    "classification": ("statement",),
+    "vqa": ("question",),
+    "vqa+captions": ("question", "caption"),
+    "retrieval": ("caption",),
+    "captioning": ("caption",),
+}
+
+
+def row_text(row, task: str) -> str:
+    """The text the fused encoder reads for a row: the question for VQA, else the statement."""
+    return clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text"))
+
+
+
+def row_targets(row, task: str) -> set[str]:
+    """The targets of `task` that `row` carries: "statement" (text + class label), "question" (VQA question),
+    "caption" (at least one non-empty caption). Reads no image."""
+    targets = set()
+    text = row_text(row, task)
+    if text and as_label(row.get("label")) != NO_TARGET:
+        targets.add("statement")
+    if text and task.startswith("vqa"):
+        targets.add("question")
+    if row_captions(row):
+        targets.add("caption")
+    return targets & set(TASK_TARGETS[task])
+
+
+def missing_target_reason(row, task: str) -> str:
+    """Why a row has no target for `task`, for the skipped-row summary."""
+    if task == "classification":
+        return "empty text" if not row_text(row, task) else "no label"
+    if task == "vqa":
+        return "empty question"
+    if task in ("retrieval", "captioning"):
+        return "no caption"
+    return "no caption and no labelled text" if task == "multitask" else "no caption and no question"
 
 
 def collator_task(tasks: set[str]) -> str:
@@ -44,7 +125,7 @@ def select_tasks(requested: str, dataset) -> set[str]:
     probe = _target_rows(dataset, "vqa+captions") if "vqa" in requested else _target_rows(dataset, "multitask")
     have = Counter(target for targets in probe for target in targets)
     if requested == "auto":
-        tasks = {task for task in ("classification", "retrieval", "captioning") if have[TASK_NEEDS[task]]}
+        tasks = {name for name, task in REGISTRY.items() if task.auto and have[task.target]}
         if not tasks:
             raise ValueError(f"no row of the {len(dataset)} training rows has a caption or a labelled text: nothing "
                              "to train (check --caption_column, --text_column and --label_column)")
@@ -54,7 +135,7 @@ def select_tasks(requested: str, dataset) -> set[str]:
     if unknown or not tasks or {"classification", "vqa"} <= tasks:
         raise ValueError(f"--tasks {requested}: choose from {', '.join(TASKS)} (or auto); classification and vqa "
                          f"share one classifier, so not both; unknown: {sorted(unknown)}")
-    missing = [task for task in sorted(tasks) if not have[TASK_NEEDS[task]]]
+    missing = [task for task in sorted(tasks) if not have[REGISTRY[task].target]]
     if missing:
         found = ", ".join(f"{have[name]} with a {name}" for name in ("statement", "question", "caption"))
         raise ValueError(f"--tasks {requested}: no training row has a target for {', '.join(missing)} "

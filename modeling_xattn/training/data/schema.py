@@ -117,49 +117,8 @@ def clean_text(value) -> str:
     return " ".join(str(value).split())
 
 
-# What each collator task trains on: a row is usable when it has at least one of these targets.
-TASK_TARGETS = {
-    "multitask": ("statement", "caption"),
-    "classification": ("statement",),
-    "vqa": ("question",),
-    "vqa+captions": ("question", "caption"),
-    "retrieval": ("caption",),
-    "captioning": ("caption",),
-}
-
-
-def row_text(row, task: str) -> str:
-    """The text the fused encoder reads for a row: the question for VQA, else the statement."""
-    return clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text"))
-
-
 def row_captions(row) -> list[str]:
     return [text for text in (clean_text(c) for c in row.get("captions") or []) if text]
-
-
-def row_targets(row, task: str) -> set[str]:
-    """The targets of `task` that `row` carries: "statement" (text + class label), "question" (VQA question),
-    "caption" (at least one non-empty caption). Reads no image."""
-    targets = set()
-    text = row_text(row, task)
-    if text and as_label(row.get("label")) != NO_TARGET:
-        targets.add("statement")
-    if text and task.startswith("vqa"):
-        targets.add("question")
-    if row_captions(row):
-        targets.add("caption")
-    return targets & set(TASK_TARGETS[task])
-
-
-def missing_target_reason(row, task: str) -> str:
-    """Why a row has no target for `task`, for the skipped-row summary."""
-    if task == "classification":
-        return "empty text" if not row_text(row, task) else "no label"
-    if task == "vqa":
-        return "empty question"
-    if task in ("retrieval", "captioning"):
-        return "no caption"
-    return "no caption and no labelled text" if task == "multitask" else "no caption and no question"
 
 
 def stable_id(value) -> int:

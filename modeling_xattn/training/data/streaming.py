@@ -27,7 +27,6 @@ import torch
 
 from modeling_xattn.training.data.schema import (
     SPLIT_FOLDERS,
-    TASK_TARGETS,
     BadRowCounter,
     class_names_of,
     label_id,
@@ -37,6 +36,7 @@ from modeling_xattn.training.data.schema import (
 from modeling_xattn.training.data.shards import from_shard, shard_features, shard_files, write_shards
 from modeling_xattn.training.data.sources import held_out_by_id, map_columns, source_splits, undecoded
 from modeling_xattn.training.distributed import any_process
+from modeling_xattn.training.tasks import TASK_TARGETS
 
 
 def schema_stream(stream, args):
