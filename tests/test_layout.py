@@ -167,3 +167,12 @@ def test_a_run_weighs_only_the_losses_of_its_tasks():
                                                     "lambda_seq": 5.0}
     assert loss_weights({"retrieval", "vqa"}, given) == {"lambda_ce": 2.0, "lambda_cl": 3.0, "lambda_itm": 4.0,
                                                          "lambda_seq": 0.0}
+
+
+def test_no_function_of_the_training_library_is_longer_than_80_lines():
+    long = []
+    for path in (PACKAGE / "training").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long, f"split these into phases: {long}"

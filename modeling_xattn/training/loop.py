@@ -12,7 +12,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -60,10 +62,17 @@ STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_ste
 
 
 def parse_args(argv=None, description: str | None = None):
-    """The training options (`scripts/train.py --help` lists them)."""
+    """The training options (`scripts/train.py --help` lists them, by group), with the recipe's values filled in."""
     p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
+    add_model_arguments(p)
+    add_optimisation_arguments(p)
+    add_run_arguments(p)
+    return apply_recipe(p.parse_args(argv))
 
+
+def add_model_arguments(p) -> None:
+    """The model: preset, image size, ablation switches, pretrained towers."""
     model = p.add_argument_group("model")
     model.add_argument("--tokenizer", help="tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
     model.add_argument("--vocab_size", type=int, default=1000, help="size of a tokenizer trained on the data")
@@ -80,85 +89,91 @@ def parse_args(argv=None, description: str | None = None):
     model.add_argument("--memory_saving", "--gradient_checkpointing", dest="memory_saving", action="store_true",
                        help="DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers")
 
-    train = p.add_argument_group("optimisation (defaults: the paper's; weight decay decoupled, see --optimizer)")
-    train.add_argument("--tasks", default="auto",
+
+def add_optimisation_arguments(p) -> None:
+    """Tasks, losses and the recipe's optimisation choices (an option left unset takes `--recipe`'s value)."""
+    optimisation = p.add_argument_group("optimisation (defaults: the paper's; weight decay decoupled, see --optimizer)")
+    optimisation.add_argument("--tasks", default="auto",
                        help="comma-separated subset of classification, retrieval, captioning; or vqa (answers as "
                             "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning. auto (default): "
                             "every task whose targets the training rows carry")
-    train.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
-    train.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+    optimisation.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
+    optimisation.add_argument("--recipe", default="default", choices=sorted(RECIPES),
                        help="default: the choices that measured best on real held-out photos (README, Real "
                             "photographs); paper: the paper's literal choices (Formula 2 as written, Adam with its "
                             "coupled weight decay 1e-4 on every weight, Formula 5, no augmentation, plain "
                             "cross-attention, mean pooling). An option given explicitly overrides the recipe's value")
-    train.add_argument("--contrastive_loss", choices=["margin", "margin_squared", "infonce", "sigmoid"],
+    optimisation.add_argument("--contrastive_loss", choices=["margin", "margin_squared", "infonce", "sigmoid"],
                        help="retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's "
                             "squared form), infonce (CLIP's) or sigmoid (SigLIP's pairwise loss). Recipe default: "
                             "infonce; paper: margin")
-    train.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
-    train.add_argument("--contrastive_temperature", type=float, default=0.07,
+    optimisation.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
+    optimisation.add_argument("--contrastive_temperature", type=float, default=0.07,
                        help="InfoNCE temperature (its initial value when learned)")
-    train.add_argument("--learnable_temperature", action=argparse.BooleanOptionalAction,
+    optimisation.add_argument("--learnable_temperature", action=argparse.BooleanOptionalAction,
                        help="learn InfoNCE's temperature (CLIP: logit scale from ln(1/0.07), clamped at ln 100, no "
                             "weight decay). Recipe default: on; paper: off")
-    train.add_argument("--fusion_gate", action=argparse.BooleanOptionalAction,
+    optimisation.add_argument("--fusion_gate", action=argparse.BooleanOptionalAction,
                        help="tanh-gated cross-attention initialised closed (Flamingo): the full model starts as the "
                             "concatenation model. Recipe default: on; paper: off")
-    train.add_argument("--fusion_gate_init", type=float, default=0.0,
+    optimisation.add_argument("--fusion_gate_init", type=float, default=0.0,
                        help="initial g of the gates (0: closed, exactly the concatenation model at the start)")
-    train.add_argument("--retrieval_pooling", choices=["mean", "attention"],
+    optimisation.add_argument("--retrieval_pooling", choices=["mean", "attention"],
                        help="pooling of the retrieval embeddings. Recipe default: attention; paper: mean")
-    train.add_argument("--lambda_ce", type=float, default=1.0)
-    train.add_argument("--lambda_cl", type=float, default=1.0)
-    train.add_argument("--lambda_seq", type=float, default=1.0)
-    train.add_argument("--lambda_itm", type=float,
+    optimisation.add_argument("--lambda_ce", type=float, default=1.0)
+    optimisation.add_argument("--lambda_cl", type=float, default=1.0)
+    optimisation.add_argument("--lambda_seq", type=float, default=1.0)
+    optimisation.add_argument("--lambda_itm", type=float,
                        help="weight of the image-text matching loss, which trains the head that re-ranks retrieval "
                             "shortlists. Recipe default: 1; paper: 0 (the paper has no such loss)")
-    train.add_argument("--caption_label_smoothing", type=float, default=0.0,
+    optimisation.add_argument("--caption_label_smoothing", type=float, default=0.0,
                        help="label smoothing of the caption loss (Formula 3 as written: 0; BLIP: 0.1)")
-    train.add_argument("--num_beams", type=int, default=3,
+    optimisation.add_argument("--num_beams", type=int, default=3,
                        help="beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
-    train.add_argument("--optimizer", choices=["adamw", "adam"],
+    optimisation.add_argument("--optimizer", choices=["adamw", "adam"],
                        help="adamw: Adam with decoupled weight decay; adam: torch's Adam, which adds the decay to the "
                             "gradient, so that Adam's normalisation drives weights with small gradients to zero at "
                             "the learning rate per step (see README). Recipe default: adamw; paper: adam")
-    train.add_argument("--learning_rate", type=float, default=1e-3)
-    train.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
-    train.add_argument("--weight_decay", type=float, help="Recipe default: 0.05 (decoupled); paper: 1e-4")
-    train.add_argument("--decay_exclusions", action=argparse.BooleanOptionalAction,
+    optimisation.add_argument("--learning_rate", type=float, default=1e-3)
+    optimisation.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
+    optimisation.add_argument("--weight_decay", type=float, help="Recipe default: 0.05 (decoupled); paper: 1e-4")
+    optimisation.add_argument("--decay_exclusions", action=argparse.BooleanOptionalAction,
                        help="no weight decay on biases, norms, embeddings, gates, the logit scale and pooling "
                             "queries. Recipe default: on; paper: off (decay on every weight)")
-    train.add_argument("--random_crop_scale", type=float,
+    optimisation.add_argument("--random_crop_scale", type=float,
                        help="training photos are cropped to a random area in [scale, 1] of the photo and aspect "
                             "3/4-4/3, then resized (RandomResizedCrop, seeded per example and epoch; no flips: "
                             "captions say left and right; not applied to streamed data); 1 = no augmentation. Recipe "
                             "default: 1 (augmentation is not yet measured against its absence); paper: 1")
-    train.add_argument("--caption_sampling", choices=["pairs", "one_per_photo"], default="pairs",
+    optimisation.add_argument("--caption_sampling", choices=["pairs", "one_per_photo"], default="pairs",
                        help="pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); "
                             "one_per_photo: an epoch is every photo once, with one of its captions drawn per epoch "
                             "(seeded, so a resumed run draws the same)")
-    train.add_argument("--batch_size", type=int, default=32, help="per process")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--num_epochs", type=int, default=2,
+    optimisation.add_argument("--batch_size", type=int, default=32, help="per process")
+    optimisation.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optimisation.add_argument("--num_epochs", type=int, default=2,
                        help="an epoch is one pass over every image-caption pair (2: the main job reaches its README "
                             "figures in 2 epochs, under 5 minutes on 2 CPU cores)")
-    train.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
-    train.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
-    train.add_argument("--lr_decay_beta", type=float,
+    optimisation.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
+    optimisation.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
+    optimisation.add_argument("--lr_decay_beta", type=float,
                        help="Formula 5: lr *= beta after an evaluation whose loss is not below the previous one's "
                             "(1 = off); it multiplies the schedule's rate. Recipe default: 1; paper: 0.5")
-    train.add_argument("--lr_scheduler", choices=["constant", "cosine"],
+    optimisation.add_argument("--lr_scheduler", choices=["constant", "cosine"],
                        help="cosine: from the peak to 0 over --max_steps, or over --max_train_minutes of training when "
                             "that ends first. Recipe default: constant (after warm-up; it measured better than cosine on Flickr8k at 8 "
                             "minutes, see README); paper: constant")
-    train.add_argument("--warmup_steps", type=int,
+    optimisation.add_argument("--warmup_steps", type=int,
                        help="linear warm-up of the learning rate. Recipe default: 100; paper: 0")
-    train.add_argument("--max_grad_norm", type=float,
+    optimisation.add_argument("--max_grad_norm", type=float,
                        help="clip the gradients' global norm (0: off). Recipe default: 1; paper: 0 (no clipping)")
-    train.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+    optimisation.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    optimisation.add_argument("--seed", type=int, default=42)
+    optimisation.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
 
+
+def add_run_arguments(p) -> None:
+    """Speed, evaluation, checkpoints, trackers and the Hub push."""
     speed = p.add_argument_group("speed (see README: Performance)")
     speed.add_argument("--torch_compile", action="store_true",
                        help="compile the model with torch.compile through Accelerate's dynamo plugin (an `accelerate "
@@ -183,7 +198,6 @@ def parse_args(argv=None, description: str | None = None):
     run.add_argument("--push_to_hub", action="store_true", help="push the final folder with scripts/push_to_hub.py")
     run.add_argument("--hub_model_id", help="user/name to push to")
     run.add_argument("--hub_private", action="store_true")
-    return apply_recipe(p.parse_args(argv))
 
 
 # The training recipes: every option a recipe sets, and its value. `--recipe default` is what measured best on real
@@ -252,6 +266,39 @@ def build_model(args, processor, tasks, label_names, answers=None):
     return model
 
 
+@dataclass
+class Run:
+    """What one training run holds. `train` builds it in phases (the accelerator, the data, the model and its
+    loaders, the optimisation), then `train_one_epoch` advances it until the run is over and `finish` writes it."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    on_accelerator: bool  # a GPU or MPS device: pinned memory, non-blocking copies
+    counter: BadRowCounter
+    tasks: set[str]
+    task: str  # the collator task that serves `tasks`
+    train_data: Any
+    val_data: Any
+    train_examples: Any  # the training rows as examples: caption pairs or one caption per photo, maybe cropped
+    streaming: StreamingData | None = None
+    processor: Any = None
+    model: Any = None
+    model_config: Any = None  # the unwrapped model's config (a DDP-wrapped model has none)
+    collate: Any = None
+    optimizer: Any = None
+    plateau: PreviousLossDecay | None = None
+    state: TrainingState = field(default_factory=TrainingState)
+    train_loader: Any = None
+    val_loader: Any = None
+    stream: Any = None  # the `TrainingStream` of a streamed run (then there is no train_loader)
+    max_steps: int = 0
+    eval_steps: int = 0
+    save_steps: int = 0
+    checkpoints_dir: str = ""
+    started: float = 0.0  # the clock at the start or the last checkpoint; state.train_seconds holds the time before
+    progress: Any = None
+
+
 def train(args) -> dict:
     """Train, evaluate and write the Hub-ready folder for parsed options (`parse_args`); returns the final metrics,
     the folder, the process count, the step reached and the push's commit (when `--push_to_hub`)."""
@@ -260,22 +307,38 @@ def train(args) -> dict:
         # tracing re-applies and then cannot undo (it stops at the first step)
         raise SystemExit("--memory_saving and --torch_compile cannot be combined: pick one (memory_saving trades "
                          "speed for memory, torch_compile memory-neutral speed)")
+    run = build_data(args, *make_accelerator(args))
+    build_model_and_loaders(run)
+    build_optimization(run)
+    run.started = time.time()
+    run.progress = tqdm(total=run.max_steps, initial=run.state.global_step, desc="training",
+                        disable=args.no_progress or not run.accelerator.is_local_main_process)
+    run.model.train()
+    stop = run.state.global_step >= run.max_steps
+    while not stop:
+        stop = train_one_epoch(run)
+    return finish(run)
+
+
+def make_accelerator(args) -> tuple[Accelerator, bool]:
+    """The run's `Accelerator` (a fresh one: its settings are a process-wide singleton) and whether a GPU or MPS
+    device is present."""
     os.makedirs(args.output_dir, exist_ok=True)
     # Without an accelerator, Accelerate only forms a multi-process (gloo) group when told it runs on the CPU;
     # otherwise `torchrun --nproc_per_node 2` on a CPU machine silently trains two independent single-process runs.
-    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    on_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
     # Accelerate keeps its settings (precision, torch.compile) in a process-wide singleton: a second run in the same
     # process (a notebook, the ablation) must get its own, not the first run's. The process group stays.
     AcceleratorState._reset_state()
     accelerator = Accelerator(
-        cpu=args.cpu or not has_accelerator,
+        cpu=args.cpu or not on_accelerator,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
         # a batch may carry labels for only some tasks: their heads then get no gradient in that step
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=has_accelerator),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=on_accelerator),
         # None: Accelerate reads the dynamo settings an `accelerate launch` config gives (ACCELERATE_DYNAMO_*)
         dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
         if args.torch_compile else None,
@@ -285,7 +348,12 @@ def train(args) -> dict:
     accelerator.print(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
                       f"mixed precision: {accelerator.mixed_precision}"
                       + (f", torch.compile: {compiled}" if compiled != "no" else ""))
+    return accelerator, on_accelerator
 
+
+def build_data(args, accelerator, on_accelerator) -> Run:
+    """The training and validation rows, the tasks they serve and the training examples; stops with a message
+    naming the option to change when the data cannot train anything."""
     counter = BadRowCounter()
     streaming = None
     try:
@@ -300,11 +368,8 @@ def train(args) -> dict:
         else:
             train_data = undecoded(load_split(args, "train", counter, hold_out_validation=True))
             val_data = undecoded(load_split(args, "validation", counter))
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(str(error)) from None
-    try:
         tasks = select_tasks(args.tasks, train_data)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     args.tasks = ",".join(sorted(tasks))  # what was resolved ("auto") is what the card and the tracker record
     task = collator_task(tasks)
@@ -324,167 +389,212 @@ def train(args) -> dict:
                           else CaptionPerPhoto(train_data, seed=args.seed))
     if args.random_crop_scale < 1.0:
         train_examples = RandomResizedCrops(train_examples, args.random_crop_scale, seed=args.seed)
+    run = Run(args, accelerator, on_accelerator, counter, tasks, task, train_data, val_data, train_examples, streaming)
+    _report_data(run)
+    return run
+
+
+def _report_data(run: Run) -> None:
+    """One line on what trains; stops when the examples cannot fill a batch."""
+    args, accelerator, tasks = run.args, run.accelerator, ", ".join(sorted(run.tasks))
     needed = args.batch_size * accelerator.num_processes
-    if streaming:
-        accelerator.print(f"tasks: {', '.join(sorted(tasks))}; streaming the train split (shuffle buffer "
-                          f"{args.shuffle_buffer_size}), {len(val_data)} validation rows"
+    if run.streaming:
+        accelerator.print(f"tasks: {tasks}; streaming the train split (shuffle buffer {args.shuffle_buffer_size}), "
+                          f"{len(run.val_data)} validation rows"
                           + (f"; --num_workers {args.num_workers} reads validation only (a stream is read on the "
                              "training process)" if args.num_workers else ""))
-    elif len(train_examples) < needed:
+    elif len(run.train_examples) < needed:
         raise SystemExit(
-            f"{len(train_examples)} training examples ({len(train_data)} usable rows) cannot fill one batch of "
-            f"{args.batch_size} x {accelerator.num_processes} process(es); lower --batch_size. {counter.summary()}")
+            f"{len(run.train_examples)} training examples ({len(run.train_data)} usable rows) cannot fill one batch "
+            f"of {args.batch_size} x {accelerator.num_processes} process(es); lower --batch_size. "
+            f"{run.counter.summary()}")
     else:
-        accelerator.print(f"tasks: {', '.join(sorted(tasks))}; {len(train_examples)} training examples from "
-                          f"{len(train_data)} rows, {len(val_data)} validation rows")
-    processor = build_processor(args, train_data, accelerator)
-    answers = answer_vocabulary(train_data, args.num_answers) if "vqa" in tasks else None
-    model = build_model(args, processor, tasks, class_names(train_data, val_data), answers)
+        accelerator.print(f"tasks: {tasks}; {len(run.train_examples)} training examples from "
+                          f"{len(run.train_data)} rows, {len(run.val_data)} validation rows")
+
+
+def build_model_and_loaders(run: Run) -> None:
+    """The processor (a tokenizer trained on the data unless one is given), the model, the collator and the
+    training and validation loaders (or the training stream)."""
+    args, accelerator = run.args, run.accelerator
+    run.processor = build_processor(args, run.train_data, accelerator)
+    answers = answer_vocabulary(run.train_data, args.num_answers) if "vqa" in run.tasks else None
+    model = build_model(args, run.processor, run.tasks, class_names(run.train_data, run.val_data), answers)
     if args.memory_saving:
         model.set_memory_saving(True)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)  # the convolution weights; the images follow per batch
     quiet_tied_weights_notice(model)
-    collate = XAttnCollator(processor, task=task, answer_vocab=answers, counter=counter)
-    stream = train_loader = None
-    if streaming:
+    run.model, run.model_config = model, model.config
+    run.collate = XAttnCollator(run.processor, task=run.task, answer_vocab=answers, counter=run.counter)
+    if run.streaming:
         # read on this process, without workers: the stream's position is then exactly what the batches used
-        stream = streaming.training_stream(task, args.batch_size, collate, rank=accelerator.process_index,
-                                           world_size=accelerator.num_processes, seed=args.seed)
+        run.stream = run.streaming.training_stream(run.task, args.batch_size, run.collate,
+                                                   rank=accelerator.process_index,
+                                                   world_size=accelerator.num_processes, seed=args.seed)
     else:
-        train_loader = DataLoader(train_examples, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                                  num_workers=args.num_workers, drop_last=True, pin_memory=has_accelerator,
-                                  persistent_workers=args.num_workers > 0)
-    val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers,
-                            pin_memory=has_accelerator)
+        run.train_loader = DataLoader(run.train_examples, batch_size=args.batch_size, shuffle=True,
+                                      collate_fn=run.collate, num_workers=args.num_workers, drop_last=True,
+                                      pin_memory=run.on_accelerator, persistent_workers=args.num_workers > 0)
+    run.val_loader = DataLoader(run.val_data, batch_size=args.batch_size, collate_fn=run.collate,
+                                num_workers=args.num_workers, pin_memory=run.on_accelerator)
 
+
+def build_optimization(run: Run) -> None:
+    """The optimiser and Formula 5, everything prepared by Accelerate, the step budget, and the resumed state."""
+    args, accelerator = run.args, run.accelerator
     optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     # one fused kernel per step for every parameter where the device has it (CUDA), instead of a loop of small ones
     fused = {"fused": True} if accelerator.device.type == "cuda" else {}
-    optimizer = optimizer_class(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
-                                                  args.weight_decay, args.freeze_text, args.freeze_vision,
-                                                  args.decay_exclusions), **fused)
-    plateau = PreviousLossDecay(optimizer, args.lr_decay_beta)  # Formula 5
-    model_config = model.config
-    state = TrainingState()
-    accelerator.register_for_checkpointing(plateau, state)
-    if stream is None:
-        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-        steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    run.optimizer = optimizer_class(parameter_groups(run.model, args.learning_rate, args.backbone_learning_rate,
+                                                     args.weight_decay, args.freeze_text, args.freeze_vision,
+                                                     args.decay_exclusions), **fused)
+    run.plateau = PreviousLossDecay(run.optimizer, args.lr_decay_beta)  # Formula 5
+    accelerator.register_for_checkpointing(run.plateau, run.state)
+    if run.stream is None:
+        run.model, run.optimizer, run.train_loader, run.val_loader = accelerator.prepare(
+            run.model, run.optimizer, run.train_loader, run.val_loader)
+        steps_per_epoch = math.ceil(len(run.train_loader) / args.gradient_accumulation_steps)
     else:
         # every process reads its own part of the stream (split_dataset_by_node), so Accelerate does not shard it
-        model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
-        accelerator.register_for_checkpointing(stream)
+        run.model, run.optimizer, run.val_loader = accelerator.prepare(run.model, run.optimizer, run.val_loader)
+        accelerator.register_for_checkpointing(run.stream)
         steps_per_epoch = min(STREAM_EVALUATION_PERIOD, args.max_steps)  # a stream's "epoch" for the defaults below
-    max_steps = args.max_steps or steps_per_epoch * args.num_epochs
-    eval_steps = args.eval_steps or steps_per_epoch
-    save_steps = args.save_steps or steps_per_epoch
-    checkpoints_dir = os.path.join(args.output_dir, "checkpoints")
-
-    if args.resume_from_checkpoint:
-        path = latest_checkpoint(checkpoints_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
-        if path is None:
-            accelerator.print(f"no checkpoint in {checkpoints_dir}; starting from scratch")
-        else:
-            try:
-                accelerator.load_state(path)
-            except ValueError as error:  # a stream position saved by another number of processes; optimiser
-                # groups of other options (--recipe, --decay_exclusions, --freeze_*, --backbone_learning_rate)
-                raise SystemExit(f"cannot resume from {path}: {error}. Resume with the options the checkpoint was "
-                                 "trained with (its run's --recipe and optimiser options)") from None
-            accelerator.print(f"resumed from {path} at step {state.global_step}")
+    run.max_steps = args.max_steps or steps_per_epoch * args.num_epochs
+    run.eval_steps = args.eval_steps or steps_per_epoch
+    run.save_steps = args.save_steps or steps_per_epoch
+    run.checkpoints_dir = os.path.join(args.output_dir, "checkpoints")
+    _resume(run)
     if args.report_to != "none":
-        accelerator.init_trackers("xattn", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers("xattn", config={k: v for k, v in vars(args).items()
+                                                   if isinstance(v, (int, float, str, bool))})
 
-    started = time.time()
-    progress = tqdm(total=max_steps, initial=state.global_step, disable=args.no_progress or not accelerator.is_local_main_process,
-                    desc="training")
-    model.train()
-    stop = state.global_step >= max_steps
-    while not stop:
-        if stream is None:
-            epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(train_loader))
-            train_loader.set_epoch(epoch)
-            if isinstance(train_examples, EpochSeeded):
-                train_examples.set_epoch(epoch)
-            loader = accelerator.skip_first_batches(train_loader, done_in_epoch) if done_in_epoch else train_loader
-        else:
-            epoch, loader = stream.epoch, stream.batches(accelerator)
-        steps_before = state.global_step
-        for batch in loader:
-            if stream is not None:
-                batch = send_to_device(batch, accelerator.device, non_blocking=has_accelerator)
-            if args.channels_last and "pixel_values" in batch:
-                batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
-            # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
-            set_seed(args.seed + state.global_step, device_specific=True)
-            if any_process(accelerator, not batch):
-                # Every row of this batch was bad (counted). All processes skip together: one process stepping
-                # alone would wait for the others' gradients forever. The epoch check below stops a run of these.
-                continue
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    out = model(**batch)
-                if out.loss is None:
-                    raise RuntimeError(f"the batch at step {state.global_step} gave no loss: the model "
-                                       f"(modalities={model_config.modalities}) has no head for its targets "
-                                       f"({', '.join(k for k in batch if 'ids' in k)}); check --tasks and --modalities")
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(
-                        f"non-finite loss {out.loss.item()} at step {state.global_step} ("
-                        + ", ".join(f"{key}={getattr(out, key)}" for key in LOSS_KEYS)
-                        + f"); lower --learning_rate or check the data. The last checkpoint is in {checkpoints_dir}.")
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                # every group's peak rate x Formula 5's factor x the schedule (warm-up, cosine)
-                minutes = _shared_minutes(accelerator, state, started) if args.max_train_minutes else 0.0
-                plateau.apply(learning_rate_factor(state.global_step, max_steps, args.warmup_steps, args.lr_scheduler,
-                                                   minutes / args.max_train_minutes if args.max_train_minutes else 0.0))
-                optimizer.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            state.global_step += 1
-            progress.update(1)
-            logs = {"step": state.global_step, "train_loss": out.loss.item(), "lr": optimizer.param_groups[0]["lr"]}
-            for key in LOSS_KEYS:
-                if getattr(out, key) is not None:
-                    logs[f"train_{key}"] = getattr(out, key).item()
-            progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
-            timed_out = args.max_train_minutes and minutes >= args.max_train_minutes
-            last = state.global_step >= max_steps or timed_out
-            if state.global_step % eval_steps == 0 or last:
-                metrics = evaluate_multitask(model, val_loader, accelerator)
-                logs.update(metrics)
-                if state.global_step >= args.warmup_steps:
-                    plateau.step(metrics.get("val_loss", logs["train_loss"]))
-                _keep_best(args, accelerator, model, processor, state, metrics)
-                accelerator.print(f"step {state.global_step}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in metrics.items()))
-            state.history.append(logs)
-            accelerator.log(logs, step=state.global_step)
-            if state.global_step % save_steps == 0 or last:
-                if stream is not None:
-                    stream.capture(accelerator)  # every process's position in the stream goes into the checkpoint
-                state.train_seconds, started = state.train_seconds + time.time() - started, time.time()
-                save_checkpoint_atomically(accelerator, checkpoints_dir, state.global_step, args.save_total_limit)
-            if last:
-                stop = True
-                break
-        # (a stream resumed at the very end of its epoch legitimately makes no step before the next one)
-        if not stop and state.global_step == steps_before and (stream is None or stream.read_from_start):
-            raise RuntimeError(f"epoch {epoch} made no training step: no batch had a usable row. {counter.summary()}")
-    progress.close()
+
+def _resume(run: Run) -> None:
+    """Load `--resume_from_checkpoint` (a folder, or the latest in `checkpoints/`) into everything registered."""
+    args, accelerator = run.args, run.accelerator
+    if not args.resume_from_checkpoint:
+        return
+    path = (latest_checkpoint(run.checkpoints_dir) if args.resume_from_checkpoint == "latest"
+            else args.resume_from_checkpoint)
+    if path is None:
+        accelerator.print(f"no checkpoint in {run.checkpoints_dir}; starting from scratch")
+        return
+    try:
+        accelerator.load_state(path)
+    except ValueError as error:  # a stream position saved by another number of processes; optimiser
+        # groups of other options (--recipe, --decay_exclusions, --freeze_*, --backbone_learning_rate)
+        raise SystemExit(f"cannot resume from {path}: {error}. Resume with the options the checkpoint was "
+                         "trained with (its run's --recipe and optimiser options)") from None
+    accelerator.print(f"resumed from {path} at step {run.state.global_step}")
+
+
+def train_one_epoch(run: Run) -> bool:
+    """One pass over the training examples (or the stream's epoch) from where the run stands, evaluating and saving
+    on schedule; True when the run is over. Raises when a whole epoch made no step (every batch was bad)."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    if run.stream is None:
+        epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(run.train_loader))
+        run.train_loader.set_epoch(epoch)
+        if isinstance(run.train_examples, EpochSeeded):
+            run.train_examples.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(run.train_loader, done_in_epoch) if done_in_epoch else run.train_loader
+    else:
+        epoch, loader = run.stream.epoch, run.stream.batches(accelerator)
+    steps_before = state.global_step
+    for batch in loader:
+        stepped = train_one_step(run, batch)
+        if stepped is not None and after_step(run, *stepped):
+            return True
+    # (a stream resumed at the very end of its epoch legitimately makes no step before the next one)
+    if state.global_step == steps_before and (run.stream is None or run.stream.read_from_start):
+        raise RuntimeError(f"epoch {epoch} made no training step: no batch had a usable row. {run.counter.summary()}")
+    return False
+
+
+def train_one_step(run: Run, batch) -> tuple | None:
+    """Forward, backward and (at the end of an accumulation) the optimiser step for one batch; returns the output
+    and the minutes trained when an optimiser step was made, None otherwise."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    if run.stream is not None:
+        batch = send_to_device(batch, accelerator.device, non_blocking=run.on_accelerator)
+    if args.channels_last and "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+    # Dropout and every other random draw are a function of the step, so a resumed run repeats them exactly.
+    set_seed(args.seed + state.global_step, device_specific=True)
+    if any_process(accelerator, not batch):
+        # Every row of this batch was bad (counted). All processes skip together: one process stepping
+        # alone would wait for the others' gradients forever. The epoch check stops a run of these.
+        return None
+    with accelerator.accumulate(run.model):
+        with accelerator.autocast():
+            out = run.model(**batch)
+        if out.loss is None:
+            raise RuntimeError(f"the batch at step {state.global_step} gave no loss: the model "
+                               f"(modalities={run.model_config.modalities}) has no head for its targets "
+                               f"({', '.join(k for k in batch if 'ids' in k)}); check --tasks and --modalities")
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"non-finite loss {out.loss.item()} at step {state.global_step} ("
+                + ", ".join(f"{key}={getattr(out, key)}" for key in LOSS_KEYS)
+                + f"); lower --learning_rate or check the data. The last checkpoint is in {run.checkpoints_dir}.")
+        accelerator.backward(out.loss)
+        if accelerator.sync_gradients and args.max_grad_norm:
+            accelerator.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+        # every group's peak rate x Formula 5's factor x the schedule (warm-up, cosine)
+        minutes = _shared_minutes(accelerator, state, run.started) if args.max_train_minutes else 0.0
+        run.plateau.apply(learning_rate_factor(state.global_step, run.max_steps, args.warmup_steps,
+                                               args.lr_scheduler,
+                                               minutes / args.max_train_minutes if args.max_train_minutes else 0.0))
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    if not accelerator.sync_gradients:
+        return None
+    state.global_step += 1
+    return out, minutes
+
+
+def after_step(run: Run, out, minutes: float) -> bool:
+    """Log the step; evaluate (Formula 5, the best model) and save a checkpoint on schedule; True at the last step."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    run.progress.update(1)
+    logs = {"step": state.global_step, "train_loss": out.loss.item(), "lr": run.optimizer.param_groups[0]["lr"]}
+    for key in LOSS_KEYS:
+        if getattr(out, key) is not None:
+            logs[f"train_{key}"] = getattr(out, key).item()
+    run.progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
+    timed_out = args.max_train_minutes and minutes >= args.max_train_minutes
+    last = state.global_step >= run.max_steps or timed_out
+    if state.global_step % run.eval_steps == 0 or last:
+        metrics = evaluate_multitask(run.model, run.val_loader, accelerator)
+        logs.update(metrics)
+        if state.global_step >= args.warmup_steps:
+            run.plateau.step(metrics.get("val_loss", logs["train_loss"]))
+        _keep_best(args, accelerator, run.model, run.processor, state, metrics)
+        accelerator.print(f"step {state.global_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    state.history.append(logs)
+    accelerator.log(logs, step=state.global_step)
+    if state.global_step % run.save_steps == 0 or last:
+        if run.stream is not None:
+            run.stream.capture(accelerator)  # every process's position in the stream goes into the checkpoint
+        state.train_seconds, run.started = state.train_seconds + time.time() - run.started, time.time()
+        save_checkpoint_atomically(accelerator, run.checkpoints_dir, state.global_step, args.save_total_limit)
+    return bool(last)
+
+
+def finish(run: Run) -> dict:
+    """Check the replicas agree, write the Hub-ready folder, push it when asked; returns what `train` returns."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    run.progress.close()
     accelerator.wait_for_everyone()
-    _check_replicas_agree(accelerator, model)
+    _check_replicas_agree(accelerator, run.model)
     final_metrics = state.history[-1] if state.history else {}
-    weights = _weights(accelerator, model)  # a collective: every process gathers, under FSDP/DeepSpeed too
+    weights = _weights(accelerator, run.model)  # a collective: every process gathers, under FSDP/DeepSpeed too
     if accelerator.is_main_process:
-        _write_outputs(args, accelerator, model, processor, state, final_metrics, counter, _minutes(state, started) * 60,
-                       weights)
+        _write_outputs(args, accelerator, run.model, run.processor, state, final_metrics, run.counter,
+                       _minutes(state, run.started) * 60, weights)
     accelerator.end_training()
-    accelerator.print(counter.summary())
+    accelerator.print(run.counter.summary())
     pushed = None
     if args.push_to_hub and accelerator.is_main_process:
         if not args.hub_model_id:
