@@ -117,6 +117,9 @@ def parse_args(argv=None, description: str | None = None):
                             "shortlists. Recipe default: 1; paper: 0 (the paper has no such loss)")
     train.add_argument("--caption_label_smoothing", type=float, default=0.0,
                        help="label smoothing of the caption loss (Formula 3 as written: 0; BLIP: 0.1)")
+    train.add_argument("--caption_dropout", type=float,
+                       help="dropout of the caption decoder (its hidden and attention dropout; the preset's: 0.1, "
+                            "BERT's and BLIP's decoder's)")
     train.add_argument("--num_beams", type=int, default=3,
                        help="beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
     train.add_argument("--optimizer", choices=["adamw", "adam"],
@@ -133,7 +136,7 @@ def parse_args(argv=None, description: str | None = None):
                        help="training photos are cropped to a random area in [scale, 1] of the photo and aspect "
                             "3/4-4/3, then resized (RandomResizedCrop, seeded per example and epoch; no flips: "
                             "captions say left and right; not applied to streamed data); 1 = no augmentation. Recipe "
-                            "default: 1 (augmentation is not yet measured against its absence); paper: 1")
+                            "default: 1 (crops measured fewer distinct captions, see README); paper: 1")
     train.add_argument("--caption_sampling", choices=["pairs", "one_per_photo"], default="pairs",
                        help="pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); "
                             "one_per_photo: an epoch is every photo once, with one of its captions drawn per epoch "
@@ -236,6 +239,8 @@ def build_model(args, processor, tasks, label_names, answers=None):
         lambda_seq=args.lambda_seq if "captioning" in tasks else 0.0,
         lambda_itm=args.lambda_itm if "retrieval" in tasks else 0.0,
         text_config={"vocab_size": len(processor.tokenizer)},
+        decoder_config=({} if args.caption_dropout is None else
+                        {"hidden_dropout_prob": args.caption_dropout, "attention_probs_dropout_prob": args.caption_dropout}),
         image_size=_image_size(args),
         contrastive_loss=args.contrastive_loss,
         contrastive_margin=args.contrastive_margin,
