@@ -166,6 +166,21 @@ def test_caption_label_smoothing_is_the_smoothed_shifted_cross_entropy():
         XAttnConfig.from_preset("tiny", caption_label_smoothing=1.0)
 
 
+def test_caption_dropout_reaches_the_decoder_and_nothing_else(processor):
+    from modeling_xattn.train_xattn import build_model
+
+    def dropouts(module):
+        return {m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)}
+
+    preset = build_model(parse_args([]), processor, {"captioning"}, [])
+    assert dropouts(preset.captioner.text_decoder) == {0.1}  # the preset's, BERT's and BLIP's decoder's
+    model = build_model(parse_args(["--caption_dropout", "0.3"]), processor, {"captioning"}, [])
+    assert dropouts(model.captioner.text_decoder) == {0.3}
+    assert model.config.decoder_config.attention_probs_dropout_prob == 0.3
+    assert model.config.hidden_dropout_prob == preset.config.hidden_dropout_prob  # the fusion layers keep theirs
+    assert model.config.decoder_config.hidden_size == preset.config.decoder_config.hidden_size  # the preset's sizes kept
+
+
 def test_gated_reranking_reuses_projections_exactly():
     torch.manual_seed(0)
     model = tiny(fusion_gate=True).eval()

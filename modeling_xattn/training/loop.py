@@ -92,84 +92,87 @@ def add_model_arguments(p) -> None:
 
 def add_optimisation_arguments(p) -> None:
     """Tasks, losses and the recipe's optimisation choices (an option left unset takes `--recipe`'s value)."""
-    optimisation = p.add_argument_group("optimisation (defaults: the paper's; weight decay decoupled, see --optimizer)")
-    optimisation.add_argument("--tasks", default="auto",
+    group = p.add_argument_group("optimisation (an option left unset takes --recipe's value)")
+    group.add_argument("--tasks", default="auto",
                        help="comma-separated subset of classification, retrieval, captioning; or vqa (answers as "
                             "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning. auto (default): "
                             "every task whose targets the training rows carry")
-    optimisation.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
-    optimisation.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+    group.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
+    group.add_argument("--recipe", default="default", choices=sorted(RECIPES),
                        help="default: the choices that measured best on real held-out photos (README, Real "
                             "photographs); paper: the paper's literal choices (Formula 2 as written, Adam with its "
                             "coupled weight decay 1e-4 on every weight, Formula 5, no augmentation, plain "
                             "cross-attention, mean pooling). An option given explicitly overrides the recipe's value")
-    optimisation.add_argument("--contrastive_loss", choices=["margin", "margin_squared", "infonce", "sigmoid"],
+    group.add_argument("--contrastive_loss", choices=["margin", "margin_squared", "infonce", "sigmoid"],
                        help="retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's "
                             "squared form), infonce (CLIP's) or sigmoid (SigLIP's pairwise loss). Recipe default: "
                             "infonce; paper: margin")
-    optimisation.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
-    optimisation.add_argument("--contrastive_temperature", type=float, default=0.07,
+    group.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
+    group.add_argument("--contrastive_temperature", type=float, default=0.07,
                        help="InfoNCE temperature (its initial value when learned)")
-    optimisation.add_argument("--learnable_temperature", action=argparse.BooleanOptionalAction,
+    group.add_argument("--learnable_temperature", action=argparse.BooleanOptionalAction,
                        help="learn InfoNCE's temperature (CLIP: logit scale from ln(1/0.07), clamped at ln 100, no "
                             "weight decay). Recipe default: on; paper: off")
-    optimisation.add_argument("--fusion_gate", action=argparse.BooleanOptionalAction,
+    group.add_argument("--fusion_gate", action=argparse.BooleanOptionalAction,
                        help="tanh-gated cross-attention initialised closed (Flamingo): the full model starts as the "
                             "concatenation model. Recipe default: on; paper: off")
-    optimisation.add_argument("--fusion_gate_init", type=float, default=0.0,
+    group.add_argument("--fusion_gate_init", type=float, default=0.0,
                        help="initial g of the gates (0: closed, exactly the concatenation model at the start)")
-    optimisation.add_argument("--retrieval_pooling", choices=["mean", "attention"],
+    group.add_argument("--retrieval_pooling", choices=["mean", "attention"],
                        help="pooling of the retrieval embeddings. Recipe default: attention; paper: mean")
-    optimisation.add_argument("--lambda_ce", type=float, default=1.0)
-    optimisation.add_argument("--lambda_cl", type=float, default=1.0)
-    optimisation.add_argument("--lambda_seq", type=float, default=1.0)
-    optimisation.add_argument("--lambda_itm", type=float,
+    group.add_argument("--lambda_ce", type=float, default=1.0)
+    group.add_argument("--lambda_cl", type=float, default=1.0)
+    group.add_argument("--lambda_seq", type=float, default=1.0)
+    group.add_argument("--lambda_itm", type=float,
                        help="weight of the image-text matching loss, which trains the head that re-ranks retrieval "
                             "shortlists. Recipe default: 1; paper: 0 (the paper has no such loss)")
-    optimisation.add_argument("--caption_label_smoothing", type=float, default=0.0,
+    group.add_argument("--caption_label_smoothing", type=float, default=0.0,
                        help="label smoothing of the caption loss (Formula 3 as written: 0; BLIP: 0.1)")
-    optimisation.add_argument("--num_beams", type=int, default=3,
+    group.add_argument("--caption_dropout", type=float,
+                       help="dropout of the caption decoder (its hidden and attention dropout; the preset's: 0.1, "
+                            "BERT's and BLIP's decoder's)")
+    group.add_argument("--num_beams", type=int, default=3,
                        help="beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
-    optimisation.add_argument("--optimizer", choices=["adamw", "adam"],
+    group.add_argument("--optimizer", choices=["adamw", "adam"],
                        help="adamw: Adam with decoupled weight decay; adam: torch's Adam, which adds the decay to the "
                             "gradient, so that Adam's normalisation drives weights with small gradients to zero at "
                             "the learning rate per step (see README). Recipe default: adamw; paper: adam")
-    optimisation.add_argument("--learning_rate", type=float, default=1e-3)
-    optimisation.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
-    optimisation.add_argument("--weight_decay", type=float, help="Recipe default: 0.05 (decoupled); paper: 1e-4")
-    optimisation.add_argument("--decay_exclusions", action=argparse.BooleanOptionalAction,
+    group.add_argument("--learning_rate", type=float, default=1e-3)
+    group.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
+    group.add_argument("--weight_decay", type=float, help="Recipe default: 0.05 (decoupled); paper: 1e-4")
+    group.add_argument("--decay_exclusions", action=argparse.BooleanOptionalAction,
                        help="no weight decay on biases, norms, embeddings, gates, the logit scale and pooling "
                             "queries. Recipe default: on; paper: off (decay on every weight)")
-    optimisation.add_argument("--random_crop_scale", type=float,
+    group.add_argument("--random_crop_scale", type=float,
                        help="training photos are cropped to a random area in [scale, 1] of the photo and aspect "
                             "3/4-4/3, then resized (RandomResizedCrop, seeded per example and epoch; no flips: "
                             "captions say left and right; not applied to streamed data); 1 = no augmentation. Recipe "
-                            "default: 1 (augmentation is not yet measured against its absence); paper: 1")
-    optimisation.add_argument("--caption_sampling", choices=["pairs", "one_per_photo"], default="pairs",
+                            "default: 1 (crops measured fewer distinct captions, see README); paper: 1")
+    group.add_argument("--caption_sampling", choices=["pairs", "one_per_photo"], default="pairs",
                        help="pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); "
                             "one_per_photo: an epoch is every photo once, with one of its captions drawn per epoch "
                             "(seeded, so a resumed run draws the same)")
-    optimisation.add_argument("--batch_size", type=int, default=32, help="per process")
-    optimisation.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optimisation.add_argument("--num_epochs", type=int, default=2,
+    group.add_argument("--batch_size", type=int, default=32, help="per process")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--num_epochs", type=int, default=2,
                        help="an epoch is one pass over every image-caption pair (2: the main job reaches its README "
                             "figures in 2 epochs, under 5 minutes on 2 CPU cores)")
-    optimisation.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
-    optimisation.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
-    optimisation.add_argument("--lr_decay_beta", type=float,
+    group.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
+    group.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
+    group.add_argument("--lr_decay_beta", type=float,
                        help="Formula 5: lr *= beta after an evaluation whose loss is not below the previous one's "
                             "(1 = off); it multiplies the schedule's rate. Recipe default: 1; paper: 0.5")
-    optimisation.add_argument("--lr_scheduler", choices=["constant", "cosine"],
+    group.add_argument("--lr_scheduler", choices=["constant", "cosine"],
                        help="cosine: from the peak to 0 over --max_steps, or over --max_train_minutes of training when "
                             "that ends first. Recipe default: constant (after warm-up; it measured better than cosine on Flickr8k at 8 "
                             "minutes, see README); paper: constant")
-    optimisation.add_argument("--warmup_steps", type=int,
+    group.add_argument("--warmup_steps", type=int,
                        help="linear warm-up of the learning rate. Recipe default: 100; paper: 0")
-    optimisation.add_argument("--max_grad_norm", type=float,
+    group.add_argument("--max_grad_norm", type=float,
                        help="clip the gradients' global norm (0: off). Recipe default: 1; paper: 0 (no clipping)")
-    optimisation.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    optimisation.add_argument("--seed", type=int, default=42)
-    optimisation.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
+    group.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
 
 
 def add_run_arguments(p) -> None:
@@ -246,6 +249,8 @@ def build_model(args, processor, tasks, label_names, answers=None):
         fusion_type=args.fusion_type, modalities=args.modalities, use_cbam=not args.no_cbam,
         **loss_weights(tasks, {weight: getattr(args, weight) for weight in LOSS_WEIGHTS}),
         text_config={"vocab_size": len(processor.tokenizer)},
+        decoder_config=({} if args.caption_dropout is None else {"hidden_dropout_prob": args.caption_dropout,
+                                                                  "attention_probs_dropout_prob": args.caption_dropout}),
         image_size=_image_size(args),
         contrastive_loss=args.contrastive_loss,
         contrastive_margin=args.contrastive_margin,
