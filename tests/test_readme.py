@@ -1,5 +1,5 @@
-"""Every command README shows exists: console scripts are on the virtual environment's PATH with the subcommands
-README uses, `python -m` modules import, scripts exist and accept every option README gives them."""
+"""Every command README and its pages in docs/ show exists: console scripts are on the virtual environment's PATH
+with the subcommands they use, `python -m` modules import, scripts exist and accept every option given them."""
 
 import functools
 import importlib.util
@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text(encoding="utf-8")
+# README is the front page; the studies, the reference and the performance tables are its pages in docs/
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+README = "\n".join(path.read_text(encoding="utf-8") for path in PAGES)
 BIN = Path(sys.executable).parent  # the virtual environment's scripts
 PYTHONS = {"python", "python3", ".venv/bin/python"}
 SYSTEM = {"git", "cd", "export"}  # shell built-ins and tools any clone already used
@@ -116,3 +118,12 @@ def test_every_readme_command_exists(words):
         result = subprocess.run([executable(program), *subcommands, "--help"], capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, f"`{program} {' '.join(subcommands)}` does not exist: {result.stderr[-500:]}"
+
+
+def test_readme_is_a_front_page_and_its_links_resolve():
+    front = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(front.splitlines()) <= 450, "README is the front page: move reference and studies to docs/"
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text(encoding="utf-8")):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.relative_to(REPO)} links to {target}, which is missing"

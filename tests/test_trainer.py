@@ -95,7 +95,7 @@ def test_retrieval_returns_a_loss_when_labels_are_given(processor):
 
 
 def test_readme_trainer_example_runs_on_a_folder_of_captioned_photos(tmp_path, monkeypatch):
-    """README's Trainer code, as written, on a folder of photos with captions only (train/ and validation/)."""
+    """The Trainer code of docs/pipelines.md, as written, on a folder of photos with captions only (train/ and validation/)."""
     import json
     import re
     from pathlib import Path
@@ -103,8 +103,8 @@ def test_readme_trainer_example_runs_on_a_folder_of_captioned_photos(tmp_path, m
     import numpy as np
     from PIL import Image
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "Trainer(" in block)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "pipelines.md").read_text(encoding="utf-8")
+    code = next(block for block in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "Trainer(" in block)
     rng = np.random.default_rng(0)
     words = ["a dog runs on the grass", "two children play in the snow", "a man rides a red bike"]
     for split, count in (("train", 12), ("validation", 4)):
