@@ -11,7 +11,6 @@ retrieval (R@1/5/10 both directions, two-stage: embedding shortlist of `--top_k`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from modeling_xattn.training.data.schema import BadRowCounter
-from modeling_xattn.training.data.sources import add_data_arguments, load_split, undecoded
+from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.evaluation import (
     TASKS,
     caption_samples,
@@ -28,11 +27,12 @@ from modeling_xattn.training.evaluation import (
     markdown_table,
     shortlist_sizes,
 )
+from modeling_xattn.training.options import DataArguments, parser_for
 from modeling_xattn.training.tasks import usable_rows
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_for((DataArguments,), __doc__)  # the data options, typed; this command's own below
     p.add_argument("--model", required=True, help="a saved folder or a Hub id")
     p.add_argument("--revision", help="Hub revision (pin a commit)")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
@@ -49,7 +49,6 @@ def parse_args(argv=None):
     p.add_argument("--no_java", action="store_true", help="caption metrics without Java (no METEOR)")
     p.add_argument("--output_dir", help="where to write eval_results.{json,md} (default: the model folder if local)")
     p.add_argument("--no_progress", action="store_true")
-    add_data_arguments(p, streaming=False)
     return p.parse_args(argv)
 
 

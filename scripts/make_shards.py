@@ -9,15 +9,12 @@ Each split becomes `{split}-000000.tar`, ... with `--rows_per_shard` samples eac
 image as JPEG bytes: JPEG files are copied unchanged) and `<key>.json` (captions, text, label name, answers,
 question, image_id). Rows whose image cannot be read are skipped and counted.
 """
-import argparse
-
-from modeling_xattn.training.data.sources import add_data_arguments
 from modeling_xattn.training.data.streaming import make_shards
+from modeling_xattn.training.options import DataArguments, parser_for
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_arguments(parser, streaming=False)
+    parser = parser_for((DataArguments,), __doc__)  # the data options, typed; this command's own below
     parser.add_argument("--output_dir", required=True, help="folder for the shards")
     parser.add_argument("--rows_per_shard", type=int, default=1000)
     parser.add_argument("--splits", help="comma-separated splits to write (default: every split the source has)")

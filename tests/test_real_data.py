@@ -16,8 +16,9 @@ from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.modeling_xattn import negative_pairs, sample_negatives
 from modeling_xattn.training.collate import CaptionPairs, XAttnCollator
 from modeling_xattn.training.data.schema import NO_TARGET, as_label
-from modeling_xattn.training.data.sources import add_data_arguments, load_imagefolder, load_split, undecoded
+from modeling_xattn.training.data.sources import load_imagefolder, load_split, undecoded
 from modeling_xattn.training.data.synthetic import synthetic_dataset
+from modeling_xattn.training.options import data_options
 
 train = load_script("train")
 evaluation = load_script("evaluate")
@@ -54,12 +55,7 @@ def captions_only(count, offset=0):
 
 
 def data_args(**values):
-    parser = __import__("argparse").ArgumentParser()
-    add_data_arguments(parser)
-    args = parser.parse_args([])
-    for key, value in values.items():
-        setattr(args, key, value)
-    return args
+    return data_options(**values)
 
 
 # ---------------------------------------------------------------------------------------------------- training runs

@@ -11,8 +11,9 @@ from PIL import Image
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
 from modeling_xattn.training.collate import CaptionPerPhoto, RandomResizedCrops, XAttnCollator, crop_fraction
-from modeling_xattn.training.loop import RECIPES, parse_args
+from modeling_xattn.training.loop import parse_args
 from modeling_xattn.training.optimization import decay_excluded, learning_rate_factor, parameter_groups
+from modeling_xattn.training.options import RECIPES
 
 
 def tiny(**overrides):

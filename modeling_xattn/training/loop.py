@@ -7,7 +7,6 @@ commands.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -41,11 +40,12 @@ from modeling_xattn.training.collate import (
     XAttnCollator,
 )
 from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary, class_names
-from modeling_xattn.training.data.sources import add_data_arguments, load_split, undecoded
+from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.data.streaming import StreamingData
 from modeling_xattn.training.distributed import any_process
 from modeling_xattn.training.evaluation import evaluate_multitask
 from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
+from modeling_xattn.training.options import TrainingOptions, parse_training_options
 from modeling_xattn.training.plots import plot_training_curves
 from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
 from modeling_xattn.training.tasks import (
@@ -61,168 +61,10 @@ from modeling_xattn.training.tasks import (
 STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_steps 0 mean every this many steps
 
 
-def parse_args(argv=None, description: str | None = None):
-    """The training options (`scripts/train.py --help` lists them, by group), with the recipe's values filled in."""
-    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_arguments(p)
-    add_model_arguments(p)
-    add_optimisation_arguments(p)
-    add_run_arguments(p)
-    return apply_recipe(p.parse_args(argv))
-
-
-def add_model_arguments(p) -> None:
-    """The model: preset, image size, ablation switches, pretrained towers."""
-    model = p.add_argument_group("model")
-    model.add_argument("--tokenizer", help="tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
-    model.add_argument("--vocab_size", type=int, default=1000, help="size of a tokenizer trained on the data")
-    model.add_argument("--model_size", default="tiny", help="preset: tiny, small, base")
-    model.add_argument("--image_size", type=int,
-                       help="image side in pixels (default: the preset's: tiny and small 64, base 224)")
-    model.add_argument("--fusion_type", default="cross_attention", choices=["cross_attention", "concat"])
-    model.add_argument("--modalities", default="both", choices=["both", "image", "text"])
-    model.add_argument("--no_cbam", action="store_true")
-    model.add_argument("--text_backbone", help="pretrained ALBERT: Hub id or folder (albert/albert-base-v2)")
-    model.add_argument("--vision_backbone", help="'imagenet' (torchvision DenseNet121) or a .safetensors file")
-    model.add_argument("--freeze_text", action="store_true")
-    model.add_argument("--freeze_vision", action="store_true")
-    model.add_argument("--memory_saving", "--gradient_checkpointing", dest="memory_saving", action="store_true",
-                       help="DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers")
-
-
-def add_optimisation_arguments(p) -> None:
-    """Tasks, losses and the recipe's optimisation choices (an option left unset takes `--recipe`'s value)."""
-    group = p.add_argument_group("optimisation (an option left unset takes --recipe's value)")
-    group.add_argument("--tasks", default="auto",
-                       help="comma-separated subset of classification, retrieval, captioning; or vqa (answers as "
-                            "classes, soft scores min(n/3, 1)), alone or with retrieval/captioning. auto (default): "
-                            "every task whose targets the training rows carry")
-    group.add_argument("--num_answers", type=int, default=3129, help="VQA answer vocabulary size (most frequent)")
-    group.add_argument("--recipe", default="default", choices=sorted(RECIPES),
-                       help="default: the choices that measured best on real held-out photos (README, Real "
-                            "photographs); paper: the paper's literal choices (Formula 2 as written, Adam with its "
-                            "coupled weight decay 1e-4 on every weight, Formula 5, no augmentation, plain "
-                            "cross-attention, mean pooling). An option given explicitly overrides the recipe's value")
-    group.add_argument("--contrastive_loss", choices=["margin", "margin_squared", "infonce", "sigmoid"],
-                       help="retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's "
-                            "squared form), infonce (CLIP's) or sigmoid (SigLIP's pairwise loss). Recipe default: "
-                            "infonce; paper: margin")
-    group.add_argument("--contrastive_margin", type=float, default=1.0, help="m of Formula 2")
-    group.add_argument("--contrastive_temperature", type=float, default=0.07,
-                       help="InfoNCE temperature (its initial value when learned)")
-    group.add_argument("--learnable_temperature", action=argparse.BooleanOptionalAction,
-                       help="learn InfoNCE's temperature (CLIP: logit scale from ln(1/0.07), clamped at ln 100, no "
-                            "weight decay). Recipe default: on; paper: off")
-    group.add_argument("--fusion_gate", action=argparse.BooleanOptionalAction,
-                       help="tanh-gated cross-attention initialised closed (Flamingo): the full model starts as the "
-                            "concatenation model. Recipe default: on; paper: off")
-    group.add_argument("--fusion_gate_init", type=float, default=0.0,
-                       help="initial g of the gates (0: closed, exactly the concatenation model at the start)")
-    group.add_argument("--retrieval_pooling", choices=["mean", "attention"],
-                       help="pooling of the retrieval embeddings. Recipe default: attention; paper: mean")
-    group.add_argument("--lambda_ce", type=float, default=1.0)
-    group.add_argument("--lambda_cl", type=float, default=1.0)
-    group.add_argument("--lambda_seq", type=float, default=1.0)
-    group.add_argument("--lambda_itm", type=float,
-                       help="weight of the image-text matching loss, which trains the head that re-ranks retrieval "
-                            "shortlists. Recipe default: 1; paper: 0 (the paper has no such loss)")
-    group.add_argument("--caption_label_smoothing", type=float, default=0.0,
-                       help="label smoothing of the caption loss (Formula 3 as written: 0; BLIP: 0.1)")
-    group.add_argument("--caption_dropout", type=float,
-                       help="dropout of the caption decoder (its hidden and attention dropout; the preset's: 0.1, "
-                            "BERT's and BLIP's decoder's)")
-    group.add_argument("--num_beams", type=int, default=3,
-                       help="beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
-    group.add_argument("--optimizer", choices=["adamw", "adam"],
-                       help="adamw: Adam with decoupled weight decay; adam: torch's Adam, which adds the decay to the "
-                            "gradient, so that Adam's normalisation drives weights with small gradients to zero at "
-                            "the learning rate per step (see README). Recipe default: adamw; paper: adam")
-    group.add_argument("--learning_rate", type=float, default=1e-3)
-    group.add_argument("--backbone_learning_rate", type=float, help="learning rate of the pretrained towers")
-    group.add_argument("--weight_decay", type=float, help="Recipe default: 0.05 (decoupled); paper: 1e-4")
-    group.add_argument("--decay_exclusions", action=argparse.BooleanOptionalAction,
-                       help="no weight decay on biases, norms, embeddings, gates, the logit scale and pooling "
-                            "queries. Recipe default: on; paper: off (decay on every weight)")
-    group.add_argument("--random_crop_scale", type=float,
-                       help="training photos are cropped to a random area in [scale, 1] of the photo and aspect "
-                            "3/4-4/3, then resized (RandomResizedCrop, seeded per example and epoch; no flips: "
-                            "captions say left and right; not applied to streamed data); 1 = no augmentation. Recipe "
-                            "default: 1 (crops measured fewer distinct captions, see README); paper: 1")
-    group.add_argument("--caption_sampling", choices=["pairs", "one_per_photo"], default="pairs",
-                       help="pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); "
-                            "one_per_photo: an epoch is every photo once, with one of its captions drawn per epoch "
-                            "(seeded, so a resumed run draws the same)")
-    group.add_argument("--batch_size", type=int, default=32, help="per process")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--num_epochs", type=int, default=2,
-                       help="an epoch is one pass over every image-caption pair (2: the main job reaches its README "
-                            "figures in 2 epochs, under 5 minutes on 2 CPU cores)")
-    group.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
-    group.add_argument("--max_train_minutes", type=float, help="stop (and evaluate, save) after this many minutes")
-    group.add_argument("--lr_decay_beta", type=float,
-                       help="Formula 5: lr *= beta after an evaluation whose loss is not below the previous one's "
-                            "(1 = off); it multiplies the schedule's rate. Recipe default: 1; paper: 0.5")
-    group.add_argument("--lr_scheduler", choices=["constant", "cosine"],
-                       help="cosine: from the peak to 0 over --max_steps, or over --max_train_minutes of training when "
-                            "that ends first. Recipe default: constant (after warm-up; it measured better than cosine on Flickr8k at 8 "
-                            "minutes, see README); paper: constant")
-    group.add_argument("--warmup_steps", type=int,
-                       help="linear warm-up of the learning rate. Recipe default: 100; paper: 0")
-    group.add_argument("--max_grad_norm", type=float,
-                       help="clip the gradients' global norm (0: off). Recipe default: 1; paper: 0 (no clipping)")
-    group.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    group.add_argument("--seed", type=int, default=42)
-    group.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
-
-
-def add_run_arguments(p) -> None:
-    """Speed, evaluation, checkpoints, trackers and the Hub push."""
-    speed = p.add_argument_group("speed (see README: Performance)")
-    speed.add_argument("--torch_compile", action="store_true",
-                       help="compile the model with torch.compile through Accelerate's dynamo plugin (an `accelerate "
-                            "launch` config's dynamo settings do the same)")
-    speed.add_argument("--torch_compile_backend", default="inductor", help="torch.compile backend")
-    speed.add_argument("--torch_compile_mode", default=None,
-                       help="torch.compile mode: default, reduce-overhead, max-autotune (default: torch's)")
-    speed.add_argument("--channels_last", action="store_true",
-                       help="channels-last memory format for the images and the convolution weights (faster "
-                            "DenseNet convolutions on tensor cores)")
-
-    run = p.add_argument_group("evaluation and checkpoints")
-    run.add_argument("--output_dir", default="outputs/xattn")
-    run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: every epoch; with --streaming, every 1000 steps)")
-    run.add_argument("--save_steps", type=int, default=0, help="save_state every N steps (0: every epoch; with --streaming, every 1000 steps)")
-    run.add_argument("--save_total_limit", type=int, default=2)
-    run.add_argument("--metric_for_best_model", default="val_loss",
-                     help="validation metric that picks the best checkpoint (val_loss, val_accuracy, val_i2t_R@1, ...)")
-    run.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
-    run.add_argument("--report_to", default="tensorboard", help="Accelerate tracker, or 'none'")
-    run.add_argument("--no_progress", action="store_true")
-    run.add_argument("--push_to_hub", action="store_true", help="push the final folder with scripts/push_to_hub.py")
-    run.add_argument("--hub_model_id", help="user/name to push to")
-    run.add_argument("--hub_private", action="store_true")
-
-
-# The training recipes: every option a recipe sets, and its value. `--recipe default` is what measured best on real
-# held-out photos (README: Real photographs); `--recipe paper` is the paper's text, choice by choice.
-RECIPES = {
-    "default": dict(contrastive_loss="infonce", learnable_temperature=True, fusion_gate=True,
-                    retrieval_pooling="attention", optimizer="adamw", weight_decay=0.05, decay_exclusions=True,
-                    random_crop_scale=1.0, lr_decay_beta=1.0, lr_scheduler="constant", warmup_steps=100,
-                    lambda_itm=1.0, max_grad_norm=1.0),
-    "paper": dict(contrastive_loss="margin", learnable_temperature=False, fusion_gate=False,
-                  retrieval_pooling="mean", optimizer="adam", weight_decay=1e-4, decay_exclusions=False,
-                  random_crop_scale=1.0, lr_decay_beta=0.5, lr_scheduler="constant", warmup_steps=0,
-                  lambda_itm=0.0, max_grad_norm=0.0),
-}
-
-
-def apply_recipe(args):
-    """Fill every option the command line left unset (None) from `args.recipe`; explicit options win."""
-    for name, value in RECIPES[args.recipe].items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-    return args
+def parse_args(argv=None, description: str | None = None) -> TrainingOptions:
+    """The training options (`scripts/train.py --help` lists them, by group), typed, with the recipe's values filled
+    in: what `train` takes."""
+    return parse_training_options(argv, description or __doc__)
 
 
 def build_processor(args, train_data, accelerator):
@@ -276,7 +118,7 @@ class Run:
     """What one training run holds. `train` builds it in phases (the accelerator, the data, the model and its
     loaders, the optimisation), then `train_one_epoch` advances it until the run is over and `finish` writes it."""
 
-    args: argparse.Namespace
+    args: TrainingOptions
     accelerator: Accelerator
     on_accelerator: bool  # a GPU or MPS device: pinned memory, non-blocking copies
     counter: BadRowCounter

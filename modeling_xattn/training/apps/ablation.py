@@ -3,22 +3,23 @@ trained with the same seed, data and budget through `loop.train`, evaluated with
 summarised as a table (mean ± std over seeds) and a bar chart.
 """
 
-
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from modeling_xattn.training.data.schema import BadRowCounter
-from modeling_xattn.training.data.sources import add_data_arguments, data_options, load_split, undecoded
+from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.evaluation import evaluate_model, load_model, markdown_table
 from modeling_xattn.training.loop import parse_args as parse_train_args
 from modeling_xattn.training.loop import train
+from modeling_xattn.training.options import DataArguments, StreamingArguments, data_options, option, parse_options
 from modeling_xattn.training.plots import pyplot
 
 CONFIGURATIONS = {
@@ -36,33 +37,46 @@ HEADERS = ["CIDEr", "BLEU-4", "METEOR", "i→t R@1", "i→t R@5", "i→t R@10", 
            "accuracy"]
 
 
-def parse_args(argv=None, description: str | None = None):
+@dataclass
+class AblationArguments:
+    """The ablation's own options (the train.py options of every configuration follow `--`)."""
+
+    _argument_group_name = "ablation"
+
+    output_dir: str = option("outputs/ablation")
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "one run per configuration and seed"})
+    configurations: list[str] = field(default_factory=lambda: list(CONFIGURATIONS),
+                                      metadata={"choices": list(CONFIGURATIONS)})
+    tasks: str = option("auto", "as train.py's --tasks (auto: every task the data has)")
+    split: Literal["validation", "test"] = option("test", "the split to evaluate on")
+    top_k: int = option(128, "retrieval shortlist re-ranked by the matching score (0: rank by the embeddings alone)")
+    max_train_minutes: float = option(3.5, "training budget of each configuration")
+    max_steps: int | None = option(None, "step budget of each configuration (instead of minutes)")
+    test_samples: int = option(500, "rows of the embedded dataset's test split")
+    num_beams: int = option(3)
+    no_java: bool = option(False)
+    no_progress: bool = option(False)
+
+
+@dataclass
+class AblationOptions(AblationArguments, DataArguments, StreamingArguments):
+    """Every option of the ablation: its own and the data's."""
+
+    def __post_init__(self):
+        self.synthetic_test_samples = self.test_samples  # the test split the configurations are evaluated on
+
+
+def parse_args(argv=None, description: str | None = None) -> tuple[AblationOptions, list[str]]:
     """The ablation's options, and the train.py options given after `--`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", default="outputs/ablation")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
-    p.add_argument("--tasks", default="auto", help="as train.py's --tasks (auto: every task the data has)")
-    p.add_argument("--split", default="test", choices=["validation", "test"], help="the split to evaluate on")
-    p.add_argument("--top_k", type=int, default=128, help="retrieval shortlist re-ranked by the matching score "
-                                                          "(0: rank by the embeddings alone)")
-    p.add_argument("--max_train_minutes", type=float, default=3.5, help="training budget of each configuration")
-    p.add_argument("--max_steps", type=int, help="step budget of each configuration (instead of minutes)")
-    p.add_argument("--test_samples", type=int, default=500, help="rows of the embedded dataset's test split")
-    p.add_argument("--num_beams", type=int, default=3)
-    p.add_argument("--no_java", action="store_true")
-    p.add_argument("--no_progress", action="store_true")
-    add_data_arguments(p)
-    args = p.parse_args(argv)
-    args.synthetic_test_samples = args.test_samples
-    return args, extra
+    parts = parse_options((AblationArguments, DataArguments, StreamingArguments), argv, description or __doc__)
+    return AblationOptions(**{name: value for part in parts for name, value in vars(part).items()}), extra
 
 
 def data_arguments(args) -> list[str]:
-    """Every data option (`add_data_arguments`), passed on to training unchanged so every configuration trains on
+    """Every data option (`DataOptions`), passed on to training unchanged so every configuration trains on
     the rows it is evaluated against (the test split's size is this job's own `--test_samples`)."""
     out = []
     for name in vars(data_options()):

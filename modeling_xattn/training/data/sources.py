@@ -5,7 +5,6 @@ and hold-out policy every command shares."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -30,7 +29,8 @@ from modeling_xattn.training.data.schema import (
     to_schema,
 )
 from modeling_xattn.training.data.shards import load_shards
-from modeling_xattn.training.data.synthetic import SyntheticSpec, synthetic_dataset
+from modeling_xattn.training.data.synthetic import synthetic_dataset
+from modeling_xattn.training.options import data_options
 
 logger = logging.getLogger(__name__)
 
@@ -356,69 +356,9 @@ def load_mvsa(root: str, seed: int = 0, counter: BadRowCounter | None = None):
     return datasets.DatasetDict({name: to_schema([rows[i] for i in idx]) for name, idx in splits.items()})
 
 
-def add_data_arguments(parser, streaming: bool = True) -> None:
-    """The data options every script shares (as transformers' example scripts name them); `streaming=False` leaves
-    out the options of reading a stream for training (a script that only reads a source)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="synthetic",
-                      choices=["synthetic", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "mvsa"])
-    data.add_argument("--data_dir", help="imagefolder / MVSA root / COCO or Karpathy image folder / folder of "
-                                         "WebDataset shards (train-*.tar, validation-*.tar)")
-    data.add_argument("--data_file", help="CSV/JSONL table, COCO captions_*.json or Karpathy dataset_*.json")
-    data.add_argument("--validation_file", help="validation table or COCO annotation file (else a split is held out)")
-    data.add_argument("--dataset_name", help="Hub dataset id (with --dataset hub)")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--dataset_revision", help="Hub dataset revision (commit) to pin")
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--caption_column", default="captions")
-    data.add_argument("--text_column", default="text")
-    data.add_argument("--label_column", default="label")
-    data.add_argument("--answers_column", default="answers")
-    data.add_argument("--synthetic_samples", type=int, default=4000, help="rows (images) of the embedded dataset")
-    data.add_argument("--synthetic_test_samples", type=int, default=1000, help="rows of its test split")
-    data.add_argument("--synthetic_objects", type=int, default=SyntheticSpec.objects, help="(most) shapes per image")
-    data.add_argument("--synthetic_min_objects", type=int, default=SyntheticSpec.min_objects,
-                      help="fewest shapes per image (the count is drawn per image)")
-    data.add_argument("--synthetic_colours", type=int, default=SyntheticSpec.num_colours, help="colours in use")
-    data.add_argument("--synthetic_shapes", type=int, default=SyntheticSpec.num_shapes, help="shape kinds in use")
-    data.add_argument("--data_seed", type=int, default=0, help="seed of the embedded dataset and of held-out splits")
-    data.add_argument("--validation_fraction", type=float, default=0.1)
-    data.add_argument("--caption_matching", action="store_true",
-                      help="turn a captioned source into a labelled two-way task (train with --tasks "
-                           "classification, or classification,retrieval): does this caption describe this photo or "
-                           "another photo? Each training caption gives one matching and one mismatched row (both keep "
-                           "the photo's own captions); evaluation splits take one caption per photo; chance is 50%% "
-                           "(not with --streaming)")
-    data.add_argument("--max_samples", type=int, help="use at most this many rows of the split")
-    data.add_argument("--num_workers", type=int, default=0)
-    if not streaming:
-        return
-    stream = parser.add_argument_group("streaming (--dataset webdataset or hub)")
-    stream.add_argument("--streaming", action="store_true",
-                        help="read the training rows as a stream (datasets' IterableDataset): nothing is downloaded "
-                             "or loaded whole; needs --max_steps")
-    stream.add_argument("--shuffle_buffer_size", type=int, default=1000,
-                        help="rows in the seeded shuffle buffer of a stream (0: source order)")
-    stream.add_argument("--max_eval_samples", type=int, default=1000,
-                        help="validation rows read from a stream (held once in memory)")
-
-
-def data_options(**values) -> argparse.Namespace:
-    """The data options as `add_data_arguments` defines them, with `values` set: what `load_split` takes outside a
-    command line, e.g. `load_split(data_options(dataset="imagefolder", data_dir="photos/"), "validation")`."""
-    parser = argparse.ArgumentParser()
-    add_data_arguments(parser)
-    options = parser.parse_args([])
-    for key, value in values.items():
-        if not hasattr(options, key):
-            raise ValueError(f"data_options: unknown option {key!r}; see add_data_arguments")
-        setattr(options, key, value)
-    return options
-
-
 def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_validation: bool = False):
-    """The `split` ("train", "validation" or "test") of the dataset that `args` (parsed data options, or a dict of
-    them: see `data_options`) names, in the common schema.
+    """The `split` ("train", "validation" or "test") of the dataset that `args` (typed data options: `DataOptions`,
+    `TrainingOptions`, or a dict of them) names, in the common schema.
 
     The source's own splits are used as they are (imagefolder split folders, Karpathy's train+restval/val/test,
     COCO/table `--data_file` + `--validation_file`, Hub splits, MVSA's 8:1:1, the embedded dataset's train and

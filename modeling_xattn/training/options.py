@@ -1,0 +1,327 @@
+"""Typed options: every option of the commands as dataclasses, grouped as `--help` lists them, parsed by
+transformers' `HfArgumentParser` (as transformers' example scripts do). The library takes these objects:
+`train(TrainingOptions(...))`, `load_split(DataOptions(dataset="imagefolder", data_dir="photos/"), "validation")`.
+
+The recipes live here too: `--recipe default` is what measured best on real held-out photos (docs/flickr8k.md),
+`--recipe paper` the paper's text, choice by choice; an option left unset (None) takes its recipe's value, an option
+given explicitly wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from transformers import HfArgumentParser
+
+from modeling_xattn.training.data.synthetic import SyntheticSpec
+
+
+def option(default=None, help: str | None = None, **argparse_options):
+    """A dataclass field that `HfArgumentParser` turns into `--<name>`: its default, its help, and any other
+    argparse setting (aliases, nargs, const)."""
+    metadata = dict(argparse_options)
+    if help:
+        metadata["help"] = help
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataArguments:
+    """What to read: the source, its columns and splits (every command that reads data)."""
+
+    _argument_group_name = "data"
+
+    dataset: Literal["synthetic", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "mvsa"] = option(
+        "synthetic")
+    data_dir: str | None = option(
+        None,
+        "imagefolder / MVSA root / COCO or Karpathy image folder / folder of WebDataset shards (train-*.tar, "
+        "validation-*.tar)")
+    data_file: str | None = option(None, "CSV/JSONL table, COCO captions_*.json or Karpathy dataset_*.json")
+    validation_file: str | None = option(None, "validation table or COCO annotation file (else a split is held out)")
+    dataset_name: str | None = option(None, "Hub dataset id (with --dataset hub)")
+    dataset_config_name: str | None = option(None)
+    dataset_revision: str | None = option(None, "Hub dataset revision (commit) to pin")
+    image_column: str = option("image")
+    caption_column: str = option("captions")
+    text_column: str = option("text")
+    label_column: str = option("label")
+    answers_column: str = option("answers")
+    synthetic_samples: int = option(4000, "rows (images) of the embedded dataset")
+    synthetic_test_samples: int = option(1000, "rows of its test split")
+    synthetic_objects: int = option(SyntheticSpec.objects, "(most) shapes per image")
+    synthetic_min_objects: int | None = option(SyntheticSpec.min_objects,
+                                               "fewest shapes per image (the count is drawn per image)")
+    synthetic_colours: int = option(SyntheticSpec.num_colours, "colours in use")
+    synthetic_shapes: int = option(SyntheticSpec.num_shapes, "shape kinds in use")
+    data_seed: int = option(0, "seed of the embedded dataset and of held-out splits")
+    validation_fraction: float = option(0.1)
+    caption_matching: bool = option(
+        False,
+        "turn a captioned source into a labelled two-way task (train with --tasks classification, or "
+        "classification,retrieval): does this caption describe this photo or another photo? Each training caption "
+        "gives one matching and one mismatched row (both keep the photo's own captions); evaluation splits take one "
+        "caption per photo; chance is 50%% (not with --streaming)")
+    max_samples: int | None = option(None, "use at most this many rows of the split")
+    num_workers: int = option(0)
+
+
+@dataclass
+class StreamingArguments:
+    """Reading the training rows as a stream."""
+
+    _argument_group_name = "streaming (--dataset webdataset or hub)"
+
+    streaming: bool = option(
+        False,
+        "read the training rows as a stream (datasets' IterableDataset): nothing is downloaded or loaded whole; needs"
+        " --max_steps")
+    shuffle_buffer_size: int = option(1000, "rows in the seeded shuffle buffer of a stream (0: source order)")
+    max_eval_samples: int = option(1000, "validation rows read from a stream (held once in memory)")
+
+
+@dataclass
+class ModelArguments:
+    """The model: preset, image size, ablation switches, pretrained towers."""
+
+    _argument_group_name = "model"
+
+    tokenizer: str | None = option(None, "tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
+    vocab_size: int = option(1000, "size of a tokenizer trained on the data")
+    model_size: str = option("tiny", "preset: tiny, small, base")
+    image_size: int | None = option(None, "image side in pixels (default: the preset's: tiny and small 64, base 224)")
+    fusion_type: Literal["cross_attention", "concat"] = option("cross_attention")
+    modalities: Literal["both", "image", "text"] = option("both")
+    no_cbam: bool = option(False)
+    text_backbone: str | None = option(None, "pretrained ALBERT: Hub id or folder (albert/albert-base-v2)")
+    vision_backbone: str | None = option(None, "'imagenet' (torchvision DenseNet121) or a .safetensors file")
+    freeze_text: bool = option(False)
+    freeze_vision: bool = option(False)
+    memory_saving: bool = option(
+        False,
+        "DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers",
+        aliases=["--gradient_checkpointing"])
+
+
+@dataclass
+class OptimisationArguments:
+    """Tasks, losses and the optimisation; an option left unset (None) takes `--recipe`'s value."""
+
+    _argument_group_name = "optimisation (an option left unset takes --recipe's value)"
+
+    tasks: str = option(
+        "auto",
+        "comma-separated subset of classification, retrieval, captioning; or vqa (answers as classes, soft scores "
+        "min(n/3, 1)), alone or with retrieval/captioning. auto (default): every task whose targets the training rows"
+        " carry")
+    num_answers: int = option(3129, "VQA answer vocabulary size (most frequent)")
+    recipe: Literal["default", "paper"] = option(
+        "default",
+        "default: the choices that measured best on real held-out photos (README, Real photographs); paper: the "
+        "paper's literal choices (Formula 2 as written, Adam with its coupled weight decay 1e-4 on every weight, "
+        "Formula 5, no augmentation, plain cross-attention, mean pooling). An option given explicitly overrides the "
+        "recipe's value")
+    contrastive_loss: Literal["margin", "margin_squared", "infonce", "sigmoid"] | None = option(
+        None,
+        "retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's squared form), infonce "
+        "(CLIP's) or sigmoid (SigLIP's pairwise loss). Recipe default: infonce; paper: margin")
+    contrastive_margin: float = option(1.0, "m of Formula 2")
+    contrastive_temperature: float = option(0.07, "InfoNCE temperature (its initial value when learned)")
+    learnable_temperature: bool | None = option(
+        None,
+        "learn InfoNCE's temperature (CLIP: logit scale from ln(1/0.07), clamped at ln 100, no weight decay). Recipe "
+        "default: on; paper: off", nargs="?", const=True)
+    fusion_gate: bool | None = option(
+        None,
+        "tanh-gated cross-attention initialised closed (Flamingo): the full model starts as the concatenation model. "
+        "Recipe default: on; paper: off", nargs="?", const=True)
+    fusion_gate_init: float = option(
+        0.0,
+        "initial g of the gates (0: closed, exactly the concatenation model at the start)")
+    retrieval_pooling: Literal["mean", "attention"] | None = option(
+        None,
+        "pooling of the retrieval embeddings. Recipe default: attention; paper: mean")
+    lambda_ce: float = option(1.0)
+    lambda_cl: float = option(1.0)
+    lambda_seq: float = option(1.0)
+    lambda_itm: float | None = option(
+        None,
+        "weight of the image-text matching loss, which trains the head that re-ranks retrieval shortlists. Recipe "
+        "default: 1; paper: 0 (the paper has no such loss)")
+    caption_label_smoothing: float = option(
+        0.0,
+        "label smoothing of the caption loss (Formula 3 as written: 0; BLIP: 0.1)")
+    caption_dropout: float | None = option(
+        None,
+        "dropout of the caption decoder (its hidden and attention dropout; the preset's: 0.1, BERT's and BLIP's "
+        "decoder's)")
+    num_beams: int = option(3, "beams in the saved generation_config.json (evaluate, predict and the pipelines use it)")
+    optimizer: Literal["adamw", "adam"] | None = option(
+        None,
+        "adamw: Adam with decoupled weight decay; adam: torch's Adam, which adds the decay to the gradient, so that "
+        "Adam's normalisation drives weights with small gradients to zero at the learning rate per step (see README)."
+        " Recipe default: adamw; paper: adam")
+    learning_rate: float = option(0.001)
+    backbone_learning_rate: float | None = option(None, "learning rate of the pretrained towers")
+    weight_decay: float | None = option(None, "Recipe default: 0.05 (decoupled); paper: 1e-4")
+    decay_exclusions: bool | None = option(
+        None,
+        "no weight decay on biases, norms, embeddings, gates, the logit scale and pooling queries. Recipe default: "
+        "on; paper: off (decay on every weight)", nargs="?", const=True)
+    random_crop_scale: float | None = option(
+        None,
+        "training photos are cropped to a random area in [scale, 1] of the photo and aspect 3/4-4/3, then resized "
+        "(RandomResizedCrop, seeded per example and epoch; no flips: captions say left and right; not applied to "
+        "streamed data); 1 = no augmentation. Recipe default: 1 (crops measured fewer distinct captions, see README);"
+        " paper: 1")
+    caption_sampling: Literal["pairs", "one_per_photo"] = option(
+        "pairs",
+        "pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); one_per_photo: an "
+        "epoch is every photo once, with one of its captions drawn per epoch (seeded, so a resumed run draws the "
+        "same)")
+    batch_size: int = option(32, "per process")
+    gradient_accumulation_steps: int = option(1)
+    num_epochs: int = option(
+        2,
+        "an epoch is one pass over every image-caption pair (2: the main job reaches its README figures in 2 epochs, "
+        "under 5 minutes on 2 CPU cores)")
+    max_steps: int | None = option(None, "stop after this many optimiser steps")
+    max_train_minutes: float | None = option(None, "stop (and evaluate, save) after this many minutes")
+    lr_decay_beta: float | None = option(
+        None,
+        "Formula 5: lr *= beta after an evaluation whose loss is not below the previous one's (1 = off); it "
+        "multiplies the schedule's rate. Recipe default: 1; paper: 0.5")
+    lr_scheduler: Literal["constant", "cosine"] | None = option(
+        None,
+        "cosine: from the peak to 0 over --max_steps, or over --max_train_minutes of training when that ends first. "
+        "Recipe default: constant (after warm-up; it measured better than cosine on Flickr8k at 8 minutes, see "
+        "README); paper: constant")
+    warmup_steps: int | None = option(None, "linear warm-up of the learning rate. Recipe default: 100; paper: 0")
+    max_grad_norm: float | None = option(
+        None,
+        "clip the gradients' global norm (0: off). Recipe default: 1; paper: 0 (no clipping)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no")
+    seed: int = option(42)
+    cpu: bool = option(False, "train on the CPU even where a GPU is present")
+
+
+@dataclass
+class SpeedArguments:
+    """Speed levers."""
+
+    _argument_group_name = "speed (see docs/performance.md)"
+
+    torch_compile: bool = option(
+        False,
+        "compile the model with torch.compile through Accelerate's dynamo plugin (an `accelerate launch` config's "
+        "dynamo settings do the same)")
+    torch_compile_backend: str = option("inductor", "torch.compile backend")
+    torch_compile_mode: str | None = option(
+        None,
+        "torch.compile mode: default, reduce-overhead, max-autotune (default: torch's)")
+    channels_last: bool = option(
+        False,
+        "channels-last memory format for the images and the convolution weights (faster DenseNet convolutions on "
+        "tensor cores)")
+
+
+@dataclass
+class RunArguments:
+    """Evaluation, checkpoints, trackers and the Hub push."""
+
+    _argument_group_name = "evaluation and checkpoints"
+
+    output_dir: str = option("outputs/xattn")
+    eval_steps: int = option(0, "evaluate every N steps (0: every epoch; with --streaming, every 1000 steps)")
+    save_steps: int = option(0, "save_state every N steps (0: every epoch; with --streaming, every 1000 steps)")
+    save_total_limit: int = option(2)
+    metric_for_best_model: str = option(
+        "val_loss",
+        "validation metric that picks the best checkpoint (val_loss, val_accuracy, val_i2t_R@1, ...)")
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder")
+    report_to: str = option("tensorboard", "Accelerate tracker, or 'none'")
+    no_progress: bool = option(False)
+    push_to_hub: bool = option(False, "push the final folder with scripts/push_to_hub.py")
+    hub_model_id: str | None = option(None, "user/name to push to")
+    hub_private: bool = option(False)
+
+
+# The training recipes: every option a recipe sets, and its value.
+RECIPES = {
+    "default": dict(contrastive_loss="infonce", learnable_temperature=True, fusion_gate=True,
+                    retrieval_pooling="attention", optimizer="adamw", weight_decay=0.05, decay_exclusions=True,
+                    random_crop_scale=1.0, lr_decay_beta=1.0, lr_scheduler="constant", warmup_steps=100,
+                    lambda_itm=1.0, max_grad_norm=1.0),
+    "paper": dict(contrastive_loss="margin", learnable_temperature=False, fusion_gate=False,
+                  retrieval_pooling="mean", optimizer="adam", weight_decay=1e-4, decay_exclusions=False,
+                  random_crop_scale=1.0, lr_decay_beta=0.5, lr_scheduler="constant", warmup_steps=0,
+                  lambda_itm=0.0, max_grad_norm=0.0),
+}
+# Switches a recipe sets on or off that a command line can turn either way (--fusion_gate / --no-fusion_gate).
+NEGATABLE = ("learnable_temperature", "fusion_gate", "decay_exclusions")
+
+
+@dataclass
+class DataOptions(DataArguments, StreamingArguments):
+    """The data options alone: what `load_split` and the streams read."""
+
+
+@dataclass
+class TrainingOptions(DataArguments, StreamingArguments, ModelArguments, OptimisationArguments, SpeedArguments,
+                      RunArguments):
+    """Every option of a training run: what `train` takes. An option left None takes `recipe`'s value."""
+
+    def __post_init__(self):
+        apply_recipe(self)
+
+
+TRAINING_GROUPS = (DataArguments, StreamingArguments, ModelArguments, OptimisationArguments, SpeedArguments,
+                   RunArguments)
+
+
+def apply_recipe(options):
+    """Fill every option left unset (None) from `options.recipe`; explicit options win."""
+    if options.recipe not in RECIPES:
+        raise ValueError(f"recipe {options.recipe!r}: choose one of {sorted(RECIPES)}")
+    for name, value in RECIPES[options.recipe].items():
+        if getattr(options, name, None) is None:
+            setattr(options, name, value)
+    return options
+
+
+def parser_for(groups, description: str | None = None) -> HfArgumentParser:
+    """An `HfArgumentParser` for option groups (dataclasses), `--help` grouped as they are; the recipe switches
+    get their `--no-` forms."""
+    parser = HfArgumentParser(groups, description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    for group in parser._action_groups:
+        for name in NEGATABLE:
+            if any(action.dest == name for action in group._group_actions):
+                group.add_argument(f"--no-{name}", f"--no_{name}", dest=name, action="store_false", default=None,
+                                   help=f"the opposite of --{name}")
+    return parser
+
+
+def parse_options(groups, argv=None, description: str | None = None):
+    """Parse `argv` with `parser_for(groups)` into one instance of each group; argparse's own errors (an unknown or
+    malformed option) stop the command with its usage, as any command line does."""
+    namespace = vars(parser_for(groups, description).parse_args(argv))
+    return tuple(group(**{f.name: namespace.pop(f.name) for f in fields(group) if f.name in namespace})
+                 for group in groups)
+
+
+def parse_training_options(argv=None, description: str | None = None) -> TrainingOptions:
+    """The training command line as one `TrainingOptions`, its recipe applied."""
+    parts = parse_options(TRAINING_GROUPS, argv, description)
+    return TrainingOptions(**{name: value for part in parts for name, value in vars(part).items()})
+
+
+def data_options(**values) -> DataOptions:
+    """The data options with `values` set, e.g. `data_options(dataset="imagefolder", data_dir="photos/")`."""
+    known = {f.name for f in fields(DataOptions)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"data_options: unknown option {unknown[0]!r}; see DataArguments and StreamingArguments")
+    return DataOptions(**values)
