@@ -8,21 +8,12 @@ against a caption, and show each word's attention over the image.
 It serves on 127.0.0.1 (this machine only) unless --host says otherwise. The same app runs as a Hugging Face Space
 from `app.py` (see README).
 """
-import argparse
 
-from modeling_xattn.training.apps.demo import load_demo
+from modeling_xattn.training.apps.demo import main as run
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a saved folder or a Hub id")
-    p.add_argument("--revision", help="Hub commit, branch or tag to pin")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=7860)
-    args = p.parse_args(argv)
-    demo = load_demo(args.model, args.revision)
-    demo.launch(server_name=args.host, server_port=args.port)
-    return demo
+    return run(argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -9,25 +9,12 @@ Each split becomes `{split}-000000.tar`, ... with `--rows_per_shard` samples eac
 image as JPEG bytes: JPEG files are copied unchanged) and `<key>.json` (captions, text, label name, answers,
 question, image_id). Rows whose image cannot be read are skipped and counted.
 """
-from modeling_xattn.training.data.streaming import make_shards
-from modeling_xattn.training.options import DataArguments, parser_for
+
+from modeling_xattn.training.apps.make_shards import main as run
 
 
-def main(argv=None):
-    parser = parser_for((DataArguments,), __doc__)  # the data options, typed; this command's own below
-    parser.add_argument("--output_dir", required=True, help="folder for the shards")
-    parser.add_argument("--rows_per_shard", type=int, default=1000)
-    parser.add_argument("--splits", help="comma-separated splits to write (default: every split the source has)")
-    args = parser.parse_args(argv)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
-    try:
-        result = make_shards(args, args.output_dir, args.rows_per_shard, splits)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(str(error)) from None
-    for split, paths in result["shards"].items():
-        print(f"{split}: {result['rows'][split]} rows in {len(paths)} shard(s) in {args.output_dir}")
-    print(result["summary"])
-    return result
+def main(argv=None) -> dict:
+    return run(argv, description=__doc__)
 
 
 if __name__ == "__main__":

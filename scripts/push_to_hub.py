@@ -9,32 +9,11 @@ from model_card.md with YAML metadata and `model-index` results from scripts/eva
 Prints the commit hash and the line that loads exactly that revision.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
-
-from modeling_xattn.training.publishing import push_folder
+from modeling_xattn.training.apps.push import main as run
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--folder", required=True, help="a folder written by scripts/train.py")
-    p.add_argument("--repo_id", required=True, help="user/name on the Hub")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--revision", default="main", help="branch to push to (created from main if missing)")
-    p.add_argument("--create_pr", action="store_true", help="open a pull request instead of committing to the branch")
-    p.add_argument("--commit_message", default="Upload XAttn model")
-    p.add_argument("--eval_results", help="scripts/evaluate.py JSON (default: <folder>/eval_results.json)")
-    p.add_argument("--token", help="Hub token (default: the logged-in one)")
-    p.add_argument("--endpoint", default=os.environ.get("HF_ENDPOINT"), help="Hub endpoint (default: HF_ENDPOINT)")
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    return push_folder(args.folder, args.repo_id, args.private, args.revision, args.create_pr, args.commit_message,
-                       args.eval_results, args.token, args.endpoint)
+def main(argv=None) -> dict:
+    return run(argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ LAYERS = {
         "modeling_xattn.training.plots", "modeling_xattn.training.optimization", "modeling_xattn.training.checkpoints"],
     4: ["modeling_xattn.training.evaluation", "modeling_xattn.training.publishing"],
     5: ["modeling_xattn.training.loop"],
-    6: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "prediction",
-                                                              "visualization")],
+    6: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "evaluate",
+                                                              "make_shards", "prediction", "push", "visualization")],
 }
 RANK = {module: rank for rank, modules in LAYERS.items() for module in modules}
 

@@ -59,10 +59,10 @@ def test_shortlist_size_per_direction(trained):
 
 
 def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
-    from modeling_xattn.training.evaluation import recall_at_1_by_k
+    from modeling_xattn.training.evaluation import load_model, recall_at_1_by_k
     from modeling_xattn.training.metrics import retrieval_metrics
 
-    model, processor = evaluation.load_model(str(trained))
+    model, processor = load_model(str(trained))
     from modeling_xattn.training.data.synthetic import synthetic_dataset
 
     data = synthetic_dataset(6, seed=5)

@@ -312,10 +312,15 @@ def parse_options(groups, argv=None, description: str | None = None):
                  for group in groups)
 
 
+def parse_merged(options_class, groups, argv=None, description: str | None = None):
+    """Parse `argv` with `groups` into one `options_class` (a dataclass that inherits every group)."""
+    parts = parse_options(groups, argv, description)
+    return options_class(**{name: value for part in parts for name, value in vars(part).items()})
+
+
 def parse_training_options(argv=None, description: str | None = None) -> TrainingOptions:
     """The training command line as one `TrainingOptions`, its recipe applied."""
-    parts = parse_options(TRAINING_GROUPS, argv, description)
-    return TrainingOptions(**{name: value for part in parts for name, value in vars(part).items()})
+    return parse_merged(TrainingOptions, TRAINING_GROUPS, argv, description)
 
 
 def data_options(**values) -> DataOptions:

@@ -19,7 +19,7 @@ from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.evaluation import evaluate_model, load_model, markdown_table
 from modeling_xattn.training.loop import parse_args as parse_train_args
 from modeling_xattn.training.loop import train
-from modeling_xattn.training.options import DataArguments, StreamingArguments, data_options, option, parse_options
+from modeling_xattn.training.options import DataArguments, StreamingArguments, data_options, option, parse_merged
 from modeling_xattn.training.plots import pyplot
 
 CONFIGURATIONS = {
@@ -71,8 +71,9 @@ def parse_args(argv=None, description: str | None = None) -> tuple[AblationOptio
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parts = parse_options((AblationArguments, DataArguments, StreamingArguments), argv, description or __doc__)
-    return AblationOptions(**{name: value for part in parts for name, value in vars(part).items()}), extra
+    options = parse_merged(AblationOptions, (AblationArguments, DataArguments, StreamingArguments), argv,
+                           description or __doc__)
+    return options, extra
 
 
 def data_arguments(args) -> list[str]:

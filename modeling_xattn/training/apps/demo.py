@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +22,7 @@ from modeling_xattn.processing_xattn import to_rgb
 from modeling_xattn.training.apps.visualization import attention_maps, render
 from modeling_xattn.training.data.schema import load_image
 from modeling_xattn.training.evaluation import load_model, rank_gallery
+from modeling_xattn.training.options import option, parse_options
 
 MAX_GALLERY = 64  # photos ranked at once: each is encoded on every request
 
@@ -210,4 +212,24 @@ def load_demo(model: str, revision: str | None = None, title: str | None = None)
     return build_demo(loaded, processor, title=title or f"XAttn: {name}")
 
 
-__all__ = ["MAX_GALLERY", "XAttnDemo", "build_demo", "load_demo"]
+@dataclass(kw_only=True)
+class DemoArguments:
+    """The model to serve, and where."""
+
+    _argument_group_name = "demo"
+
+    model: str = field(metadata={"help": "a saved folder or a Hub id"})
+    revision: str | None = option(None, "Hub commit, branch or tag to pin")
+    host: str = option("127.0.0.1", "address to serve on (0.0.0.0: every interface)")
+    port: int = option(7860)
+
+
+def main(argv=None, description: str | None = None):
+    """Serve the demo the command line asks for (blocks while it serves); returns the Gradio app."""
+    (args,) = parse_options((DemoArguments,), argv, description or __doc__)
+    demo = load_demo(args.model, args.revision)
+    demo.launch(server_name=args.host, server_port=args.port)
+    return demo
+
+
+__all__ = ["MAX_GALLERY", "DemoArguments", "XAttnDemo", "build_demo", "load_demo", "main"]

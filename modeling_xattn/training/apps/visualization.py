@@ -7,10 +7,16 @@ averaged), drawn as heatmaps on the photo, next to CBAM's spatial attention map;
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoModel
 
+from modeling_xattn.processing_xattn import to_rgb
+from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.options import option, parse_options
 from modeling_xattn.training.plots import pyplot
 
 SIDE = 224  # pixels of each drawn photo
@@ -77,4 +83,30 @@ def render(image: Image.Image, tokens, maps, cbam, path: str, max_words: int = 1
     return path
 
 
-__all__ = ["attention_maps", "heatmap", "overlay", "render"]
+@dataclass(kw_only=True)
+class VisualizeArguments:
+    """The model, the photo and the text whose attention to draw."""
+
+    _argument_group_name = "visualisation"
+
+    model: str = field(metadata={"help": "a saved folder or a Hub id"})
+    image: str = field(metadata={"help": "the photo"})
+    text: str = field(metadata={"help": "the text whose words' attention is drawn"})
+    revision: str | None = option(None, "Hub revision (pin a commit)")
+    output: str = option("attention.png")
+    max_words: int = option(12, "words (tokens) shown, special tokens excluded")
+
+
+def main(argv=None, description: str | None = None) -> str:
+    """Draw the attention maps the command line asks for; returns the PNG's path."""
+    (args,) = parse_options((VisualizeArguments,), argv, description or __doc__)
+    model = load_pretrained(args.model, args.revision, auto_class=AutoModel).eval()
+    processor = load_processor(args.model, args.revision)
+    image = to_rgb(Image.open(args.image))
+    tokens, maps, cbam = attention_maps(model, processor, image, args.text)
+    render(image, tokens, maps, cbam, args.output, args.max_words)
+    print(f"wrote {args.output}: {maps.shape[0]} layers x {min(len(tokens) - 2, args.max_words)} words")
+    return args.output
+
+
+__all__ = ["VisualizeArguments", "attention_maps", "heatmap", "main", "overlay", "render"]

@@ -1,0 +1,102 @@
+"""Evaluation of a saved model on any data source behind `scripts/evaluate.py` (its docstring has the commands): every
+task the model's heads support, on the rows that carry its target; the results table, `eval_results.json` and
+`eval_results.md`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from modeling_xattn.training.data.schema import BadRowCounter
+from modeling_xattn.training.data.sources import load_split, undecoded
+from modeling_xattn.training.evaluation import (
+    TASKS,
+    caption_samples,
+    evaluate_model,
+    load_model,
+    markdown_table,
+    shortlist_sizes,
+)
+from modeling_xattn.training.options import DataArguments, option, parse_merged
+from modeling_xattn.training.tasks import usable_rows
+
+
+@dataclass(kw_only=True)  # required options first is no constraint on the merged options
+class EvaluateArguments:
+    """What to evaluate and how."""
+
+    _argument_group_name = "evaluation"
+
+    model: str = field(metadata={"help": "a saved folder or a Hub id"})
+    revision: str | None = option(None, "Hub revision (pin a commit)")
+    split: Literal["train", "validation", "test"] = option("validation")
+    tasks: str = option(",".join(TASKS))
+    batch_size: int = option(32)
+    num_beams: int | None = option(None, "default: the model's generation_config.json")
+    max_new_tokens: int | None = option(None, "default: the model's generation_config.json")
+    top_k: str = option(
+        "128",
+        "retrieval shortlist size re-ranked by the matching score (0: rank by the embeddings alone), or one per "
+        "direction: i2t=64,t2i=16 (scripts/benchmark.py measures R@1 against k)")
+    caption_samples: int = option(
+        0, "write caption_samples.png with this many photos and their generated and reference captions")
+    exhaustive: bool = option(False, "score every image-text pair by cross-attention")
+    no_java: bool = option(False, "caption metrics without Java (no METEOR)")
+    output_dir: str | None = option(None, "where to write eval_results.{json,md} (default: the model folder if local)")
+    no_progress: bool = option(False)
+
+
+@dataclass
+class EvaluateOptions(EvaluateArguments, DataArguments):
+    """Every option of an evaluation: its own and the data's."""
+
+
+def parse_args(argv=None, description: str | None = None) -> EvaluateOptions:
+    return parse_merged(EvaluateOptions, (EvaluateArguments, DataArguments), argv, description or __doc__)
+
+
+def main(argv=None, description: str | None = None) -> dict:
+    """Evaluate as the command line says; returns what `eval_results.json` holds."""
+    args = parse_args(argv, description)
+    try:
+        top_k = shortlist_sizes(args.top_k)
+    except argparse.ArgumentTypeError as error:
+        raise SystemExit(f"--top_k {args.top_k}: {error}") from None
+    model, processor = load_model(args.model, args.revision)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    counter = BadRowCounter()
+    try:
+        dataset = undecoded(load_split(args, args.split, counter))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    tasks = [t for t in args.tasks.split(",") if t]
+    output_dir = args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output")
+    results = evaluate_model(model, processor, dataset, tasks, args.batch_size, args.num_beams, args.max_new_tokens,
+                             top_k, args.exhaustive, java=not args.no_java, progress=not args.no_progress,
+                             counter=counter)
+    if not results:  # nothing to report: leave any earlier eval_results.json as it was
+        labelled = len(usable_rows(dataset, "classification", BadRowCounter()))
+        captioned = len(usable_rows(dataset, "captioning", BadRowCounter()))
+        raise SystemExit(f"nothing evaluated: the {args.split} split ({len(dataset)} rows: {labelled} with a "
+                         f"label, {captioned} with captions) gave no result for --tasks {args.tasks} and this "
+                         f"model. {counter.summary()}")
+    os.makedirs(output_dir, exist_ok=True)
+    if args.caption_samples and "captioning" in results:
+        captioned = usable_rows(dataset, "captioning", BadRowCounter())
+        caption_samples(model, processor, captioned, args.caption_samples, Path(output_dir) / "caption_samples.png",
+                        args.num_beams, args.max_new_tokens)
+    payload = {"model": args.model, "revision": args.revision, "dataset": args.dataset_name or args.dataset,
+               "data": args.dataset_name or args.data_dir or args.data_file, "split": args.split, "results": results,
+               "bad_rows": dict(counter.counts), "converted": dict(counter.converted)}
+    Path(output_dir, "eval_results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    table = markdown_table(results)
+    Path(output_dir, "eval_results.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    print(counter.summary())
+    return payload
