@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -14,7 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -31,6 +34,7 @@ from modeling_xattn.training.data.synthetic import synthetic_dataset
 from modeling_xattn.training.evaluation import encode_gallery, markdown_table, recall_at_1_by_k
 from modeling_xattn.training.hub import load_pretrained, load_processor
 from modeling_xattn.training.metrics import retrieval_metrics
+from modeling_xattn.training.options import option, parse_options
 
 SECTIONS = ("fusion", "generation", "retrieval", "training", "inference")
 TARGETS = {
@@ -44,39 +48,50 @@ TARGETS = {
 }
 
 
-def parse_args(argv=None, description: str | None = None):
-    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ", ".join(SECTIONS))
-    p.add_argument("--output_dir", default="outputs/benchmark")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per figure (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="on CUDA: autocast dtype (CPU: fp32)")
-    p.add_argument("--compile", action="store_true",
-                   help="also measure both fusion layers, and the training step (with channels-last images and, on "
-                        "CUDA, fused Adam), under torch.compile")
-    p.add_argument("--compile_backend", default="inductor", help="torch.compile backend of --compile")
-    p.add_argument("--max_batch_size", type=int, default=512,
-                   help="CUDA: the training figures' largest batch is searched by doubling --batch_size up to this")
-    p.add_argument("--model", help="trained multi-task model folder for the retrieval figure (default: "
-                                   "outputs/xattn if it exists, else an untrained tiny model)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes everywhere (the tests use it; not a benchmark)")
-    # sizes (defaults: the paper's base preset and a 1,000-image gallery)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--fusion_hidden", type=int, default=768)
-    p.add_argument("--gallery_images", type=int, default=1000)
-    p.add_argument("--top_k", type=int, default=128)
-    p.add_argument("--retrieval_repeats", type=int, default=1,
-                   help="timed runs of each ranking (exhaustive scoring at full size: over 45 minutes on 2 CPU cores)")
-    p.add_argument("--new_tokens", type=int, default=30)
-    p.add_argument("--generation_batch", type=int, default=8)
-    p.add_argument("--model_size", default="base", help="preset of the generation, training and inference figures")
-    p.add_argument("--_memory_probe", choices=["default", "saving"], help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.batch_size, args.fusion_hidden, args.gallery_images, args.top_k = 4, 64, 12, 4
-        args.new_tokens, args.generation_batch, args.model_size = 6, 2, "tiny"
-        args.repeats, args.warmup = 1, 0
+@dataclass
+class BenchmarkArguments:
+    """What to measure, where, and at which sizes (defaults: the paper's base preset and a 1,000-image gallery)."""
+
+    _argument_group_name = "benchmark"
+
+    sections: str = option(",".join(SECTIONS), "comma-separated subset of " + ", ".join(SECTIONS))
+    output_dir: str = option("outputs/benchmark")
+    repeats: int = option(5, "timed repetitions per figure (the median is reported)")
+    warmup: int = option(2, "untimed runs before timing")
+    device: str = option("auto", "auto, cpu or cuda")
+    precision: Literal["bf16", "fp32"] = option("bf16", "on CUDA: autocast dtype (CPU: fp32)")
+    compile: bool = option(
+        False,
+        "also measure both fusion layers, and the training step (with channels-last images and, on CUDA, fused "
+        "Adam), under torch.compile")
+    compile_backend: str = option("inductor", "torch.compile backend of --compile")
+    max_batch_size: int = option(
+        512, "CUDA: the training figures' largest batch is searched by doubling --batch_size up to this")
+    model: str | None = option(
+        None,
+        "trained multi-task model folder for the retrieval figure (default: outputs/xattn if it exists, else an "
+        "untrained tiny model)")
+    smoke: bool = option(False, "tiny sizes everywhere (the tests use it; not a benchmark)")
+    batch_size: int = option(32)
+    fusion_hidden: int = option(768)
+    gallery_images: int = option(1000)
+    top_k: int = option(128)
+    retrieval_repeats: int = option(
+        1, "timed runs of each ranking (exhaustive scoring at full size: over 45 minutes on 2 CPU cores)")
+    new_tokens: int = option(30)
+    generation_batch: int = option(8)
+    model_size: str = option("base", "preset of the generation, training and inference figures")
+    _memory_probe: Literal["default", "saving"] | None = option(None, argparse.SUPPRESS)
+
+    def __post_init__(self):
+        if self.smoke:
+            self.batch_size, self.fusion_hidden, self.gallery_images, self.top_k = 4, 64, 12, 4
+            self.new_tokens, self.generation_batch, self.model_size = 6, 2, "tiny"
+            self.repeats, self.warmup = 1, 0
+
+
+def parse_args(argv=None, description: str | None = None) -> BenchmarkArguments:
+    (args,) = parse_options((BenchmarkArguments,), argv, description or __doc__)
     return args
 
 
@@ -507,7 +522,11 @@ def largest_batch(args, device) -> int:
 
 
 def _with(args, **values):
-    return argparse.Namespace(**{**vars(args), **values})
+    """A copy of `args` with `values` set (its smoke sizes kept: no re-initialisation)."""
+    changed = copy.copy(args)
+    for name, value in values.items():
+        setattr(changed, name, value)
+    return changed
 
 
 def bench_inference(args, device) -> dict:

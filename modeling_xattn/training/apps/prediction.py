@@ -3,13 +3,13 @@ answer, and rank images or captions, over files and folders in batches, unreadab
 Python, the pipelines (`pipeline_xattn`) do the same per image.
 """
 
-
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -18,24 +18,43 @@ from modeling_xattn.processing_xattn import to_rgb
 from modeling_xattn.training.data.schema import load_image
 from modeling_xattn.training.evaluation import generate_captions, rank_gallery
 from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.options import option, parser_for
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def parse_args(argv=None, description: str | None = None):
-    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["caption", "classify", "answer", "rank-images", "rank-captions"])
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision")
-    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
-    p.add_argument("--text", help="statement (classify), question (answer) or query (rank-images)")
-    p.add_argument("--captions", nargs="+", help="candidate captions (rank-captions)")
-    p.add_argument("--num_beams", type=int, help="default: the model's generation_config.json")
-    p.add_argument("--max_new_tokens", type=int, help="default: the model's generation_config.json")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--top_k", type=int, default=10, help="results shown when ranking")
-    p.add_argument("--json", action="store_true")
-    return p.parse_args(argv)
+COMMANDS = ("caption", "classify", "answer", "rank-images", "rank-captions")
+
+
+@dataclass(kw_only=True)
+class PredictArguments:
+    """The model, the images and what to ask of them (the command itself is the first word: `COMMANDS`)."""
+
+    _argument_group_name = "prediction"
+
+    model: str = field(metadata={"help": "a saved folder or a Hub id"})
+    revision: str | None = option(None, "Hub revision (pin a commit)")
+    images: list[str] = field(metadata={"help": "image files and/or folders"})
+    text: str | None = option(None, "statement (classify), question (answer) or query (rank-images)")
+    captions: list[str] | None = option(None, "candidate captions (rank-captions)", nargs="+")
+    num_beams: int | None = option(None, "default: the model's generation_config.json")
+    max_new_tokens: int | None = option(None, "default: the model's generation_config.json")
+    batch_size: int = option(16)
+    top_k: int = option(10, "results shown when ranking")
+    json: bool = option(False)
+
+
+@dataclass(kw_only=True)
+class PredictOptions(PredictArguments):
+    """The command and its options."""
+
+    command: Literal["caption", "classify", "answer", "rank-images", "rank-captions"]
+
+
+def parse_args(argv=None, description: str | None = None) -> PredictOptions:
+    parser = parser_for((PredictArguments,), description or __doc__)
+    parser.add_argument("command", choices=COMMANDS)
+    return PredictOptions(**vars(parser.parse_args(argv)))
 
 
 def image_paths(items) -> list[Path]:
