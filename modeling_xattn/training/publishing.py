@@ -16,7 +16,7 @@ import torch
 from modeling_xattn.training.evaluation import markdown_table
 from modeling_xattn.training.hub import load_pretrained, load_processor
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"  # the checkout's top level
 UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.png"]
 CARD_FIELDS = ("training", "command", "metrics_table", "model_size", "parameters", "fusion_type", "modalities",
                "use_cbam", "tasks")
