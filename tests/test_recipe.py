@@ -11,7 +11,7 @@ from PIL import Image
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
 from modeling_xattn.training.collate import CaptionPerPhoto, RandomResizedCrops, XAttnCollator, crop_fraction
-from modeling_xattn.training.loop import parse_args
+from modeling_xattn.training.loop import build_model, parse_args
 from modeling_xattn.training.optimization import decay_excluded, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import RECIPES
 
@@ -168,8 +168,6 @@ def test_caption_label_smoothing_is_the_smoothed_shifted_cross_entropy():
 
 
 def test_caption_dropout_reaches_the_decoder_and_nothing_else(processor):
-    from modeling_xattn.train_xattn import build_model
-
     def dropouts(module):
         return {m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)}
 
