@@ -1074,29 +1074,39 @@ class _RetrievalMixin:
 
     # ---------------------------------------------------------------- gallery search (two-stage)
     @torch.inference_mode()
-    def encode_gallery_images(self, pixel_values: torch.Tensor, batch_size: int = 64):
-        """Encode every image once, in batches: region tokens `(N, R, D)` for re-ranking and embeddings `(N, P)`."""
+    def encode_gallery_images(self, pixel_values: torch.Tensor, batch_size: int = 64, progress: bool = False):
+        """Encode every image once, in batches: region tokens `(N, R, D)` for re-ranking and embeddings `(N, P)`.
+        `progress`: a bar (in images) with an estimate of the time left."""
         tokens, embeds = [], []
+        bar = _progress(len(pixel_values), "encoding images", "image", progress)
         for chunk in pixel_values.split(batch_size):
+            bar.update(len(chunk))
             image_tokens, _ = self.xattn.encode_image(chunk.to(self.device))
             tokens.append(image_tokens)
             embeds.append(self.retrieval.embed_image(image_tokens))
+        bar.close()
         return torch.cat(tokens), torch.cat(embeds)
 
     @torch.inference_mode()
-    def encode_gallery_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256):
-        """Encode every text once, in batches: tokens `(M, L, D)` (before fusion), their mask, embeddings `(M, P)`."""
+    def encode_gallery_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256,
+                             progress: bool = False):
+        """Encode every text once, in batches: tokens `(M, L, D)` (before fusion), their mask, embeddings `(M, P)`.
+        `progress`: a bar (in texts) with an estimate of the time left."""
         tokens, embeds = [], []
+        bar = _progress(len(input_ids), "encoding texts", "text", progress)
         for ids, mask in zip(input_ids.split(batch_size), attention_mask.split(batch_size)):
+            bar.update(len(ids))
             text_tokens = self.xattn.encode_text(ids.to(self.device), mask.to(self.device))
             tokens.append(text_tokens)
             embeds.append(self.retrieval.embed_text(text_tokens, mask.to(self.device)))
+        bar.close()
         return torch.cat(tokens), attention_mask.to(self.device), torch.cat(embeds)
 
     @torch.inference_mode()
     def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256,
-                    reuse: bool = False):
+                    reuse: bool = False, progress: bool | str = False):
         """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers.
+        `progress`: a bar in pairs (its rate is pairs/s) with an estimate of the time left; a string names it.
 
         With `reuse`, the first fusion layer's projections of each image and each text that takes part are computed
         once (`cross_projections`) and gathered for every pair instead of being recomputed per pair, and the pairs
@@ -1114,8 +1124,11 @@ class _RetrievalMixin:
             projected = {**_in_chunks(lambda i: layer.cross_projections(image=image_tokens[i]), images_used, batch_size),
                          **_in_chunks(lambda i: layer.cross_projections(text=text_tokens[i]), texts_used, batch_size)}
         scores = []
+        bar = _progress(len(image_index), progress if isinstance(progress, str) else "re-ranking", "pair",
+                        bool(progress))
         for start in range(0, len(image_index), batch_size):
             images, texts = image_index[start:start + batch_size], text_index[start:start + batch_size]
+            bar.update(len(images))
             first_layer = None
             if reuse:
                 slots = {"image": image_slot[start:start + batch_size], "text": text_slot[start:start + batch_size]}
@@ -1124,6 +1137,7 @@ class _RetrievalMixin:
             fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images],
                                     first_layer_projections=first_layer)
             scores.append(self.retrieval.itm(fused.pooler_output).float().log_softmax(-1)[:, 1])
+        bar.close()
         scores = torch.cat(scores)
         if reuse:  # back to the order of the pairs given
             scores = torch.empty_like(scores).scatter_(0, order, scores)
@@ -1131,7 +1145,7 @@ class _RetrievalMixin:
 
     @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
-             batch_size: int = 256, reuse: bool = False) -> tuple[torch.Tensor, int]:
+             batch_size: int = 256, reuse: bool = False, progress: bool = False) -> tuple[torch.Tensor, int]:
         """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching
         score re-ranks the shortlist. `images` = `encode_gallery_images(...)`, `texts` = `encode_gallery_texts(...)`.
 
@@ -1139,7 +1153,7 @@ class _RetrievalMixin:
         columns for `"t2i"`): shortlisted pairs hold their matching log-probability, the others their embedding
         similarity minus 1e4 (ranked after the shortlist, in embedding order); and the number of pairs scored by
         cross-attention. `exhaustive=True` scores every pair; with `k >=` the gallery size both give the same matrix.
-        `reuse`: see `pair_scores`.
+        `reuse`: see `pair_scores`. `progress`: a bar over the pairs scored (pairs/s, time left).
         """
         if direction not in ("i2t", "t2i"):
             raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
@@ -1157,7 +1171,8 @@ class _RetrievalMixin:
         image_index, text_index = shortlist.nonzero(as_tuple=True)
         scores = similarity - 1e4
         scores[image_index, text_index] = self.pair_scores(image_tokens, text_tokens, text_mask, image_index,
-                                                           text_index, batch_size, reuse)
+                                                           text_index, batch_size, reuse,
+                                                           progress and f"re-ranking {direction}")
         return scores, len(image_index)
 
 
@@ -1280,6 +1295,12 @@ def _batch_axis(name: str) -> int:
     """The batch axis of a `cross_projections` output: the second for stacked keys/values `(2, B, ...)`, the first
     for queries `(B, ...)`."""
     return 1 if "key_value" in name else 0
+
+
+def _progress(total: int, desc: str, unit: str, enabled: bool):
+    """A progress bar (transformers' tqdm, so `transformers.utils.logging.disable_progress_bar()` silences it) that
+    shows the rate and the time left; a no-op bar when not `enabled`."""
+    return logging.tqdm(total=total, desc=desc, unit=unit, disable=not enabled, unit_scale=True, dynamic_ncols=True)
 
 
 def _in_chunks(project, index: torch.Tensor, batch_size: int) -> dict:

@@ -15,7 +15,7 @@ gradio = pytest.importorskip("gradio", reason="the demo's optional dependency: p
 from conftest import SHARED_SAMPLE, load_script  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from modeling_xattn.training.apps.demo import XAttnDemo, build_demo  # noqa: E402
+from modeling_xattn.training.apps.demo import MAX_UPLOAD_MB, XAttnDemo, build_demo, serve  # noqa: E402
 from modeling_xattn.training.data.synthetic import synthetic_dataset  # noqa: E402
 from modeling_xattn.training.evaluation import load_model, rank_gallery  # noqa: E402
 
@@ -56,7 +56,7 @@ def served(model_folder):
     model, processor = load_model(str(model_folder))
     demo = build_demo(model, processor)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)  # with the demo's own limits
     yield f"http://127.0.0.1:{port}/", XAttnDemo(model, processor)
     demo.close()
 
@@ -124,9 +124,55 @@ def test_demo_script_names_a_model_it_cannot_load(tmp_path):
 
 def test_demo_script_serves_on_localhost_by_default(monkeypatch, model_folder):
     launched = {}
-    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: launched.update(options))
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: launched.update(options, queue=self._queue))
     demo_script.main(["--model", str(model_folder)])
-    assert launched == {"server_name": "127.0.0.1", "server_port": 7860}
+    queue = launched.pop("queue")
+    assert launched == {"server_name": "127.0.0.1", "server_port": 7860, "max_file_size": 20 * 1024 * 1024}
+    assert (queue.default_concurrency_limit, queue.max_size) == (2, 64)
+
+
+def declared_size_png(path, width: int, height: int) -> None:
+    """A tiny PNG whose header declares `width` x `height` pixels: a decompression bomb in a few bytes."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(Path(path).read_bytes())
+    data[16:24] = struct.pack(">II", width, height)  # the IHDR chunk's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC over type and data
+    Path(path).write_bytes(bytes(data))
+
+
+def test_limits_under_parallel_requests_oversized_uploads_and_bombs(served, photos, tmp_path):
+    """Many clients at once all get their caption; an upload over the size limit is refused before it is read, a
+    declared-gigapixel PNG is refused by name, and the server still answers afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, tasks = served
+    paths, _ = photos
+    expected = expected_caption(tasks, paths[0], 1)
+
+    def caption(path=paths[0]):
+        return Client(url, verbose=False).predict(handle_file(path), "greedy", 2, api_name="/caption")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: caption(), range(16)))
+    assert answers == [expected] * 16
+
+    oversized = tmp_path / "oversized.png"
+    oversized.write_bytes(b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1))
+    with pytest.raises(Exception, match="exceeds the maximum file size of 20971520 bytes"):
+        caption(str(oversized))  # gradio_client reads the limit from the server and does not send it
+    import httpx  # a client that does send it: the server stops reading at the limit
+
+    with oversized.open("rb") as body:
+        refused = httpx.post(f"{url}gradio_api/upload", files={"files": ("oversized.png", body)}, timeout=60)
+    assert refused.status_code >= 400 and "maximum allowed size" in refused.text
+    bomb = tmp_path / "bomb.png"
+    declared_size_png(bomb, 40_000, 40_000)  # 1.6 gigapixels declared, 70 bytes on disk
+    with pytest.raises(Exception, match="bomb.png is not a readable image"):
+        caption(str(bomb))
+    assert caption() == expected  # still serving
 
 
 def browser_or_skip():
@@ -192,7 +238,8 @@ def test_space_entry_point(monkeypatch, tmp_path, model_folder):
     monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: launched.append((self.title, options)))
     monkeypatch.setenv("XATTN_MODEL", str(model_folder))
     app["main"]()
-    assert launched == [(f"XAttn: {model_folder.name}", {})]
+    # the host and port are the Space's (Gradio reads them from its environment); the limits are the demo's
+    assert launched == [(f"XAttn: {model_folder.name}", {"max_file_size": 20 * 1024 * 1024})]
 
 
 def test_space_requirements_are_the_package_dependencies():

@@ -403,9 +403,13 @@ def test_evaluation_counts_only_bad_rows_and_never_overwrites_with_nothing(capti
     broken = write_folder(tmp_path / "broken", captions_only(4))
     for path in broken.glob("*.jpg"):
         path.write_bytes(b"not a jpeg")
-    with pytest.raises(SystemExit, match="nothing evaluated"):
+    with pytest.raises(SystemExit, match="another evaluation"):  # another source's results are not replaced
         evaluation.main(["--model", str(coco_model), "--dataset", "imagefolder", "--data_dir", str(broken),
                          "--split", "train", "--no_progress", "--output_dir", str(tmp_path / "eval")])
+    with pytest.raises(SystemExit, match="nothing evaluated"):  # nor, when told to, by an evaluation of nothing
+        evaluation.main(["--model", str(coco_model), "--dataset", "imagefolder", "--data_dir", str(broken),
+                         "--split", "train", "--no_progress", "--output_dir", str(tmp_path / "eval"),
+                         "--overwrite_output_dir"])
     assert (tmp_path / "eval" / "eval_results.json").read_text() == before
 
 

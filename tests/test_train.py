@@ -29,7 +29,7 @@ def test_main_trains_evaluates_and_writes_a_loadable_folder(tmp_path):
     for name in ("model.safetensors", "config.json", "modeling_xattn.py", "processor_config.json", "README.md",
                  "training_curves.png", "train_results.json"):
         assert (out / name).exists(), name
-    assert list((out / "xattn").rglob("events.out.tfevents*")), "tensorboard events"
+    assert list((out / "runs").rglob("events.out.tfevents*")), "tensorboard events under runs/"
     results = json.loads((out / "train_results.json").read_text())
     assert {"val_loss", "val_accuracy", "val_i2t_R@1"} <= set(results["metrics"])
     assert "AdamW" in results["card"]["training"]  # decoupled weight decay by default

@@ -11,8 +11,10 @@ retrieval R@1/5/10 both directions, two-stage (the embeddings shortlist `top_k`,
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +29,12 @@ from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, usable_row
 logger = logging.getLogger(__name__)
 
 TASKS = EVALUATED_TASKS  # the tasks evaluate_model scores (the registry's)
+# Two-stage retrieval's defaults. `--top_k auto` takes the largest shortlist of SHORTLIST_SIZES whose re-ranking fits
+# RERANK_BUDGET_SECONDS at the pairs/s measured on the device at hand (a GPU affords 128; 2 CPU cores about 16 on a
+# 1,000-photo gallery, where R@1 moved by less than a point between 16 and 128: docs/performance.md).
+SHORTLIST_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
+RERANK_BUDGET_SECONDS = 90.0
+RERANK_BATCH_SIZE = 256  # pairs per fusion call while re-ranking
 
 
 def load_model(name: str, revision: str | None = None):
@@ -36,12 +44,21 @@ def load_model(name: str, revision: str | None = None):
 
 def batches(dataset, collate, batch_size, progress=False, desc=None):
     """Yield `(rows that made it into the batch, batch)` (the collator needs `with_row_index=True`); rows the
-    collator skips are counted by it."""
-    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress):
+    collator skips are counted by it. `progress`: a bar in rows with the time left."""
+    bar = tqdm(total=len(dataset), desc=desc, unit="row", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(dataset), batch_size):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collate(rows)
         if batch:
             yield [rows[i] for i in batch.pop("row_index").tolist()], batch
+        bar.update(len(rows))
+    bar.close()
+
+
+def image_id(row: dict, position: int) -> str:
+    """The id a results file gives a row's photo: its `image_id`, or its position among the photos evaluated."""
+    value = row.get("image_id")
+    return str(value) if value not in (None, "") else str(position)
 
 
 @torch.inference_mode()
@@ -69,42 +86,64 @@ def generate_captions(model, processor, pixel_values, num_beams=None, max_new_to
 
 @torch.inference_mode()
 def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=None, max_new_tokens=None, progress=True,
-                        java=True, counter=None) -> tuple[dict, list[str]]:
+                        java=True, counter=None, outputs: dict | None = None) -> tuple[dict, list[str]]:
+    """Caption every photo and score the captions against its references. `outputs`, when given, receives
+    `captions` (a COCO results list, `[{"image_id", "caption"}]`, one per photo) and `references` (the COCO
+    annotation layout, `{"images": [...], "annotations": [...]}`), which `write_predictions` saves."""
     collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
-    predictions, references = [], []
+    predictions, references, ids = [], [], []
     for rows, batch in batches(dataset, collate, batch_size, progress, "captioning"):
         predictions += generate_captions(model, processor, batch["pixel_values"], num_beams, max_new_tokens)
         references += [list(row["captions"]) for row in rows]
+        ids += [image_id(row, len(ids) + n) for n, row in enumerate(rows)]
     if not predictions:
         return {}, []
-    return caption_metrics(predictions, references, tokenize=java), predictions
+    if outputs is not None:
+        outputs["captions"] = [{"image_id": i, "caption": c} for i, c in zip(ids, predictions)]
+        outputs["references"] = coco_references(ids, references)
+    return caption_metrics(predictions, references, tokenize=java, progress=progress), predictions
+
+
+def coco_references(ids: list[str], references: list[list[str]]) -> dict:
+    """References in the COCO captions annotation layout (what `pycocotools.coco.COCO` and the toolkit read)."""
+    annotations = []
+    for photo, captions in zip(ids, references):
+        for caption in captions:
+            annotations.append({"image_id": photo, "id": len(annotations), "caption": caption})
+    return {"images": [{"id": photo} for photo in ids], "annotations": annotations, "type": "captions"}
 
 
 @torch.inference_mode()
-def encode_gallery(model, processor, pixel_values, captions: list[str], batch_size=64, text_batch_size=256):
+def encode_gallery(model, processor, pixel_values, captions: list[str], batch_size=64, text_batch_size=256,
+                   progress=False):
     """Images and captions of a gallery, each encoded once in batches: `(images, texts)` as `model.rank` takes them."""
-    images = model.encode_gallery_images(pixel_values, batch_size)
+    images = model.encode_gallery_images(pixel_values, batch_size, progress=progress)
     tokens = processor(captions=captions)
-    texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], text_batch_size)
+    texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], text_batch_size,
+                                       progress=progress)
     return images, texts
 
 
 @torch.inference_mode()
 def rank_gallery(model, processor, pixel_values, captions: list[str], direction="i2t", top_k=128, exhaustive=False,
-                 batch_size=64, encoded=None):
+                 batch_size=64, encoded=None, progress=False, rerank_batch_size=RERANK_BATCH_SIZE):
     """Two-stage ranking of a gallery: images and captions are encoded once (pass `encoded` from an earlier call
     to reuse them), the embeddings shortlist `top_k` per query, the matching head re-ranks the shortlist.
     Returns `(scores (num_images, num_captions), pairs scored by cross-attention, encoded)`."""
     if encoded is None:
-        encoded = encode_gallery(model, processor, pixel_values, captions, batch_size)
-    scores, pairs = model.rank(*encoded, direction=direction, k=top_k, exhaustive=exhaustive)
+        encoded = encode_gallery(model, processor, pixel_values, captions, batch_size, progress=progress)
+    scores, pairs = model.rank(*encoded, direction=direction, k=top_k, exhaustive=exhaustive,
+                               batch_size=rerank_batch_size, progress=progress)
     return scores, pairs, encoded
 
 
 def shortlist_sizes(value: str):
-    """`--top_k` as given: one size for both directions ("128"), or one per direction ("i2t=64,t2i=16")."""
+    """`--top_k` as given: "auto" (chosen from a time budget, `choose_shortlist`), one size for both directions
+    ("128"), or one per direction ("i2t=64,t2i=16")."""
     import argparse
 
+    if value.strip() == "auto":
+        return "auto"
     try:
         return _shortlist_sizes(value)
     except ValueError as error:
@@ -145,12 +184,73 @@ def recall_at_1_by_k(scores: torch.Tensor, similarity: torch.Tensor, text_to_ima
     return curve
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_pair_rate(model, encoded, batch_size: int = RERANK_BATCH_SIZE, timed_batches: int = 2) -> float:
+    """Pairs per second the matching head scores on this device, as re-ranking runs them: one batch of gallery
+    pairs to warm up, then `timed_batches` batches timed."""
+    (image_tokens, _), (text_tokens, text_mask, _) = encoded
+    count = batch_size * (timed_batches + 1)
+    images = torch.arange(count, device=image_tokens.device) % len(image_tokens)
+    texts = (torch.arange(count, device=image_tokens.device) * 7) % len(text_tokens)
+    model.pair_scores(image_tokens, text_tokens, text_mask, images[:batch_size], texts[:batch_size], batch_size)
+    synchronize(image_tokens.device)
+    started = time.perf_counter()
+    model.pair_scores(image_tokens, text_tokens, text_mask, images[batch_size:], texts[batch_size:], batch_size)
+    synchronize(image_tokens.device)
+    return (count - batch_size) / max(time.perf_counter() - started, 1e-9)
+
+
+def rerank_pairs(num_images: int, num_texts: int, k) -> int:
+    """Pairs two-stage retrieval scores in both directions with shortlist `k` (one size, or one per direction)."""
+    i2t, t2i = (k["i2t"], k["t2i"]) if isinstance(k, dict) else (k, k)
+    return num_images * min(i2t, num_texts) + num_texts * min(t2i, num_images)
+
+
+def choose_shortlist(num_images: int, num_texts: int, pairs_per_second: float,
+                     budget_seconds: float = RERANK_BUDGET_SECONDS) -> int:
+    """`--top_k auto`: the largest of SHORTLIST_SIZES whose re-ranking in both directions is estimated to fit
+    `budget_seconds` at `pairs_per_second`; 0 (the embeddings alone) when not even k = 1 fits."""
+    for k in SHORTLIST_SIZES:
+        if rerank_pairs(num_images, num_texts, k) / pairs_per_second <= budget_seconds:
+            return k
+    return 0
+
+
+def _plan_reranking(model, encoded, top_k, budget_seconds, batch_size, progress, exhaustive=False) -> tuple:
+    """The shortlist size to use and what is known of its cost: `(top_k, {"top_k", "top_k_rule",
+    "estimated_pairs_per_second", "estimated_seconds"})`; prints the estimate before re-ranking starts."""
+    (_, image_embeds), (_, _, text_embeds) = encoded
+    num_images, num_texts = len(image_embeds), len(text_embeds)
+    rate = measure_pair_rate(model, encoded, batch_size)
+    rule = "given"
+    if exhaustive:
+        top_k, rule = max(num_images, num_texts), "exhaustive"
+    elif top_k == "auto":
+        top_k, rule = choose_shortlist(num_images, num_texts, rate, budget_seconds), f"auto ({budget_seconds:g} s)"
+    pairs = rerank_pairs(num_images, num_texts, top_k)
+    plan = {"top_k": top_k, "top_k_rule": rule, "estimated_pairs_per_second": round(rate, 1),
+            "estimated_seconds": round(pairs / rate, 1)}
+    if progress:
+        largest = rerank_pairs(num_images, num_texts, SHORTLIST_SIZES[0])
+        tqdm.write(f"two-stage retrieval: k={top_k} per query ({rule}): {pairs:,} pairs at {rate:,.0f} pairs/s "
+                   f"measured, about {pairs / rate:.0f} s; k={SHORTLIST_SIZES[0]} would take about "
+                   f"{largest / rate / 60:.1f} min")
+    return top_k, plan
+
+
 @torch.inference_mode()
 def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exhaustive=False, progress=True,
-                       counter=None) -> dict:
+                       counter=None, rerank_budget=RERANK_BUDGET_SECONDS, rerank_batch_size=RERANK_BATCH_SIZE,
+                       outputs: dict | None = None) -> dict:
     """Gallery = the split's images and all their captions; any of an image's captions is a hit. `top_k`: one
-    shortlist size, or one per direction (`{"i2t": 64, "t2i": 16}`, as `scripts/benchmark.py` picks them from its
-    R@1-vs-k curve)."""
+    shortlist size, one per direction (`{"i2t": 64, "t2i": 16}`, as `scripts/benchmark.py` picks them from its
+    R@1-vs-k curve), or "auto" (`choose_shortlist` within `rerank_budget` seconds). `outputs`, when given, receives
+    `retrieval`: each query's top 10 (`ranked_lists`)."""
     if getattr(model, "retrieval", None) is None:
         return {}
     if getattr(model.config, "lambda_itm", 1.0) == 0 and (top_k or exhaustive):
@@ -158,27 +258,36 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
         logger.warning("the matching head was trained with lambda_itm=0: ranking by the embeddings alone (top_k 0)")
         top_k, exhaustive = 0, False
     collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
-    pixels, captions, owner, count = [], [], [], 0
-    for rows, batch in batches(dataset, collate, batch_size, progress, "retrieval: images"):
+    pixels, captions, owner, ids = [], [], [], []
+    for rows, batch in batches(dataset, collate, batch_size, progress, "retrieval: reading photos"):
         for row in rows:
             row_captions = [c for c in row["captions"] if c.strip()]
             captions += row_captions
-            owner += [count] * len(row_captions)
-            count += 1
+            owner += [len(ids)] * len(row_captions)
+            ids.append(image_id(row, len(ids)))
         pixels.append(batch["pixel_values"])
     if not pixels:
         return {}
     pixels = torch.cat(pixels)
     started = time.perf_counter()
     owner = torch.tensor(owner, device=model.device)
-    results, encoded = {}, None
+    encoded = encode_gallery(model, processor, pixels, captions, batch_size, progress=progress)
+    results = {}
+    if exhaustive or top_k:
+        top_k, plan = _plan_reranking(model, encoded, top_k, rerank_budget, rerank_batch_size, progress, exhaustive)
+        results.update(plan)
+    scores_by_direction = {}
     for direction in ("i2t", "t2i"):
         k = top_k[direction] if isinstance(top_k, dict) else top_k
-        scores, pairs, encoded = rank_gallery(model, processor, pixels, captions, direction, k, exhaustive,
-                                              batch_size, encoded)
+        ranking_started = time.perf_counter()
+        scores, pairs, _ = rank_gallery(model, processor, pixels, captions, direction, k, exhaustive, batch_size,
+                                        encoded, progress, rerank_batch_size)
         metrics = retrieval_metrics(scores, owner)
         results.update({k: v for k, v in metrics.items() if k.startswith(direction)})
         results[f"{direction}_pair_evaluations"] = pairs
+        if pairs:
+            results[f"{direction}_pairs_per_second"] = round(pairs / (time.perf_counter() - ranking_started), 1)
+        scores_by_direction[direction] = scores
     results["seconds"] = time.perf_counter() - started
     results["gallery"] = f"{len(pixels)} images x {len(captions)} captions"
     (_, image_embeds), (_, _, text_embeds) = encoded  # (tokens, embeddings), (tokens, mask, embeddings)
@@ -187,7 +296,28 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
         similarity = model.retrieval.similarity(image_embeds, text_embeds).float().cpu()
         results.update({f"embedding_{k}": v for k, v in retrieval_metrics(similarity, owner.cpu()).items()})
     results.update(embedding_spread(image_embeds, text_embeds, owner))
+    if outputs is not None:
+        outputs["retrieval"] = ranked_lists(scores_by_direction, ids, captions, owner.tolist())
     return results
+
+
+def ranked_lists(scores: dict, ids: list[str], captions: list[str], owner: list[int], depth: int = 10) -> dict:
+    """Each query's top `depth`, as `retrieval_top10.json` keeps them: for every photo the captions it ranks first
+    (with the photo each belongs to), for every caption the photos it ranks first; `hit` = the first correct rank
+    (1-based) within the list, or None."""
+    i2t = scores["i2t"].float().cpu().topk(min(depth, len(captions)), dim=1).indices.tolist()
+    t2i = scores["t2i"].float().cpu().T.topk(min(depth, len(ids)), dim=1).indices.tolist()
+
+    def first_hit(flags):
+        return next((rank for rank, flag in enumerate(flags, start=1) if flag), None)
+
+    return {
+        "i2t": [{"image_id": ids[i], "captions": [captions[j] for j in top],
+                 "caption_image_ids": [ids[owner[j]] for j in top], "hit": first_hit(owner[j] == i for j in top)}
+                for i, top in enumerate(i2t)],
+        "t2i": [{"caption": captions[j], "image_id": ids[owner[j]], "image_ids": [ids[i] for i in top],
+                 "hit": first_hit(i == owner[j] for i in top)} for j, top in enumerate(t2i)],
+    }
 
 
 def embedding_spread(image_embeds, text_embeds, owner) -> dict:
@@ -207,9 +337,12 @@ def embedding_spread(image_embeds, text_embeds, owner) -> dict:
 
 
 def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_beams=None, max_new_tokens=None,
-                   top_k=128, exhaustive=False, java=True, progress=True, counter=None) -> dict:
+                   top_k="auto", exhaustive=False, java=True, progress=True, counter=None,
+                   rerank_budget=RERANK_BUDGET_SECONDS, outputs: dict | None = None) -> dict:
     """Every task of `tasks` the model has a head for, each on the rows that carry its target (a row without one is
-    not a bad row). Returns `{task: metrics}` for the tasks that gave a result."""
+    not a bad row). Returns `{task: metrics}` for the tasks that gave a result. `outputs`, when given, receives what
+    the evaluation made besides its metrics (the captions, their references, the ranked lists), for
+    `write_predictions`."""
     tasks = [t for t in tasks.split(",") if t] if isinstance(tasks, str) else list(tasks)
     unknown = set(tasks) - set(TASKS)
     if unknown:
@@ -222,11 +355,28 @@ def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_be
         results["classification"] = evaluate_classification(model, processor, labelled, batch_size, progress, counter)
     if "captioning" in tasks and len(captioned) and getattr(model, "captioner", None) is not None:
         results["captioning"], _ = evaluate_captioning(model, processor, captioned, batch_size, num_beams,
-                                                       max_new_tokens, progress, java, counter)
+                                                       max_new_tokens, progress, java, counter, outputs)
     if "retrieval" in tasks and len(captioned):
         results["retrieval"] = evaluate_retrieval(model, processor, captioned, batch_size, top_k, exhaustive,
-                                                  progress, counter)
+                                                  progress, counter, rerank_budget, outputs=outputs)
     return {task: metrics for task, metrics in results.items() if metrics}
+
+
+PREDICTION_FILES = {"captions": "generated_captions.json", "references": "reference_captions.json",
+                    "retrieval": "retrieval_top10.json"}
+
+
+def write_predictions(outputs: dict, folder) -> list[str]:
+    """What `evaluate_model(..., outputs=...)` kept, as files in `folder`: the generated captions as a COCO results
+    file (`[{"image_id", "caption"}]`, one per photo), the references in the COCO annotation layout, and each
+    retrieval query's top 10. Returns the paths written."""
+    written = []
+    for key, name in PREDICTION_FILES.items():
+        if key in outputs:
+            path = Path(folder, name)
+            path.write_text(json.dumps(outputs[key], indent=1, ensure_ascii=False), encoding="utf-8")
+            written.append(str(path))
+    return written
 
 
 def caption_samples(model, processor, dataset, count: int, path, num_beams=None, max_new_tokens=None) -> None:
@@ -308,9 +458,11 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     return metrics
 
 
-__all__ = ["TASKS", "batches", "caption_samples", "embedding_spread", "encode_gallery", "evaluate_captioning",
+__all__ = ["PREDICTION_FILES", "RERANK_BUDGET_SECONDS", "SHORTLIST_SIZES", "TASKS", "batches", "caption_samples",
+           "choose_shortlist", "coco_references", "embedding_spread", "encode_gallery", "evaluate_captioning",
            "evaluate_classification", "evaluate_model", "evaluate_multitask", "evaluate_retrieval",
-           "generate_captions", "load_model", "markdown_table", "rank_gallery"]
+           "generate_captions", "load_model", "markdown_table", "measure_pair_rate", "rank_gallery", "ranked_lists",
+           "rerank_pairs", "write_predictions"]
 
 
 def generation_overrides(num_beams: int | None = None, max_new_tokens: int | None = None) -> dict:

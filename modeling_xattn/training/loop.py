@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
-from accelerate.utils import TorchDynamoPlugin, send_to_device, set_seed
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -28,6 +29,7 @@ from modeling_xattn.processing_xattn import XAttnProcessor, train_albert_tokeniz
 from modeling_xattn.training.checkpoints import (
     TrainingState,
     latest_checkpoint,
+    list_checkpoints,
     quiet_tied_weights_notice,
     save_checkpoint_atomically,
     write_json,
@@ -154,7 +156,9 @@ def train(args) -> dict:
         # tracing re-applies and then cannot undo (it stops at the first step)
         raise SystemExit("--memory_saving and --torch_compile cannot be combined: pick one (memory_saving trades "
                          "speed for memory, torch_compile memory-neutral speed)")
-    run = build_data(args, *make_accelerator(args))
+    accelerator, on_accelerator = make_accelerator(args)
+    claim_output_dir(args, accelerator)
+    run = build_data(args, accelerator, on_accelerator)
     build_model_and_loaders(run)
     build_optimization(run)
     run.started = time.time()
@@ -164,7 +168,66 @@ def train(args) -> dict:
     stop = run.state.global_step >= run.max_steps
     while not stop:
         stop = train_one_epoch(run)
-    return finish(run)
+    result = finish(run)
+    if run.accelerator.is_main_process:
+        print(run_summary(args, result, run.tasks))
+    return result
+
+
+def holds_a_model(output_dir: str) -> list[str]:
+    """What in `output_dir` a new run would replace: a saved model, complete checkpoints."""
+    found = [name for name in ("model.safetensors", "config.json") if os.path.exists(os.path.join(output_dir, name))]
+    checkpoints = list_checkpoints(os.path.join(output_dir, "checkpoints"))
+    if checkpoints:
+        found.append(f"{len(checkpoints)} checkpoint(s) in checkpoints/")
+    return found
+
+
+def claim_output_dir(args, accelerator) -> None:
+    """A run never replaces a trained model by surprise (as transformers' example scripts): a folder that holds one
+    stops the run unless it resumes (`--resume_from_checkpoint`) or is told to start over (`--overwrite_output_dir`,
+    which clears the old checkpoints/, best/ and runs/ so that `latest` means this run's)."""
+    found = holds_a_model(args.output_dir)
+    if not found or args.resume_from_checkpoint:
+        return
+    if not args.overwrite_output_dir:
+        raise SystemExit(
+            f"{args.output_dir} already holds a trained model ({', '.join(found)}), which this run would replace. "
+            "Continue its training with --resume_from_checkpoint latest, start over with --overwrite_output_dir, "
+            "or give another --output_dir.")
+    accelerator.wait_for_everyone()  # every process has looked before the main one clears
+    if accelerator.is_main_process:
+        for name in ("checkpoints", "best", "runs"):
+            shutil.rmtree(os.path.join(args.output_dir, name), ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def run_summary(args, result: dict, tasks) -> str:
+    """What a finished run made: where the model is, what it scored, and the commands to run next."""
+    folder = args.output_dir
+    metrics = {k: v for k, v in result["metrics"].items() if k.startswith("val_") and "rank" not in k}
+    shown = ", ".join(f"{k[4:]} {v:.4g}" for k, v in sorted(metrics.items()))
+    pipeline_task = "image-to-text" if "captioning" in tasks else "image-text-classification"
+    example = '"photo.jpg"' if pipeline_task == "image-to-text" else '{"image": "photo.jpg", "text": "a statement"}'
+    lines = [
+        f"done: {result['global_step']} steps; the model (weights, code, processor, model card) is in {folder}",
+        f"final validation: {shown or 'no metric'}",
+        "next:",
+        f"  python scripts/evaluate.py --model {folder}",
+        f"  python -c 'from transformers import pipeline; print(pipeline(\"{pipeline_task}\", model=\"{folder}\", "
+        f"trust_remote_code=True)({example}))'",
+        f"  python scripts/demo.py --model {folder}",
+    ]
+    if args.report_to == "tensorboard":
+        lines.append(f"  tensorboard --logdir {logging_dir(args)}")
+    if result.get("pushed"):
+        lines.insert(1, f"pushed: {result['pushed']['repo_id']} at {result['pushed']['commit']}")
+    return "\n".join(lines)
+
+
+def logging_dir(args) -> str:
+    """Where the tracker writes: `--logging_dir`, else `runs/` in the output folder (the push leaves it out)."""
+    return args.logging_dir or os.path.join(args.output_dir, "runs")
 
 
 def make_accelerator(args) -> tuple[Accelerator, bool]:
@@ -182,7 +245,7 @@ def make_accelerator(args) -> tuple[Accelerator, bool]:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=args.output_dir,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir(args)),
         # a batch may carry labels for only some tasks: their heads then get no gradient in that step
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=on_accelerator),

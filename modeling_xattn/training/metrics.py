@@ -13,6 +13,7 @@ import shutil
 from collections import Counter
 
 import torch
+from tqdm.auto import tqdm
 
 from modeling_xattn.training.data.schema import clean_text, vqa_score
 
@@ -40,10 +41,12 @@ def _simple_tokenize(text: str) -> str:
     return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
 
 
-def caption_metrics(predictions: list[str], references: list[list[str]], tokenize: bool = True) -> dict:
+def caption_metrics(predictions: list[str], references: list[list[str]], tokenize: bool = True,
+                    progress: bool = False) -> dict:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr of `predictions` against `references` (one list per prediction), with
     pycocoevalcap's own scorers and PTB tokenizer, so the numbers equal the toolkit's. `tokenize=False` skips the
-    Java tokenizer (and METEOR) for machines without Java."""
+    Java tokenizer (and METEOR) for machines without Java. `progress`: a bar over the toolkit's steps (tokenizing,
+    then each scorer; METEOR's Java process is the slow one)."""
     if len(predictions) != len(references):
         raise ValueError(f"predictions ({len(predictions)}) and references ({len(references)}) differ in length")
     if not predictions:
@@ -52,32 +55,49 @@ def caption_metrics(predictions: list[str], references: list[list[str]], tokeniz
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
+    steps = ["tokenize", "BLEU", "METEOR", "ROUGE-L", "CIDEr"] if tokenize else ["BLEU", "ROUGE-L", "CIDEr"]
+    bar = tqdm(total=len(steps), desc="caption metrics", unit="step", disable=not progress, dynamic_ncols=True)
+
+    def step(name):
+        bar.set_postfix_str(name)
+
     if tokenize:
         _require_java()
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+        step("tokenize")
         tokenizer = PTBTokenizer()
         res = tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(predictions)})
         gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
+        bar.update()
     else:
         res = {i: [_simple_tokenize(p)] for i, p in enumerate(predictions)}
         gts = {i: [_simple_tokenize(r) for r in refs] for i, refs in enumerate(references)}
 
     results = {}
-    bleu, _ = Bleu(4).compute_score(gts, res)
+    step("BLEU")
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    bar.update()
     for n, value in enumerate(bleu, start=1):
         results[f"BLEU-{n}"] = float(value)
     if tokenize:
         from pycocoevalcap.meteor.meteor import Meteor
 
+        step("METEOR")
         meteor = Meteor()
         try:
             results["METEOR"], _ = meteor.compute_score(gts, res)
         finally:
             _close_meteor(meteor)
         results["METEOR"] = float(results["METEOR"])
+        bar.update()
+    step("ROUGE-L")
     results["ROUGE-L"], _ = Rouge().compute_score(gts, res)
+    bar.update()
+    step("CIDEr")
     results["CIDEr"], _ = Cider().compute_score(gts, res)
+    bar.update()
+    bar.close()
     return {**{k: float(results[k]) for k in CAPTION_METRICS if k in results}, **caption_diversity(predictions)}
 
 

@@ -234,6 +234,11 @@ class RunArguments:
     _argument_group_name = "evaluation and checkpoints"
 
     output_dir: str = option("outputs/xattn")
+    overwrite_output_dir: bool = option(
+        False,
+        "train into an --output_dir that already holds a model or checkpoints: its checkpoints/, best/ and runs/ are "
+        "removed first and its model files replaced at the end (without it, such a folder stops the run; "
+        "--resume_from_checkpoint latest continues it instead)")
     eval_steps: int = option(0, "evaluate every N steps (0: every epoch; with --streaming, every 1000 steps)")
     save_steps: int = option(0, "save_state every N steps (0: every epoch; with --streaming, every 1000 steps)")
     save_total_limit: int = option(2)
@@ -242,6 +247,8 @@ class RunArguments:
         "validation metric that picks the best checkpoint (val_loss, val_accuracy, val_i2t_R@1, ...)")
     resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder")
     report_to: str = option("tensorboard", "Accelerate tracker, or 'none'")
+    logging_dir: str | None = option(
+        None, "where the tracker writes (default: OUTPUT_DIR/runs, which the Hub push leaves out unless asked)")
     no_progress: bool = option(False)
     push_to_hub: bool = option(False, "push the final folder with scripts/push_to_hub.py")
     hub_model_id: str | None = option(None, "user/name to push to")

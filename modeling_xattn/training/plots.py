@@ -17,15 +17,26 @@ def pyplot():
     return plt
 
 
-def plot_training_curves(history: list[dict], path: str) -> None:
-    """A PNG of every loss and metric in `history` against the step."""
-    plt = pyplot()
-
+def curve_panels(history: list[dict]) -> list[tuple[list[str], str]]:
+    """The panels of `plot_training_curves`: `(keys, title)` for the losses, the validation metrics, the ranks and
+    the learning rate."""
     keys = sorted({k for row in history for k in row if k != "step" and isinstance(row[k], (int, float))})
     losses = [k for k in keys if "loss" in k]
-    metrics = [k for k in keys if "loss" not in k and k != "lr"]
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, group, title in ((axes[0], losses, "losses"), (axes[1], metrics, "validation metrics"), (axes[2], ["lr"], "learning rate")):
+    ranks = [k for k in keys if "rank" in k]
+    metrics = [k for k in keys if k not in losses and k not in ranks and k != "lr"]
+    return [(losses, "losses"), (metrics, "validation metrics"), (ranks, "validation ranks (lower is better)"),
+            (["lr"], "learning rate")]
+
+
+def plot_training_curves(history: list[dict], path: str) -> None:
+    """A PNG of every loss and metric in `history` against the step: losses, the validation metrics (recall in %,
+    accuracy), the ranks (mean and median, on their own axis: in the hundreds, they would flatten recall) and the
+    learning rate."""
+    plt = pyplot()
+
+    panels = curve_panels(history)
+    figure, axes = plt.subplots(1, len(panels), figsize=(20, 4.5))
+    for ax, (group, title) in zip(axes, panels):
         for key in group:
             points = [(row["step"], row[key]) for row in history if key in row and math.isfinite(row[key])]
             if points:
@@ -34,7 +45,7 @@ def plot_training_curves(history: list[dict], path: str) -> None:
         ax.set_xlabel("step")
         if group:
             ax.legend(fontsize=7)
-    axes[2].set_yscale("log")
+    axes[-1].set_yscale("log")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

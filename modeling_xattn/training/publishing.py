@@ -7,6 +7,7 @@ Hub after checking that what is pushed reproduces the trained model.
 from __future__ import annotations
 
 import json
+import shutil
 import string
 import tempfile
 from pathlib import Path
@@ -107,9 +108,11 @@ def assert_parity(original, reloaded, inputs) -> None:
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, revision: str = "main",
                 create_pr: bool = False, commit_message: str = "Upload XAttn model", eval_results: str | None = None,
                 token: str | None = None, endpoint: str | None = None,
-                template: str | Path = MODEL_CARD_TEMPLATE) -> dict:
+                template: str | Path = MODEL_CARD_TEMPLATE, include_logs: bool = False) -> dict:
     """Load `folder` (safetensors only), save a clean copy (weights, config with `auto_map`, code, processor, card),
-    reload the copy and check its outputs equal the original's, then upload it. Returns the commit."""
+    reload the copy and check its outputs equal the original's, then upload it. Returns the commit. The tracker's
+    `runs/` (tensorboard event files, which the Hub shows as training metrics) go too only with `include_logs`;
+    checkpoints never do."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)
@@ -124,6 +127,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
             if (folder / extra).exists():
                 Path(staging, extra).write_bytes((folder / extra).read_bytes())
         Path(staging, "README.md").write_text(build_card(folder, repo_id, results, template), encoding="utf-8")
+        patterns = list(UPLOADED)
+        if include_logs and (folder / "runs").is_dir():
+            shutil.copytree(folder / "runs", Path(staging, "runs"))
+            patterns.append("runs/**")
         assert_parity(model, load_pretrained(staging).eval(), probe_inputs(model, processor))
 
         api = HfApi(endpoint=endpoint, token=token)
@@ -131,7 +138,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
         if revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(folder_path=staging, repo_id=repo_id, revision=revision,
-                                 commit_message=commit_message, create_pr=create_pr, allow_patterns=UPLOADED)
+                                 commit_message=commit_message, create_pr=create_pr, allow_patterns=patterns)
     commit = info.oid
     print(f"pushed {repo_id} at commit {commit}" + (f" (pull request {info.pr_url})" if info.pr_url else ""))
     print(f'AutoModelForPreTraining.from_pretrained("{repo_id}", trust_remote_code=True, revision="{commit}")')

@@ -56,6 +56,8 @@ class AblationArguments:
     num_beams: int = option(3)
     no_java: bool = option(False)
     no_progress: bool = option(False)
+    overwrite_output_dir: bool = option(
+        False, "retrain every configuration (default: one already evaluated is kept, an unfinished one resumes)")
 
 
 @dataclass
@@ -89,11 +91,18 @@ def data_arguments(args) -> list[str]:
 
 
 def run_configuration(name, seed, args, extra, test_data) -> dict:
+    """Train and evaluate one configuration into its own folder. A folder whose evaluation finished is kept (its
+    `test_results.json` is the result) and one whose training did not finish resumes from its latest checkpoint,
+    so an interrupted study loses no finished work; `--overwrite_output_dir` retrains."""
     folder = Path(args.output_dir) / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
+    if (folder / "test_results.json").exists() and not args.overwrite_output_dir:
+        print(f"{name}, seed {seed}: kept the finished run in {folder} (--overwrite_output_dir retrains it)")
+        return json.loads((folder / "test_results.json").read_text())
     budget = ["--max_steps", str(args.max_steps)] if args.max_steps else ["--max_train_minutes", str(args.max_train_minutes), "--num_epochs", "1000"]
+    again = ["--overwrite_output_dir"] if args.overwrite_output_dir else ["--resume_from_checkpoint", "latest"]
     train(parse_train_args(data_arguments(args) + CONFIGURATIONS[name] + budget + [
         "--seed", str(seed), "--tasks", args.tasks, "--output_dir", str(folder), "--report_to", "none",
-        "--no_progress"] + extra))
+        "--no_progress"] + again + extra))
     model, processor = load_model(str(folder))
     tasks = set(json.loads((folder / "train_results.json").read_text())["card"]["tasks"].split(","))
     result = evaluate_model(model, processor, test_data, tasks, 64, args.num_beams, 30, args.top_k,

@@ -25,6 +25,12 @@ from modeling_xattn.training.evaluation import load_model, rank_gallery
 from modeling_xattn.training.options import option, parse_options
 
 MAX_GALLERY = 64  # photos ranked at once: each is encoded on every request
+# The server's limits (`serve`): an upload above MAX_UPLOAD_MB is refused by Gradio before it is read; CONCURRENCY
+# requests run at once (the model's own threads share the cores); up to QUEUE_SIZE more wait, and beyond that a
+# request is refused with "queue full" instead of piling up.
+MAX_UPLOAD_MB = 20
+CONCURRENCY = 2
+QUEUE_SIZE = 64
 
 
 def _gradio():
@@ -222,14 +228,27 @@ class DemoArguments:
     revision: str | None = option(None, "Hub commit, branch or tag to pin")
     host: str = option("127.0.0.1", "address to serve on (0.0.0.0: every interface)")
     port: int = option(7860)
+    max_upload_mb: float = option(MAX_UPLOAD_MB, "uploads above this size are refused before they are read")
+    concurrency: int = option(CONCURRENCY, "requests served at once; the others wait in the queue")
+    queue_size: int = option(QUEUE_SIZE, "requests that may wait; beyond, a request is refused (queue full)")
+
+
+def serve(demo, host: str | None = None, port: int | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
+          concurrency: int = CONCURRENCY, queue_size: int = QUEUE_SIZE, **launch):
+    """Launch `demo` with the server's limits (see MAX_UPLOAD_MB); `host`/`port` None leave them to Gradio (and to
+    a Space's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT). `launch`: further `Blocks.launch` options."""
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    where = {k: v for k, v in dict(server_name=host, server_port=port).items() if v is not None}
+    return demo.launch(max_file_size=int(max_upload_mb * 1024 * 1024), **where, **launch)
 
 
 def main(argv=None, description: str | None = None):
     """Serve the demo the command line asks for (blocks while it serves); returns the Gradio app."""
     (args,) = parse_options((DemoArguments,), argv, description or __doc__)
     demo = load_demo(args.model, args.revision)
-    demo.launch(server_name=args.host, server_port=args.port)
+    serve(demo, args.host, args.port, args.max_upload_mb, args.concurrency, args.queue_size)
     return demo
 
 
-__all__ = ["MAX_GALLERY", "DemoArguments", "XAttnDemo", "build_demo", "load_demo", "main"]
+__all__ = ["CONCURRENCY", "MAX_GALLERY", "MAX_UPLOAD_MB", "QUEUE_SIZE", "DemoArguments", "XAttnDemo", "build_demo",
+           "load_demo", "main", "serve"]

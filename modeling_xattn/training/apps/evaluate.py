@@ -1,6 +1,7 @@
 """Evaluation of a saved model on any data source behind `scripts/evaluate.py` (its docstring has the commands): every
 task the model's heads support, on the rows that carry its target; the results table, `eval_results.json` and
-`eval_results.md`."""
+`eval_results.md`, and beside them what was predicted (`generated_captions.json`, a COCO results file;
+`reference_captions.json`; `retrieval_top10.json`)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ import torch
 from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.evaluation import (
+    RERANK_BUDGET_SECONDS,
     TASKS,
     caption_samples,
     evaluate_model,
     load_model,
     markdown_table,
     shortlist_sizes,
+    write_predictions,
 )
 from modeling_xattn.training.options import DataArguments, option, parse_merged
 from modeling_xattn.training.tasks import usable_rows
@@ -41,14 +44,19 @@ class EvaluateArguments:
     num_beams: int | None = option(None, "default: the model's generation_config.json")
     max_new_tokens: int | None = option(None, "default: the model's generation_config.json")
     top_k: str = option(
-        "128",
-        "retrieval shortlist size re-ranked by the matching score (0: rank by the embeddings alone), or one per "
-        "direction: i2t=64,t2i=16 (scripts/benchmark.py measures R@1 against k)")
+        "auto",
+        "retrieval shortlist size re-ranked by the matching score: auto (the largest of 128, 64, ..., 1 whose "
+        "re-ranking fits --rerank_budget at the pairs/s measured on this device), a number (0: rank by the "
+        "embeddings alone), or one per direction: i2t=64,t2i=16 (scripts/benchmark.py measures R@1 against k)")
+    rerank_budget: float = option(RERANK_BUDGET_SECONDS, "seconds --top_k auto may spend re-ranking, both directions")
     caption_samples: int = option(
         0, "write caption_samples.png with this many photos and their generated and reference captions")
     exhaustive: bool = option(False, "score every image-text pair by cross-attention")
     no_java: bool = option(False, "caption metrics without Java (no METEOR)")
-    output_dir: str | None = option(None, "where to write eval_results.{json,md} (default: the model folder if local)")
+    output_dir: str | None = option(
+        None, "where to write eval_results.{json,md} and the predictions (default: the model folder if local)")
+    overwrite_output_dir: bool = option(
+        False, "write over an eval_results.json there that another dataset or split gave")
     no_progress: bool = option(False)
 
 
@@ -68,6 +76,10 @@ def main(argv=None, description: str | None = None) -> dict:
         top_k = shortlist_sizes(args.top_k)
     except argparse.ArgumentTypeError as error:
         raise SystemExit(f"--top_k {args.top_k}: {error}") from None
+    output_dir = args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output")
+    source = {"dataset": args.dataset_name or args.dataset,
+              "data": args.dataset_name or args.data_dir or args.data_file, "split": args.split}
+    refuse_other_results(output_dir, source, args.overwrite_output_dir)
     model, processor = load_model(args.model, args.revision)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     counter = BadRowCounter()
@@ -76,10 +88,10 @@ def main(argv=None, description: str | None = None) -> dict:
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     tasks = [t for t in args.tasks.split(",") if t]
-    output_dir = args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output")
+    outputs = {}
     results = evaluate_model(model, processor, dataset, tasks, args.batch_size, args.num_beams, args.max_new_tokens,
                              top_k, args.exhaustive, java=not args.no_java, progress=not args.no_progress,
-                             counter=counter)
+                             counter=counter, rerank_budget=args.rerank_budget, outputs=outputs)
     if not results:  # nothing to report: leave any earlier eval_results.json as it was
         labelled = len(usable_rows(dataset, "classification", BadRowCounter()))
         captioned = len(usable_rows(dataset, "captioning", BadRowCounter()))
@@ -91,12 +103,30 @@ def main(argv=None, description: str | None = None) -> dict:
         captioned = usable_rows(dataset, "captioning", BadRowCounter())
         caption_samples(model, processor, captioned, args.caption_samples, Path(output_dir) / "caption_samples.png",
                         args.num_beams, args.max_new_tokens)
-    payload = {"model": args.model, "revision": args.revision, "dataset": args.dataset_name or args.dataset,
-               "data": args.dataset_name or args.data_dir or args.data_file, "split": args.split, "results": results,
+    payload = {"model": args.model, "revision": args.revision, **source, "results": results,
                "bad_rows": dict(counter.counts), "converted": dict(counter.converted)}
     Path(output_dir, "eval_results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     table = markdown_table(results)
     Path(output_dir, "eval_results.md").write_text(table + "\n", encoding="utf-8")
+    written = write_predictions(outputs, output_dir)
     print(table)
     print(counter.summary())
+    print(f"results: {Path(output_dir, 'eval_results.json')}" + "".join(f"\npredictions: {p}" for p in written))
     return payload
+
+
+def refuse_other_results(output_dir: str, source: dict, overwrite: bool) -> None:
+    """Stop before evaluating when `output_dir` holds the results of another dataset or split (the same ones are
+    simply brought up to date): results of one split never silently replace another's."""
+    path = Path(output_dir, "eval_results.json")
+    if overwrite or not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = {}
+    if all(earlier.get(key) == value for key, value in source.items()):
+        return
+    described = ", ".join(f"{key} {earlier.get(key)!r}" for key in source)
+    raise SystemExit(f"{path} holds the results of another evaluation ({described}); give this one its own "
+                     f"--output_dir, or --overwrite_output_dir to replace them")

@@ -24,10 +24,12 @@ class PushArguments:
     eval_results: str | None = option(None, "scripts/evaluate.py JSON (default: <folder>/eval_results.json)")
     token: str | None = option(None, "Hub token (default: the logged-in one)")
     endpoint: str | None = option(None, "Hub endpoint (default: HF_ENDPOINT)")
+    include_logs: bool = option(False, "push the tracker's runs/ too (the Hub shows tensorboard logs as metrics)")
 
 
 def main(argv=None, description: str | None = None) -> dict:
     """Push as the command line says; returns the push's commit and the line that loads it."""
     (args,) = parse_options((PushArguments,), argv, description or __doc__)
     return push_folder(args.folder, args.repo_id, args.private, args.revision, args.create_pr, args.commit_message,
-                       args.eval_results, args.token, args.endpoint or os.environ.get("HF_ENDPOINT"))
+                       args.eval_results, args.token, args.endpoint or os.environ.get("HF_ENDPOINT"),
+                       include_logs=args.include_logs)
