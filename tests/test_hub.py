@@ -173,3 +173,18 @@ def test_train_pushes_when_asked(hub, tmp_path, monkeypatch):
     repo = state.repos["user/from-train"]
     assert repo.refs["main"] == result["pushed"]["commit"]
     assert "model.safetensors" in repo.commits[result["pushed"]["commit"]].files
+
+
+def test_tracker_logs_are_pushed_only_when_asked(hub, tmp_path):
+    state, endpoint = hub
+    folder = tmp_path / "model"
+    train.main(DATA + ["--vocab_size", "120", "--max_steps", "1", "--batch_size", "8", "--no_progress",
+                       "--output_dir", str(folder)])  # the default tracker writes under runs/
+    assert list((folder / "runs").rglob("events.out.tfevents*"))
+    commit, _ = push(folder, "user/no-logs", endpoint, tmp_path / "home")
+    files = state.repos["user/no-logs"].commits[commit].files
+    assert "model.safetensors" in files and not [f for f in files if f.startswith(("runs/", "checkpoints/"))]
+    commit, _ = push(folder, "user/with-logs", endpoint, tmp_path / "home", "--include_logs")
+    files = state.repos["user/with-logs"].commits[commit].files
+    assert [f for f in files if f.startswith("runs/") and "events.out.tfevents" in f]
+    assert not [f for f in files if f.startswith("checkpoints/")]

@@ -30,11 +30,19 @@ logger = logging.getLogger(__name__)
 
 TASKS = EVALUATED_TASKS  # the tasks evaluate_model scores (the registry's)
 # Two-stage retrieval's defaults. `--top_k auto` takes the largest shortlist of SHORTLIST_SIZES whose re-ranking fits
-# RERANK_BUDGET_SECONDS at the pairs/s measured on the device at hand (a GPU affords 128; 2 CPU cores about 16 on a
-# 1,000-photo gallery, where R@1 moved by less than a point between 16 and 128: docs/performance.md).
+# RERANK_BUDGET_SECONDS at the pairs/s measured on the device at hand. On 2 CPU cores, 1,000 photos x 5,000
+# captions, the small preset: k = 32 at 64 px and 8 at 128 px, R@1 within a point of k = 128 (docs/performance.md).
 SHORTLIST_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
 RERANK_BUDGET_SECONDS = 90.0
-RERANK_BATCH_SIZE = 256  # pairs per fusion call while re-ranking
+# Pairs per fusion call while re-ranking: on 2 CPU cores 64 scored the most pairs/s (3,200, against 2,500 at 256 and
+# 1,850 at 1,024; docs/performance.md); a GPU wants larger batches (512, not measured here).
+RERANK_BATCH_SIZE = {"cpu": 64}
+RERANK_BATCH_SIZE_ACCELERATOR = 512
+
+
+def rerank_batch_size_for(model) -> int:
+    """Pairs per fusion call for re-ranking on the model's device."""
+    return RERANK_BATCH_SIZE.get(model.device.type, RERANK_BATCH_SIZE_ACCELERATOR)
 
 
 def load_model(name: str, revision: str | None = None):
@@ -126,14 +134,14 @@ def encode_gallery(model, processor, pixel_values, captions: list[str], batch_si
 
 @torch.inference_mode()
 def rank_gallery(model, processor, pixel_values, captions: list[str], direction="i2t", top_k=128, exhaustive=False,
-                 batch_size=64, encoded=None, progress=False, rerank_batch_size=RERANK_BATCH_SIZE):
+                 batch_size=64, encoded=None, progress=False, rerank_batch_size=None):
     """Two-stage ranking of a gallery: images and captions are encoded once (pass `encoded` from an earlier call
     to reuse them), the embeddings shortlist `top_k` per query, the matching head re-ranks the shortlist.
     Returns `(scores (num_images, num_captions), pairs scored by cross-attention, encoded)`."""
     if encoded is None:
         encoded = encode_gallery(model, processor, pixel_values, captions, batch_size, progress=progress)
     scores, pairs = model.rank(*encoded, direction=direction, k=top_k, exhaustive=exhaustive,
-                               batch_size=rerank_batch_size, progress=progress)
+                               batch_size=rerank_batch_size or rerank_batch_size_for(model), progress=progress)
     return scores, pairs, encoded
 
 
@@ -190,9 +198,10 @@ def synchronize(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def measure_pair_rate(model, encoded, batch_size: int = RERANK_BATCH_SIZE, timed_batches: int = 2) -> float:
+def measure_pair_rate(model, encoded, batch_size: int | None = None, timed_batches: int = 2) -> float:
     """Pairs per second the matching head scores on this device, as re-ranking runs them: one batch of gallery
     pairs to warm up, then `timed_batches` batches timed."""
+    batch_size = batch_size or rerank_batch_size_for(model)
     (image_tokens, _), (text_tokens, text_mask, _) = encoded
     count = batch_size * (timed_batches + 1)
     images = torch.arange(count, device=image_tokens.device) % len(image_tokens)
@@ -245,7 +254,7 @@ def _plan_reranking(model, encoded, top_k, budget_seconds, batch_size, progress,
 
 @torch.inference_mode()
 def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exhaustive=False, progress=True,
-                       counter=None, rerank_budget=RERANK_BUDGET_SECONDS, rerank_batch_size=RERANK_BATCH_SIZE,
+                       counter=None, rerank_budget=RERANK_BUDGET_SECONDS, rerank_batch_size=None,
                        outputs: dict | None = None) -> dict:
     """Gallery = the split's images and all their captions; any of an image's captions is a hit. `top_k`: one
     shortlist size, one per direction (`{"i2t": 64, "t2i": 16}`, as `scripts/benchmark.py` picks them from its
