@@ -507,13 +507,13 @@ class XAttnPreTrainedModel(PreTrainedModel):
                      if zero and name not in absent and getattr(loaded, name, None) is not None]
         notes = []
         if absent:
-            notes.append(f"the checkpoint holds no {', '.join(absent)} weights")
+            notes.append(f"the checkpoint holds no {', '.join(absent)} weights: "
+                         f"{'these heads start' if len(absent) > 1 else 'this head starts'} untrained")
         if untrained:
-            notes.append(f"its training gave the {', '.join(untrained)} a loss weight of 0")
+            notes.append(f"its training gave the {', '.join(untrained)} a loss weight of 0: "
+                         f"{'these heads were' if len(untrained) > 1 else 'this head was'} never trained")
         if notes:
-            logger.warning(f"{cls.__name__}: {'; '.join(notes)}: "
-                           f"{'these heads start' if len(absent) + len(untrained) > 1 else 'this head starts'} "
-                           "untrained")
+            logger.warning(f"{cls.__name__}: {'; '.join(notes)}")
         return model
 
     def tie_weights(self, missing_keys=None, recompute_mapping=True):

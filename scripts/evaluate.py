@@ -1,4 +1,4 @@
-"""Evaluate a saved model on any dataset of the data layer, for every task its head supports.
+r"""Evaluate a saved model on any dataset of the data layer, for every task its head supports.
 
     python scripts/evaluate.py --model outputs/xattn                         # embedded dataset, validation split
     python scripts/evaluate.py --model user/repo --revision <commit> --dataset karpathy \

@@ -14,6 +14,7 @@ from modeling_xattn.training.evaluation import (
     SHORTLIST_SIZES,
     choose_shortlist,
     evaluate_model,
+    image_id,
     load_model,
     rerank_pairs,
 )
@@ -115,6 +116,28 @@ def test_evaluation_writes_its_predictions_as_files(trained, tmp_path):
     assert cider == pytest.approx(payload["results"]["captioning"]["CIDEr"])
 
 
+def test_results_files_keep_integer_ids_as_integers():
+    # COCO's ids are integers: the captions file then matches COCO's own annotation files
+    assert image_id({"image_id": "16439"}, 0) == 16439
+    assert image_id({"image_id": "2090545563_a4e66ec76b"}, 0) == "2090545563_a4e66ec76b"
+    assert image_id({"image_id": None}, 3) == 3
+
+
+def test_an_evaluation_replaces_only_its_own_results(trained, tmp_path):
+    out = tmp_path / "eval"
+    common = ["--no_progress", "--split", "test", "--num_beams", "1", "--max_new_tokens", "4", "--no_java",
+              "--output_dir", str(out), *DATA]
+    evaluation.main(["--model", str(trained)] + common)
+    assert all((out / name).exists() for name in PREDICTION_FILES.values())
+    other = tmp_path / "other-model"
+    shutil.copytree(trained, other)
+    with pytest.raises(SystemExit, match="another evaluation.*model"):
+        evaluation.main(["--model", str(other)] + common)
+    # the same model again, fewer tasks: the files of the tasks not evaluated now go, the others are rewritten
+    evaluation.main(["--model", str(trained), "--tasks", "captioning"] + common)
+    assert (out / PREDICTION_FILES["captions"]).exists() and not (out / PREDICTION_FILES["retrieval"]).exists()
+
+
 def test_evaluation_keeps_another_splits_results(trained, tmp_path):
     out = tmp_path / "eval"
     common = ["--model", str(trained), "--no_progress", "--tasks", "classification", "--output_dir", str(out), *DATA]
@@ -139,11 +162,15 @@ def test_training_never_replaces_a_model_by_surprise(trained, tmp_path):
                                          "--overwrite_output_dir"):
         train.main(TINY + ["--output_dir", str(folder), "--seed", "7"])
     assert digest(folder / "model.safetensors") == before
-    # starting over clears the old checkpoints, so that `latest` is the new run's
+    # starting over clears the old checkpoints, so that `latest` is the new run's; the old weights' evaluation is
+    # set aside, so that neither the folder nor a push shows it as the new model's
     (folder / "checkpoints" / "step_999").mkdir(parents=True)
+    (folder / "eval_results.json").write_text('{"results": "of the old weights"}')
     train.main(TINY + ["--output_dir", str(folder), "--seed", "7", "--overwrite_output_dir"])
     assert digest(folder / "model.safetensors") != before
     assert not (folder / "checkpoints" / "step_999").exists()
+    assert not (folder / "eval_results.json").exists()
+    assert "old weights" in (folder / "earlier_evaluation" / "eval_results.json").read_text()
     # continuing is resuming: allowed without the flag
     result = train.main(TINY + ["--output_dir", str(folder), "--max_steps", "3", "--resume_from_checkpoint",
                                 "latest"])

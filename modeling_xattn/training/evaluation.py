@@ -63,10 +63,12 @@ def batches(dataset, collate, batch_size, progress=False, desc=None):
     bar.close()
 
 
-def image_id(row: dict, position: int) -> str:
-    """The id a results file gives a row's photo: its `image_id`, or its position among the photos evaluated."""
+def image_id(row: dict, position: int) -> int | str:
+    """The id a results file gives a row's photo: its `image_id` (an integer when it is one, as COCO's are, so the
+    captions file matches COCO's own annotation files), or its position among the photos evaluated."""
     value = row.get("image_id")
-    return str(value) if value not in (None, "") else str(position)
+    value = str(value) if value not in (None, "") else str(position)
+    return int(value) if value.isdigit() else value
 
 
 @torch.inference_mode()
@@ -247,8 +249,8 @@ def _plan_reranking(model, encoded, top_k, budget_seconds, batch_size, progress,
     if progress:
         largest = rerank_pairs(num_images, num_texts, SHORTLIST_SIZES[0])
         tqdm.write(f"two-stage retrieval: k={top_k} per query ({rule}): {pairs:,} pairs at {rate:,.0f} pairs/s "
-                   f"measured, about {pairs / rate:.0f} s; k={SHORTLIST_SIZES[0]} would take about "
-                   f"{largest / rate / 60:.1f} min")
+                   f"measured, about {pairs / rate:.0f} s"
+                   + (f"; k={SHORTLIST_SIZES[0]} would take about {largest / rate:.0f} s" if largest > pairs else ""))
     return top_k, plan
 
 
@@ -378,14 +380,21 @@ PREDICTION_FILES = {"captions": "generated_captions.json", "references": "refere
 def write_predictions(outputs: dict, folder) -> list[str]:
     """What `evaluate_model(..., outputs=...)` kept, as files in `folder`: the generated captions as a COCO results
     file (`[{"image_id", "caption"}]`, one per photo), the references in the COCO annotation layout, and each
-    retrieval query's top 10. Returns the paths written."""
+    retrieval query's top 10. A prediction file this evaluation did not make (an earlier one's, of a task not
+    evaluated now) is removed, so that every file beside `eval_results.json` is this evaluation's. Returns the paths
+    written."""
     written = []
     for key, name in PREDICTION_FILES.items():
+        path = Path(folder, name)
         if key in outputs:
-            path = Path(folder, name)
             path.write_text(json.dumps(outputs[key], indent=1, ensure_ascii=False), encoding="utf-8")
             written.append(str(path))
+        else:
+            path.unlink(missing_ok=True)
     return written
+
+
+EVALUATION_FILES = ("eval_results.json", "eval_results.md", "caption_samples.png", *PREDICTION_FILES.values())
 
 
 def caption_samples(model, processor, dataset, count: int, path, num_beams=None, max_new_tokens=None) -> None:
@@ -467,7 +476,7 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     return metrics
 
 
-__all__ = ["PREDICTION_FILES", "RERANK_BUDGET_SECONDS", "SHORTLIST_SIZES", "TASKS", "batches", "caption_samples",
+__all__ = ["EVALUATION_FILES", "PREDICTION_FILES", "RERANK_BUDGET_SECONDS", "SHORTLIST_SIZES", "TASKS", "batches", "caption_samples",
            "choose_shortlist", "coco_references", "embedding_spread", "encode_gallery", "evaluate_captioning",
            "evaluate_classification", "evaluate_model", "evaluate_multitask", "evaluate_retrieval",
            "generate_captions", "load_model", "markdown_table", "measure_pair_rate", "rank_gallery", "ranked_lists",

@@ -45,7 +45,7 @@ from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary
 from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.data.streaming import StreamingData
 from modeling_xattn.training.distributed import any_process
-from modeling_xattn.training.evaluation import evaluate_multitask
+from modeling_xattn.training.evaluation import EVALUATION_FILES, evaluate_multitask
 from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import TrainingOptions, parse_training_options
 from modeling_xattn.training.plots import plot_training_curves
@@ -197,7 +197,7 @@ def claim_output_dir(args, accelerator) -> None:
             "or give another --output_dir.")
     accelerator.wait_for_everyone()  # every process has looked before the main one clears
     if accelerator.is_main_process:
-        for name in ("checkpoints", "best", "runs"):
+        for name in ("checkpoints", "best", "runs", "earlier_evaluation"):
             shutil.rmtree(os.path.join(args.output_dir, name), ignore_errors=True)
     accelerator.wait_for_everyone()
 
@@ -576,6 +576,7 @@ def _keep_best(args, accelerator, model, processor, state, metrics):
 def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds, weights=None):
     """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
     out = args.output_dir
+    set_aside_evaluation(out, accelerator)
     model = accelerator.unwrap_model(model, keep_torch_compile=False)
     model.save_pretrained(out, save_function=accelerator.save, state_dict=weights)
     processor.save_pretrained(out)
@@ -615,6 +616,21 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         Path(out, "README.md").write_text(render_model_card(values), encoding="utf-8")
     else:
         accelerator.print(f"no model card written: the template {MODEL_CARD_TEMPLATE} is part of the source checkout")
+
+
+def set_aside_evaluation(folder: str, accelerator) -> None:
+    """An evaluation found in the folder describes the weights about to be replaced (a resumed or restarted run):
+    move it to `earlier_evaluation/`, so that neither the folder nor a push presents it as the new model's."""
+    found = [name for name in EVALUATION_FILES if os.path.exists(os.path.join(folder, name))]
+    if not found:
+        return
+    earlier = os.path.join(folder, "earlier_evaluation")
+    shutil.rmtree(earlier, ignore_errors=True)
+    os.makedirs(earlier)
+    for name in found:
+        os.replace(os.path.join(folder, name), os.path.join(earlier, name))
+    accelerator.print(f"moved the evaluation of the earlier weights ({', '.join(found)}) to {earlier}; evaluate the "
+                      "new model with scripts/evaluate.py")
 
 
 def argv_is_cli() -> bool:

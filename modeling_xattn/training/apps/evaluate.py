@@ -56,7 +56,7 @@ class EvaluateArguments:
     output_dir: str | None = option(
         None, "where to write eval_results.{json,md} and the predictions (default: the model folder if local)")
     overwrite_output_dir: bool = option(
-        False, "write over an eval_results.json there that another dataset or split gave")
+        False, "write over an eval_results.json there that another model, dataset or split gave")
     no_progress: bool = option(False)
 
 
@@ -77,7 +77,7 @@ def main(argv=None, description: str | None = None) -> dict:
     except argparse.ArgumentTypeError as error:
         raise SystemExit(f"--top_k {args.top_k}: {error}") from None
     output_dir = args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output")
-    source = {"dataset": args.dataset_name or args.dataset,
+    source = {"model": args.model, "revision": args.revision, "dataset": args.dataset_name or args.dataset,
               "data": args.dataset_name or args.data_dir or args.data_file, "split": args.split}
     refuse_other_results(output_dir, source, args.overwrite_output_dir)
     model, processor = load_model(args.model, args.revision)
@@ -103,7 +103,7 @@ def main(argv=None, description: str | None = None) -> dict:
         captioned = usable_rows(dataset, "captioning", BadRowCounter())
         caption_samples(model, processor, captioned, args.caption_samples, Path(output_dir) / "caption_samples.png",
                         args.num_beams, args.max_new_tokens)
-    payload = {"model": args.model, "revision": args.revision, **source, "results": results,
+    payload = {**source, "results": results,
                "bad_rows": dict(counter.counts), "converted": dict(counter.converted)}
     Path(output_dir, "eval_results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     table = markdown_table(results)
@@ -115,9 +115,16 @@ def main(argv=None, description: str | None = None) -> dict:
     return payload
 
 
+def comparable(key: str, value):
+    """A source field as two evaluations compare it: a local model folder by its absolute path."""
+    if key == "model" and isinstance(value, str) and os.path.isdir(value):
+        return os.path.abspath(value)
+    return value
+
+
 def refuse_other_results(output_dir: str, source: dict, overwrite: bool) -> None:
-    """Stop before evaluating when `output_dir` holds the results of another dataset or split (the same ones are
-    simply brought up to date): results of one split never silently replace another's."""
+    """Stop before evaluating when `output_dir` holds the results of another model, revision, dataset or split (the
+    same evaluation is simply brought up to date): one evaluation's results never silently replace another's."""
     path = Path(output_dir, "eval_results.json")
     if overwrite or not path.exists():
         return
@@ -125,7 +132,7 @@ def refuse_other_results(output_dir: str, source: dict, overwrite: bool) -> None
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         earlier = {}
-    if all(earlier.get(key) == value for key, value in source.items()):
+    if all(comparable(key, earlier.get(key)) == comparable(key, value) for key, value in source.items()):
         return
     described = ", ".join(f"{key} {earlier.get(key)!r}" for key in source)
     raise SystemExit(f"{path} holds the results of another evaluation ({described}); give this one its own "
