@@ -1080,10 +1080,10 @@ class _RetrievalMixin:
         tokens, embeds = [], []
         bar = _progress(len(pixel_values), "encoding images", "image", progress)
         for chunk in pixel_values.split(batch_size):
-            bar.update(len(chunk))
             image_tokens, _ = self.xattn.encode_image(chunk.to(self.device))
             tokens.append(image_tokens)
             embeds.append(self.retrieval.embed_image(image_tokens))
+            bar.update(len(chunk))
         bar.close()
         return torch.cat(tokens), torch.cat(embeds)
 
@@ -1095,10 +1095,10 @@ class _RetrievalMixin:
         tokens, embeds = [], []
         bar = _progress(len(input_ids), "encoding texts", "text", progress)
         for ids, mask in zip(input_ids.split(batch_size), attention_mask.split(batch_size)):
-            bar.update(len(ids))
             text_tokens = self.xattn.encode_text(ids.to(self.device), mask.to(self.device))
             tokens.append(text_tokens)
             embeds.append(self.retrieval.embed_text(text_tokens, mask.to(self.device)))
+            bar.update(len(ids))
         bar.close()
         return torch.cat(tokens), attention_mask.to(self.device), torch.cat(embeds)
 
@@ -1128,7 +1128,6 @@ class _RetrievalMixin:
                         bool(progress))
         for start in range(0, len(image_index), batch_size):
             images, texts = image_index[start:start + batch_size], text_index[start:start + batch_size]
-            bar.update(len(images))
             first_layer = None
             if reuse:
                 slots = {"image": image_slot[start:start + batch_size], "text": text_slot[start:start + batch_size]}
@@ -1137,6 +1136,7 @@ class _RetrievalMixin:
             fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images],
                                     first_layer_projections=first_layer)
             scores.append(self.retrieval.itm(fused.pooler_output).float().log_softmax(-1)[:, 1])
+            bar.update(len(images))
         bar.close()
         scores = torch.cat(scores)
         if reuse:  # back to the order of the pairs given

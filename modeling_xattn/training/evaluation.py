@@ -36,13 +36,13 @@ SHORTLIST_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
 RERANK_BUDGET_SECONDS = 90.0
 # Pairs per fusion call while re-ranking: on 2 CPU cores 64 scored the most pairs/s (3,200, against 2,500 at 256 and
 # 1,850 at 1,024; docs/performance.md); a GPU wants larger batches (512, not measured here).
-RERANK_BATCH_SIZE = {"cpu": 64}
+RERANK_BATCH_SIZE_CPU = 64
 RERANK_BATCH_SIZE_ACCELERATOR = 512
 
 
 def rerank_batch_size_for(model) -> int:
     """Pairs per fusion call for re-ranking on the model's device."""
-    return RERANK_BATCH_SIZE.get(model.device.type, RERANK_BATCH_SIZE_ACCELERATOR)
+    return RERANK_BATCH_SIZE_CPU if model.device.type == "cpu" else RERANK_BATCH_SIZE_ACCELERATOR
 
 
 def load_model(name: str, revision: str | None = None):
@@ -195,6 +195,7 @@ def recall_at_1_by_k(scores: torch.Tensor, similarity: torch.Tensor, text_to_ima
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock time covers it (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -476,11 +477,11 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     return metrics
 
 
-__all__ = ["EVALUATION_FILES", "PREDICTION_FILES", "RERANK_BUDGET_SECONDS", "SHORTLIST_SIZES", "TASKS", "batches", "caption_samples",
-           "choose_shortlist", "coco_references", "embedding_spread", "encode_gallery", "evaluate_captioning",
+__all__ = ["EVALUATION_FILES", "PREDICTION_FILES", "RERANK_BUDGET_SECONDS", "SHORTLIST_SIZES", "TASKS", "batches",
+           "caption_samples", "choose_shortlist", "coco_references", "embedding_spread", "encode_gallery", "evaluate_captioning",
            "evaluate_classification", "evaluate_model", "evaluate_multitask", "evaluate_retrieval",
            "generate_captions", "load_model", "markdown_table", "measure_pair_rate", "rank_gallery", "ranked_lists",
-           "rerank_pairs", "write_predictions"]
+           "rerank_pairs", "synchronize", "write_predictions"]
 
 
 def generation_overrides(num_beams: int | None = None, max_new_tokens: int | None = None) -> dict:

@@ -41,6 +41,18 @@ def _simple_tokenize(text: str) -> str:
     return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
 
 
+def _meteor(gts: dict, res: dict) -> float:
+    """The toolkit's METEOR score, its Java process closed whatever happens."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    try:
+        score, _ = meteor.compute_score(gts, res)
+    finally:
+        _close_meteor(meteor)
+    return score
+
+
 def caption_metrics(predictions: list[str], references: list[list[str]], tokenize: bool = True,
                     progress: bool = False) -> dict:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr of `predictions` against `references` (one list per prediction), with
@@ -58,45 +70,33 @@ def caption_metrics(predictions: list[str], references: list[list[str]], tokeniz
     steps = ["tokenize", "BLEU", "METEOR", "ROUGE-L", "CIDEr"] if tokenize else ["BLEU", "ROUGE-L", "CIDEr"]
     bar = tqdm(total=len(steps), desc="caption metrics", unit="step", disable=not progress, dynamic_ncols=True)
 
-    def step(name):
+    def step(name, compute):
+        """One of the toolkit's steps, named on the bar while it runs."""
         bar.set_postfix_str(name)
+        value = compute()
+        bar.update()
+        return value
 
     if tokenize:
         _require_java()
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        step("tokenize")
         tokenizer = PTBTokenizer()
-        res = tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(predictions)})
-        gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
-        bar.update()
+        res, gts = step("tokenize", lambda: (
+            tokenizer.tokenize({i: [{"caption": p}] for i, p in enumerate(predictions)}),
+            tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})))
     else:
         res = {i: [_simple_tokenize(p)] for i, p in enumerate(predictions)}
         gts = {i: [_simple_tokenize(r) for r in refs] for i, refs in enumerate(references)}
 
     results = {}
-    step("BLEU")
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    bar.update()
+    bleu, _ = step("BLEU", lambda: Bleu(4).compute_score(gts, res, verbose=0))
     for n, value in enumerate(bleu, start=1):
         results[f"BLEU-{n}"] = float(value)
     if tokenize:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        step("METEOR")
-        meteor = Meteor()
-        try:
-            results["METEOR"], _ = meteor.compute_score(gts, res)
-        finally:
-            _close_meteor(meteor)
-        results["METEOR"] = float(results["METEOR"])
-        bar.update()
-    step("ROUGE-L")
-    results["ROUGE-L"], _ = Rouge().compute_score(gts, res)
-    bar.update()
-    step("CIDEr")
-    results["CIDEr"], _ = Cider().compute_score(gts, res)
-    bar.update()
+        results["METEOR"] = float(step("METEOR", lambda: _meteor(gts, res)))
+    results["ROUGE-L"], _ = step("ROUGE-L", lambda: Rouge().compute_score(gts, res))
+    results["CIDEr"], _ = step("CIDEr", lambda: Cider().compute_score(gts, res))
     bar.close()
     return {**{k: float(results[k]) for k in CAPTION_METRICS if k in results}, **caption_diversity(predictions)}
 

@@ -31,7 +31,7 @@ from modeling_xattn.modeling_xattn import (
 )
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training.data.synthetic import synthetic_dataset
-from modeling_xattn.training.evaluation import encode_gallery, markdown_table, recall_at_1_by_k
+from modeling_xattn.training.evaluation import encode_gallery, markdown_table, recall_at_1_by_k, synchronize
 from modeling_xattn.training.hub import load_pretrained, load_processor
 from modeling_xattn.training.metrics import retrieval_metrics
 from modeling_xattn.training.options import option, parse_options
@@ -109,11 +109,6 @@ def autocast(device: torch.device, precision: str):
     if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(fn, device, repeats: int, warmup: int) -> dict:
