@@ -751,19 +751,18 @@ class XAttnClassificationHead(nn.Module):
     def loss(logits, labels, problem_type=None):
         """Formula 1: cross-entropy (labels `(B,)`, -100 ignored) or, for soft VQA scores `(B, num_labels)`, binary
         cross-entropy summed over answers and averaged over the rows (the usual VQA objective; a row of -100 is
-        ignored)."""
+        ignored). A mean over the labelled rows as a masked sum over their count (clamped at 1), so a batch without
+        one gives 0 and no branch depends on the data (the step compiles as one graph)."""
         if problem_type is None:
             problem_type = "multi_label_classification" if labels.dim() == 2 and labels.is_floating_point() else "single_label_classification"
         if problem_type == "multi_label_classification":
-            kept = ~(labels == -100).any(-1)  # a row of -100 scores has no target
-            if not kept.any():
-                return logits.sum() * 0.0  # no labelled row in this batch: a zero that keeps the graph connected
-            return F.binary_cross_entropy_with_logits(
-                logits[kept].float(), labels[kept].float(), reduction="sum") / int(kept.sum())
+            kept = ~(labels == -100).any(-1)  # (B,): a row of -100 scores has no target
+            targets = torch.where(kept[:, None], labels.float(), torch.zeros_like(labels, dtype=torch.float))
+            per_row = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none").sum(-1)
+            return torch.where(kept, per_row, torch.zeros_like(per_row)).sum() / kept.sum().clamp(min=1)
         if problem_type == "single_label_classification":
-            if (labels != -100).sum() == 0:
-                return logits.sum() * 0.0  # no labelled row in this batch: a zero that keeps the graph connected
-            return F.cross_entropy(logits.float(), labels.long(), ignore_index=-100)
+            total = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100, reduction="sum")
+            return total / (labels != -100).sum().clamp(min=1)
         raise ValueError(f"problem_type={problem_type!r} is not supported; use single_ or multi_label_classification")
 
 
@@ -851,7 +850,7 @@ class XAttnRetrievalHead(nn.Module):
                 return logits if self.logit_bias is None else logits + self.logit_bias.float()
         return -self.distance(image_embeds, text_embeds)
 
-    def contrastive_loss(self, image_embeds, text_embeds, negatives_mask):
+    def contrastive_loss(self, image_embeds, text_embeds, negatives_mask, rows=None):
         """Formula 2 over the B x B in-batch (image i, text j) pairs, y = 1 for matching pairs (the diagonal and
         any pair `negatives_mask` does not call a negative: the same image, or an identical caption), 0 otherwise:
 
@@ -861,41 +860,60 @@ class XAttnRetrievalHead(nn.Module):
                                       diagonal masked out
             "sigmoid" (SigLIP):       L = −1/B Σ log σ(z·(t·cos + b)), z = 1 for y = 1 and −1 for y = 0
 
-        N = B², D the Euclidean distance between the L2-normalised embeddings (or 1 − cos), m the margin."""
+        N = B², D the Euclidean distance between the L2-normalised embeddings (or 1 − cos), m the margin.
+
+        `rows` `(B,)` (optional): the rows that take part (those with a caption); the others are left out of every
+        sum and count as masks, not by indexing, so the batch keeps its shape."""
+        batch = len(image_embeds)
+        rows = torch.ones(batch, dtype=torch.bool, device=image_embeds.device) if rows is None else rows
+        pairs = rows[:, None] & rows[None, :]  # (B, B): both rows take part
+        eye = torch.eye(batch, dtype=torch.bool, device=image_embeds.device)
         with full_precision(image_embeds):
-            matching = ~negatives_mask
+            matching = ~negatives_mask & pairs
             if self.config.contrastive_loss == "infonce":
-                eye = torch.eye(len(image_embeds), dtype=torch.bool, device=image_embeds.device)
-                logits = self.similarity(image_embeds, text_embeds).masked_fill(matching & ~eye, float("-inf"))
-                targets = torch.arange(len(logits), device=logits.device)
-                return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+                # out of each row's softmax: its other matches, and the rows that take no part (its own diagonal
+                # stays, so no row is all -inf)
+                left_out = (matching | ~pairs) & ~eye
+                logits = self.similarity(image_embeds, text_embeds).masked_fill(left_out, float("-inf"))
+                targets = torch.arange(batch, device=logits.device)
+                per_row = (F.cross_entropy(logits, targets, reduction="none")
+                           + F.cross_entropy(logits.T, targets, reduction="none")) / 2
+                return torch.where(rows, per_row, torch.zeros_like(per_row)).sum() / rows.sum().clamp(min=1)
             if self.config.contrastive_loss == "sigmoid":
                 signs = matching.float() * 2.0 - 1.0  # (B, B): 1 for a match, -1 for a negative
-                return -F.logsigmoid(signs * self.similarity(image_embeds, text_embeds)).sum() / len(image_embeds)
+                per_pair = -F.logsigmoid(signs * self.similarity(image_embeds, text_embeds))
+                return torch.where(pairs, per_pair, torch.zeros_like(per_pair)).sum() / rows.sum().clamp(min=1)
             distance = self.pair_distance(image_embeds, text_embeds)  # (B, B)
             hinge = F.relu(self.config.contrastive_margin - distance)
             if self.config.contrastive_loss == "margin_squared":
                 distance, hinge = distance.pow(2), hinge.pow(2)
-            return torch.where(matching, distance, hinge).mean()
+            per_pair = torch.where(matching, distance, hinge)
+            return torch.where(pairs, per_pair, torch.zeros_like(per_pair)).sum() / pairs.sum().clamp(min=1)
 
-    def matching_pairs(self, image_embeds, text_embeds, negatives_mask):
-        """The (image, text) pairs the matching head trains on: every given pair (a match), then for each row with a
-        real negative one sampled text for its image and one sampled image for its text (`sample_negatives`; the
-        hardest in evaluation). Returns `(image_index, text_index, targets)`, targets 1 = match."""
+    def matching_pairs(self, image_embeds, text_embeds, negatives_mask, rows=None):
+        """The (image, text) pairs the matching head trains on: every given pair (a match), then for each row one
+        sampled text for its image and one sampled image for its text (`sample_negatives`; the hardest in
+        evaluation). Always 3B pairs, so the shapes never depend on the data: `weights` is 1 for the pairs that count
+        (the rows in `rows`, the negatives of the rows that have a real one) and 0 for the others. Returns
+        `(image_index, text_index, targets, weights)`, targets 1 = match."""
         text_for_image, image_for_text, valid = sample_negatives(
             image_embeds, text_embeds, negatives_mask, self.config.contrastive_temperature, draw=self.training)
-        rows = torch.arange(len(image_embeds), device=image_embeds.device)
-        negative_rows = rows[valid]
-        image_index = torch.cat([rows, negative_rows, image_for_text[negative_rows]])
-        text_index = torch.cat([rows, text_for_image[negative_rows], negative_rows])
-        targets = torch.cat([torch.ones_like(rows), torch.zeros(2 * len(negative_rows), dtype=torch.long,
-                                                                device=rows.device)])
-        return image_index, text_index, targets
+        index = torch.arange(len(image_embeds), device=image_embeds.device)
+        rows = torch.ones_like(valid) if rows is None else rows
+        image_index = torch.cat([index, index, image_for_text])
+        text_index = torch.cat([index, text_for_image, index])
+        targets = torch.cat([torch.ones_like(index), torch.zeros_like(index), torch.zeros_like(index)])
+        weights = torch.cat([rows, valid, valid]).float()
+        return image_index, text_index, targets, weights
 
-    def matching_loss(self, fused_pooled, targets):
-        """Cross-entropy of the matching head on fused pairs `(P, hidden_size)`; returns `(loss, logits (P, 2))`."""
+    def matching_loss(self, fused_pooled, targets, weights=None):
+        """Cross-entropy of the matching head on fused pairs `(P, hidden_size)`, a mean over the pairs whose
+        `weights` is 1 (all when None); returns `(loss, logits (P, 2))`."""
         logits = self.itm(fused_pooled)
-        return F.cross_entropy(logits.float(), targets), logits
+        per_pair = F.cross_entropy(logits.float(), targets, reduction="none")
+        if weights is None:
+            return per_pair.mean(), logits
+        return (per_pair * weights).sum() / weights.sum().clamp(min=1), logits
 
 
 class XAttnCaptionHead(nn.Module):
@@ -925,21 +943,23 @@ class XAttnCaptionHead(nn.Module):
         return self.projection(torch.cat(states, dim=1)), torch.cat(masks, dim=1)
 
     def forward(self, memory, memory_mask, decoder_input_ids, decoder_attention_mask=None, labels=None):
-        """Formula 3: the decoder's built-in causal-LM loss (labels shifted inside, -100 ignored); with
-        `caption_label_smoothing`, the same shifted cross-entropy with smoothed targets (as BLIP's decoder)."""
+        """Formula 3: the causal-LM cross-entropy, token t predicting token t+1 (-100 ignored), with smoothed
+        targets under `caption_label_smoothing` (as BLIP's decoder). The decoder's own loss is this mean; here it is
+        the sum over the target tokens divided by their count clamped at 1, so a batch with no caption gives 0 (not
+        0/0) without a branch on the data."""
         smoothing = getattr(self.config, "caption_label_smoothing", 0.0)
         out = self.text_decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask,
-            labels=None if smoothing else labels,
             return_dict=True,
         )
-        if smoothing and labels is not None:
-            logits = out.logits[:, :-1].float()  # token t predicts token t+1
-            out.loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                       ignore_index=-100, label_smoothing=smoothing)
+        if labels is not None:
+            logits, targets = out.logits[:, :-1].float(), labels[:, 1:]
+            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                                    label_smoothing=smoothing, reduction="sum")
+            out.loss = total / (targets != -100).sum().clamp(min=1)
         return out
 
 
@@ -977,24 +997,24 @@ def sample_negatives(image_embeds, text_embeds, negatives, temperature, draw: bo
     text from softmax(cos(i, .) / temperature), for text j an image likewise. Hard negatives are likely, but not always
     the single closest pair. The draw uses torch's global generator (the training loop seeds it every step, so a
     resumed run repeats it). With `draw=False` (evaluation) each row takes its most similar real negative, so an
-    evaluation loss is the same every time it is computed. Returns `(text_for_image, image_for_text, valid)`; rows
-    with no negative are not valid."""
+    evaluation loss is the same every time it is computed. Returns `(text_for_image, image_for_text, valid)`: every
+    row gets a draw (the shapes never depend on the data), but one with no real negative draws uniformly and is not
+    valid, so its pair must not count."""
     with torch.no_grad(), full_precision(image_embeds):
         cosine = (image_embeds.float() @ text_embeds.float().T) / temperature  # (B, B), fp32 under autocast
         logits = cosine.masked_fill(~negatives, float("-inf"))
         valid = negatives.any(dim=1) & negatives.any(dim=0)
-        safe = torch.where(negatives, logits, torch.zeros_like(logits))  # rows without negatives: never used
+        safe = torch.where(negatives, logits, torch.zeros_like(logits))
         weights_i2t = torch.where(negatives, (logits - safe.amax(1, keepdim=True)).exp(), torch.zeros_like(logits))
         weights_t2i = torch.where(negatives, (logits - safe.amax(0, keepdim=True)).exp(), torch.zeros_like(logits)).T
-        rows = valid.nonzero(as_tuple=True)[0]
-        text_for_image = torch.zeros(len(negatives), dtype=torch.long, device=negatives.device)
-        image_for_text = torch.zeros_like(text_for_image)
-        if len(rows) and draw:
-            text_for_image[rows] = torch.multinomial(weights_i2t[rows], 1).squeeze(1)
-            image_for_text[rows] = torch.multinomial(weights_t2i[rows], 1).squeeze(1)
-        elif len(rows):
-            text_for_image[rows] = weights_i2t[rows].argmax(1)
-            image_for_text[rows] = weights_t2i[rows].argmax(1)
+        # a row without any negative has no weight to draw by: it draws uniformly (and is not valid)
+        weights_i2t = torch.where(negatives.any(1, keepdim=True), weights_i2t, torch.ones_like(weights_i2t))
+        weights_t2i = torch.where(negatives.any(0)[:, None], weights_t2i, torch.ones_like(weights_t2i))
+        if draw:
+            text_for_image = torch.multinomial(weights_i2t, 1).squeeze(1)
+            image_for_text = torch.multinomial(weights_t2i, 1).squeeze(1)
+        else:
+            text_for_image, image_for_text = weights_i2t.argmax(1), weights_t2i.argmax(1)
     return text_for_image, image_for_text, valid
 
 
@@ -1034,19 +1054,23 @@ class _RetrievalMixin:
     """Retrieval API for models holding `self.xattn` and `self.retrieval`: unimodal embeddings, the matching score,
     and two-stage gallery search (images and texts encoded once, embeddings shortlist, cross-attention re-ranks)."""
 
-    def _retrieval_losses(self, image_tokens, text_tokens, text_mask, image_ids=None, input_ids=None):
+    def _retrieval_losses(self, image_tokens, text_tokens, text_mask, image_ids=None, input_ids=None, rows=None):
         """Formula 2 on the unimodal embeddings and the matching loss on the given pairs and sampled in-batch
         negatives, fused once. `image_tokens` `(B, N, D)` and `text_tokens` `(B, L, D)` are encoded, not fused;
-        pairs sharing an image id or an identical text are never each other's negatives. Returns the retrieval
-        output without its weighted `loss`."""
+        pairs sharing an image id or an identical text are never each other's negatives. `rows` `(B,)` (optional):
+        the rows that take part; the others are masked out of both losses. Returns the retrieval output without its
+        weighted `loss`."""
         image_embeds = self.retrieval.embed_image(image_tokens)
         text_embeds = self.retrieval.embed_text(text_tokens, text_mask)
         negatives = negative_pairs(image_ids, input_ids, text_mask, len(image_tokens), image_tokens.device)
-        image_index, text_index, targets = self.retrieval.matching_pairs(image_embeds, text_embeds, negatives)
+        if rows is not None:
+            negatives = negatives & rows[:, None] & rows[None, :]
+        image_index, text_index, targets, weights = self.retrieval.matching_pairs(image_embeds, text_embeds, negatives,
+                                                                                 rows)
         fused = self.xattn.fuse(text_tokens[text_index], text_mask[text_index], image_tokens[image_index])
-        loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooler_output, targets)
+        loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooler_output, targets, weights)
         return XAttnRetrievalOutput(
-            loss_contrastive=self.retrieval.contrastive_loss(image_embeds, text_embeds, negatives),
+            loss_contrastive=self.retrieval.contrastive_loss(image_embeds, text_embeds, negatives, rows),
             loss_itm=loss_itm,
             logits_per_image=self.retrieval.similarity(image_embeds, text_embeds),
             itm_logits=itm_logits[: len(image_tokens)],
@@ -1393,10 +1417,14 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
             which is how `Trainer` knows to report an evaluation loss) add no classification loss.
         caption_input_ids / caption_attention_mask (*optional*): a reference caption per image; gives the
             contrastive + matching loss (LCL) and the captioning loss (LSEQ). A row whose `caption_attention_mask`
-            is all 0 has no caption and takes no part in either; `logits_per_image`, `image_embeds` and
-            `text_embeds` then cover the rows that have one.
+            is all 0 has no caption and takes no part in either. `logits_per_image`, `image_embeds` and
+            `text_embeds` cover every row; a row without a caption has a text embedding of nothing (select the
+            rows with `caption_attention_mask.any(-1)`).
         image_ids (*optional*): rows with the same image id, or identical captions, are never retrieval negatives
             of each other.
+
+        A task's loss is a mean over its own rows, computed with masks: a batch with no row for it gives 0, and no
+        branch depends on the data, so the training step compiles as one graph (`fullgraph=True`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
@@ -1406,37 +1434,36 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         losses = {}
         logits = similarity = caption_logits = image_embeds = text_embeds = None
 
-        labelled = labels is not None and bool((labels != -100).any())
-        if labelled and input_ids is None and config.use_text:
+        if (labels is not None and input_ids is None and config.use_text and not torch.compiler.is_compiling()
+                and bool((labels != -100).any())):  # an input check of eager calls; a compiled step has no branch
             raise ValueError("labels were given without input_ids: the classifier reads the image with its statement "
                              "or question")
         if input_ids is not None or not config.use_text:
             mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
             text_tokens = self.xattn.encode_text(input_ids, mask) if config.use_text else None
             logits = self.classifier(self.xattn.fuse(text_tokens, mask, image_tokens).pooler_output)
-            if labelled:
+            if labels is not None and config.lambda_ce > 0:  # weighted 0: off; rows of -100 are masked out
                 losses["ce"] = self.classifier.loss(logits, labels, config.problem_type)
 
         if caption_input_ids is not None:
             caption_mask = torch.ones_like(caption_input_ids) if caption_attention_mask is None else caption_attention_mask
-            # Rows whose caption mask is all zero have no caption: retrieval and captioning use the others only.
-            has_caption = caption_mask.bool().any(-1)
-            if not has_caption.all():
-                caption_input_ids, caption_mask = caption_input_ids[has_caption], caption_mask[has_caption]
-                image_tokens = image_tokens[has_caption] if image_tokens is not None else None
-                image_ids = image_ids[has_caption] if image_ids is not None else None
-        if caption_input_ids is not None and len(caption_input_ids):
+            # Rows whose caption mask is all zero have no caption: they stay in the batch (its shapes never depend on
+            # the data) and are masked out of retrieval and captioning. Their encoders read the first token, so that
+            # no attention row is empty (an all-masked softmax is NaN, and NaN times a zero weight is still NaN).
+            has_caption = caption_mask.bool().any(-1)  # (B,)
+            first = torch.arange(caption_mask.shape[1], device=caption_mask.device) == 0
+            readable = torch.where(has_caption[:, None], caption_mask, first[None, :].to(caption_mask.dtype))
             if self.retrieval is not None and (config.lambda_cl > 0 or config.lambda_itm > 0):  # weighted 0: off
-                caption_tokens = self.xattn.encode_text(caption_input_ids, caption_mask)
-                retrieval = self._retrieval_losses(image_tokens, caption_tokens, caption_mask, image_ids,
-                                                   caption_input_ids)
+                caption_tokens = self.xattn.encode_text(caption_input_ids, readable)
+                retrieval = self._retrieval_losses(image_tokens, caption_tokens, readable, image_ids,
+                                                   caption_input_ids, rows=has_caption)
                 losses["cl"], losses["itm"] = retrieval.loss_contrastive, retrieval.loss_itm
                 similarity, image_embeds, text_embeds = (retrieval.logits_per_image, retrieval.image_embeds,
                                                          retrieval.text_embeds)
             if self.captioner is not None and config.lambda_seq > 0:
                 # The caption is only the decoder's target; the fused encoder sees the image and an empty prompt.
                 memory, memory_mask = self._caption_memory(image_tokens)
-                decoded = self.captioner(memory, memory_mask, caption_input_ids, caption_mask,
+                decoded = self.captioner(memory, memory_mask, caption_input_ids, readable,
                                          caption_labels(caption_input_ids, caption_mask, config.pad_token_id))
                 losses["seq"] = decoded.loss
                 caption_logits = decoded.logits

@@ -145,8 +145,11 @@ def test_formula_4_weights_and_task_subsets(tiny_config):
         assert only_captions.loss_ce is None and only_captions.logits is None
         assert torch.isclose(only_captions.loss, 2.0 * only_captions.loss_cl + 3.0 * only_captions.loss_itm
                              + 0.25 * only_captions.loss_seq)
-        unlabeled = model(**batch, labels=torch.tensor([-100, -100, -100]))  # a caption-only batch's labels
-        assert unlabeled.loss_ce is None and unlabeled.loss is None and unlabeled.logits is not None
+        # a caption-only batch's labels: a loss of 0 (masked, so the step has no branch on the data)
+        unlabeled = model(**batch, labels=torch.tensor([-100, -100, -100]))
+        assert unlabeled.loss_ce.item() == 0.0 and unlabeled.loss.item() == 0.0 and unlabeled.logits is not None
+        unweighted = build(XAttnForMultiTask, XAttnConfig.from_preset("tiny", lambda_ce=0.0))
+        assert unweighted(**batch, labels=torch.tensor([0, 1, 2]), **captions).loss_ce is None  # weighted 0: off
 
 
 def test_padding_does_not_change_outputs(tiny_config):

@@ -102,7 +102,7 @@ def test_partly_labelled_batch_computes_each_loss_on_its_rows(processor):
     with torch.no_grad():
         torch.manual_seed(0)
         out = model(**batch)
-        assert torch.isfinite(out.loss) and out.image_embeds.shape[0] == 3
+        assert torch.isfinite(out.loss) and out.image_embeds.shape[0] == 4  # every row; row 2's text is empty
         logits = out.logits[[0, 2, 3]]
         torch.testing.assert_close(out.loss_ce, torch.nn.functional.cross_entropy(logits, batch["labels"][[0, 2, 3]]))
         keep = torch.tensor([0, 1, 3])  # the caption rows alone give the same caption loss
@@ -111,6 +111,8 @@ def test_partly_labelled_batch_computes_each_loss_on_its_rows(processor):
                       caption_attention_mask=batch["caption_attention_mask"][keep], image_ids=batch["image_ids"][keep])
     torch.testing.assert_close(out.loss_seq, alone.loss_seq)
     torch.testing.assert_close(out.loss_cl, alone.loss_cl)
+    torch.testing.assert_close(out.loss_itm, alone.loss_itm)
+    torch.testing.assert_close(out.image_embeds[keep], alone.image_embeds)
 
 
 def test_too_few_rows_for_one_batch_stops_with_the_counts(tmp_path):

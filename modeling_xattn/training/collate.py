@@ -36,6 +36,10 @@ class XAttnCollator:
     carries `image_ids` (the models take them: captions of one image are never each other's negatives);
     `with_row_index=True` adds `row_index`, the positions in `rows` of the rows that were kept.
 
+    `pad_to_max_length=True` pads every text to the processor's `max_length` and every caption to its
+    `max_caption_length` (else to the longest of the batch), so that every batch has the same shapes: a compiled
+    step is then traced once, not again for each new length.
+
     The caption of a row is `row["caption_index"]` where set (`CaptionPairs` sets it: one example per image-caption
     pair), else `caption_index` (default: the first caption).
 
@@ -55,7 +59,7 @@ class XAttnCollator:
 
     def __init__(self, processor, task: str = "multitask", answer_vocab: list[str] | None = None,
                  counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
-                 head: str = "multitask", with_row_index: bool = False):
+                 head: str = "multitask", with_row_index: bool = False, pad_to_max_length: bool = False):
         if task not in TASK_TARGETS:
             raise ValueError(f"XAttnCollator: task must be one of {sorted(TASK_TARGETS)}, got {task!r}")
         if head not in self.HEADS:
@@ -64,6 +68,7 @@ class XAttnCollator:
             raise ValueError(f"XAttnCollator: head={head!r} trains on captions, which task={task!r} does not read")
         self.head = head
         self.with_row_index = with_row_index
+        self.pad_to_max_length = pad_to_max_length
         self.processor = processor
         self.task = task
         self.answer_vocab = {a: i for i, a in enumerate(answer_vocab or [])}
@@ -111,6 +116,7 @@ class XAttnCollator:
             images=images,
             text=texts if any(with_text) else None,
             captions=captions if any(with_caption) else None,
+            padding="max_length" if self.pad_to_max_length else True,
         ))
         if any(with_caption) and not all(with_caption):
             batch["caption_attention_mask"][~torch.tensor(with_caption)] = 0  # all-zero mask: this row has no caption

@@ -456,10 +456,10 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
             correct += int((predictions[mask] == labels[mask]).sum())
             labelled += int(mask.sum())
         if out.image_embeds is not None:  # the forward pass's own retrieval embeddings: nothing is encoded twice
-            image_ids = batch["image_ids"]
-            if "caption_attention_mask" in batch:  # the embeddings cover the rows that have a caption
-                image_ids = image_ids[batch["caption_attention_mask"].bool().any(-1)]
-            gathered = accelerator.gather_for_metrics((out.image_embeds, out.text_embeds, image_ids))
+            # the embeddings cover every row: the rows that have a caption count
+            captioned = batch["caption_attention_mask"].bool().any(-1)
+            gathered = accelerator.gather_for_metrics(
+                (out.image_embeds[captioned], out.text_embeds[captioned], batch["image_ids"][captioned]))
             image_embeds.append(gathered[0].float())
             text_embeds.append(gathered[1].float())
             ids.append(gathered[2])

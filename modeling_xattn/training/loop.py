@@ -41,6 +41,7 @@ from modeling_xattn.training.collate import (
     RandomResizedCrops,
     XAttnCollator,
 )
+from modeling_xattn.training.compilation import compiled_graphs, is_compiled
 from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary, class_names
 from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.data.streaming import StreamingData
@@ -146,6 +147,7 @@ class Run:
     checkpoints_dir: str = ""
     started: float = 0.0  # the clock at the start or the last checkpoint; state.train_seconds holds the time before
     progress: Any = None
+    graphs_before: int = 0  # torch.compile's graph count when training started (a compiled run reports its own)
 
 
 def train(args) -> dict:
@@ -162,6 +164,7 @@ def train(args) -> dict:
     build_model_and_loaders(run)
     build_optimization(run)
     run.started = time.time()
+    run.graphs_before = compiled_graphs()
     run.progress = tqdm(total=run.max_steps, initial=run.state.global_step, desc="training",
                         disable=args.no_progress or not run.accelerator.is_local_main_process)
     run.model.train()
@@ -250,7 +253,9 @@ def make_accelerator(args) -> tuple[Accelerator, bool]:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=on_accelerator),
         # None: Accelerate reads the dynamo settings an `accelerate launch` config gives (ACCELERATE_DYNAMO_*)
-        dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+        # fullgraph: the training step has no graph break (tested), so one appearing is an error, not a silent slowdown
+        dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode,
+                                        fullgraph=True)
         if args.torch_compile else None,
     )
     set_seed(args.seed)  # before building the model: identical initial weights on every process and every run
@@ -336,7 +341,10 @@ def build_model_and_loaders(run: Run) -> None:
         model = model.to(memory_format=torch.channels_last)  # the convolution weights; the images follow per batch
     quiet_tied_weights_notice(model)
     run.model, run.model_config = model, model.config
-    run.collate = XAttnCollator(run.processor, task=run.task, answer_vocab=answers, counter=run.counter)
+    # a compiled model gets batches of one shape (texts and captions padded to their maximum length), so it is
+    # traced once for training, not again for every new length
+    run.collate = XAttnCollator(run.processor, task=run.task, answer_vocab=answers, counter=run.counter,
+                                pad_to_max_length=is_compiled(accelerator))
     if run.streaming:
         # read on this process, without workers: the stream's position is then exactly what the batches used
         run.stream = run.streaming.training_stream(run.task, args.batch_size, run.collate,
@@ -500,9 +508,14 @@ def finish(run: Run) -> dict:
     _check_replicas_agree(accelerator, run.model)
     final_metrics = state.history[-1] if state.history else {}
     weights = _weights(accelerator, run.model)  # a collective: every process gathers, under FSDP/DeepSpeed too
+    graphs = None
+    if is_compiled(accelerator):
+        # training's graph, evaluation's (another mode) and its last short batch's; more means recompilation
+        graphs = compiled_graphs() - run.graphs_before
+        accelerator.print(f"torch.compile: {graphs} graph(s) compiled in this run")
     if accelerator.is_main_process:
         _write_outputs(args, accelerator, run.model, run.processor, state, final_metrics, run.counter,
-                       _minutes(state, run.started) * 60, weights)
+                       _minutes(state, run.started) * 60, weights, graphs)
     accelerator.end_training()
     accelerator.print(run.counter.summary())
     pushed = None
@@ -573,7 +586,8 @@ def _keep_best(args, accelerator, model, processor, state, metrics):
             write_json(os.path.join(best, "metrics.json"), {**metrics, "step": state.global_step})
 
 
-def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds, weights=None):
+def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds, weights=None,
+                   graphs=None):
     """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
     out = args.output_dir
     set_aside_evaluation(out, accelerator)
@@ -586,6 +600,8 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         "best_metric": state.best_metric, "metric_for_best_model": args.metric_for_best_model,
         "num_processes": accelerator.num_processes, "bad_rows": dict(counter.counts), "converted": dict(counter.converted),
     }
+    if graphs is not None:
+        results["compiled_graphs"] = graphs
     write_json(os.path.join(out, "history.json"), state.history)
     plot_training_curves(state.history, os.path.join(out, "training_curves.png"))
     base_models = [m for m in (args.text_backbone, args.vision_backbone and "torchvision/densenet121") if m]
