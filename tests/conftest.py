@@ -42,6 +42,19 @@ def load_script(name: str):
     return module
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started: a launcher's workers too (torchrun starts each in a session
+    of its own, so killing its process group would leave them training), as when a machine goes away."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [*root.children(recursive=True), root]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def kill_after_checkpoint(command, output_dir: Path, step: int, env=None, cwd=None) -> int:
     """Start `command` (a training run writing to `output_dir`), SIGKILL it from outside as soon as its step-`step`
     checkpoint appears (the save renames a finished folder into place), as a crash or a pre-empted machine would;
@@ -55,7 +68,7 @@ def kill_after_checkpoint(command, output_dir: Path, step: int, env=None, cwd=No
     while not (output_dir / "checkpoints" / f"step_{step}").exists():
         assert process.poll() is None and time.monotonic() < deadline, f"the run ended before its step-{step} checkpoint"
         time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
+    kill_tree(process.pid)
     assert process.wait(timeout=60) == -signal.SIGKILL
     assert not (output_dir / "model.safetensors").exists()  # it did not finish
     return max(int(p.name.split("_")[1]) for p in (output_dir / "checkpoints").iterdir() if p.name.startswith("step_"))

@@ -1,5 +1,6 @@
 """The accelerate config files README points to: each loads with accelerate's own parser, names the launch it
-describes, and FSDP wraps classes the models really have. (FSDP and DeepSpeed need GPUs: these files are not run.)"""
+describes, and FSDP wraps classes the models really have. (These files need GPUs and are not run here; the FSDP
+units run on CPU processes in test_fsdp.py, through train.py --fsdp.)"""
 
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
+from modeling_xattn.training.sharding import FSDP_UNITS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "scripts" / "accelerate"
 
@@ -29,3 +31,4 @@ def test_fsdp_wraps_layers_the_models_have():
     classes = {type(module).__name__ for module in model.modules()}
     assert wrapped <= classes, wrapped - classes
     assert set(model._no_split_modules) <= wrapped  # the units the model says must not be split
+    assert wrapped == set(FSDP_UNITS)  # train.py --fsdp (torchrun) shards with the same units

@@ -34,15 +34,19 @@ class TrainingState:
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 
 
-def save_checkpoint_atomically(accelerator, checkpoints_dir: str, step: int, keep: int | None = None) -> str:
-    """`accelerator.save_state` into a temporary folder, then one atomic rename to `step_<N>`: a kill during the save
-    leaves a `tmp-` folder that `latest_checkpoint` ignores, never a damaged `step_<N>`."""
+def save_checkpoint_atomically(accelerator, checkpoints_dir: str, step: int, keep: int | None = None,
+                               save_more=None) -> str:
+    """`accelerator.save_state` (and `save_more(folder)` where given, on every process) into a temporary folder,
+    then one atomic rename to `step_<N>`: a kill during the save leaves a `tmp-` folder that `latest_checkpoint`
+    ignores, never a damaged `step_<N>`."""
     final = os.path.join(checkpoints_dir, f"step_{step}")
     temporary = os.path.join(checkpoints_dir, f"tmp-step_{step}")
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(temporary)
+    if save_more is not None:
+        save_more(temporary)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if os.path.exists(final):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, send_to_device, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, TorchDynamoPlugin, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -50,6 +50,14 @@ from modeling_xattn.training.evaluation import EVALUATION_FILES, evaluate_multit
 from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import TrainingOptions, parse_training_options
 from modeling_xattn.training.plots import plot_training_curves
+from modeling_xattn.training.sharding import (
+    full_weights,
+    is_sharded,
+    load_sharded_state,
+    save_sharded_state,
+    shard_model,
+    unsharded_shell,
+)
 from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
 from modeling_xattn.training.tasks import (
     LOSS_KEYS,
@@ -158,7 +166,15 @@ def train(args) -> dict:
         # tracing re-applies and then cannot undo (it stops at the first step)
         raise SystemExit("--memory_saving and --torch_compile cannot be combined: pick one (memory_saving trades "
                          "speed for memory, torch_compile memory-neutral speed)")
+    if args.fsdp and args.torch_compile:
+        raise SystemExit("--fsdp and --torch_compile are not combined here: the sharded model is not prepared by "
+                         "Accelerate, which is what compiles it")
     accelerator, on_accelerator = make_accelerator(args)
+    if args.fsdp and (accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP):
+        raise SystemExit("--fsdp shards the model over the processes of a torchrun launch (torchrun "
+                         "--nproc_per_node N scripts/train.py --fsdp); it has "
+                         + ("one process" if accelerator.num_processes == 1 else
+                            "an Accelerate FSDP config already: leave out one of the two"))
     claim_output_dir(args, accelerator)
     run = build_data(args, accelerator, on_accelerator)
     build_model_and_loaders(run)
@@ -340,6 +356,8 @@ def build_model_and_loaders(run: Run) -> None:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)  # the convolution weights; the images follow per batch
     quiet_tied_weights_notice(model)
+    if args.fsdp:
+        model = shard_model(model.to(accelerator.device))  # before the optimiser: it holds the shards
     run.model, run.model_config = model, model.config
     # a compiled model gets batches of one shape (texts and captions padded to their maximum length), so it is
     # traced once for training, not again for every new length
@@ -369,13 +387,22 @@ def build_optimization(run: Run) -> None:
                                                      args.decay_exclusions), **fused)
     run.plateau = PreviousLossDecay(run.optimizer, args.lr_decay_beta)  # Formula 5
     accelerator.register_for_checkpointing(run.plateau, run.state)
-    if run.stream is None:
+    if args.fsdp:
+        # the sharded model and its optimiser stay out of prepare (it would wrap them in DDP); checkpoints save
+        # them with save_sharded_state
+        prepared = accelerator.prepare(*([run.val_loader] if run.stream else [run.train_loader, run.val_loader]))
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        run.val_loader = prepared[-1]
+        run.train_loader = prepared[0] if run.stream is None else None
+    elif run.stream is None:
         run.model, run.optimizer, run.train_loader, run.val_loader = accelerator.prepare(
             run.model, run.optimizer, run.train_loader, run.val_loader)
-        steps_per_epoch = math.ceil(len(run.train_loader) / args.gradient_accumulation_steps)
     else:
         # every process reads its own part of the stream (split_dataset_by_node), so Accelerate does not shard it
         run.model, run.optimizer, run.val_loader = accelerator.prepare(run.model, run.optimizer, run.val_loader)
+    if run.stream is None:
+        steps_per_epoch = math.ceil(len(run.train_loader) / args.gradient_accumulation_steps)
+    else:
         accelerator.register_for_checkpointing(run.stream)
         steps_per_epoch = min(STREAM_EVALUATION_PERIOD, args.max_steps)  # a stream's "epoch" for the defaults below
     run.max_steps = args.max_steps or steps_per_epoch * args.num_epochs
@@ -400,6 +427,8 @@ def _resume(run: Run) -> None:
         return
     try:
         accelerator.load_state(path)
+        if args.fsdp:
+            load_sharded_state(run.model, run.optimizer, path, accelerator)
     except ValueError as error:  # a stream position saved by another number of processes; optimiser
         # groups of other options (--recipe, --decay_exclusions, --freeze_*, --backbone_learning_rate)
         raise SystemExit(f"cannot resume from {path}: {error}. Resume with the options the checkpoint was "
@@ -464,8 +493,9 @@ def train_one_step(run: Run, batch) -> tuple | None:
         run.plateau.apply(learning_rate_factor(state.global_step, run.max_steps, args.warmup_steps,
                                                args.lr_scheduler,
                                                minutes / args.max_train_minutes if args.max_train_minutes else 0.0))
-        run.optimizer.step()
-        run.optimizer.zero_grad()
+        if accelerator.sync_gradients:  # (a prepared optimiser checks this itself; the sharded run's is plain)
+            run.optimizer.step()
+            run.optimizer.zero_grad()
     if not accelerator.sync_gradients:
         return None
     state.global_step += 1
@@ -496,7 +526,8 @@ def after_step(run: Run, out, minutes: float) -> bool:
         if run.stream is not None:
             run.stream.capture(accelerator)  # every process's position in the stream goes into the checkpoint
         state.train_seconds, run.started = state.train_seconds + time.time() - run.started, time.time()
-        save_checkpoint_atomically(accelerator, run.checkpoints_dir, state.global_step, args.save_total_limit)
+        save_checkpoint_atomically(accelerator, run.checkpoints_dir, state.global_step, args.save_total_limit,
+                                   _sharded_saver(run))
     return bool(last)
 
 
@@ -505,7 +536,8 @@ def finish(run: Run) -> dict:
     args, accelerator, state = run.args, run.accelerator, run.state
     run.progress.close()
     accelerator.wait_for_everyone()
-    _check_replicas_agree(accelerator, run.model)
+    if not args.fsdp:  # (sharded, each process holds its own part: there are no replicas to compare)
+        _check_replicas_agree(accelerator, run.model)
     final_metrics = state.history[-1] if state.history else {}
     weights = _weights(accelerator, run.model)  # a collective: every process gathers, under FSDP/DeepSpeed too
     graphs = None
@@ -544,9 +576,29 @@ def _check_replicas_agree(accelerator, model) -> None:
                       f"(fingerprint {every[0, 0].item():.10g}, {every[0, 1].item():.10g})")
 
 
+def _plain(accelerator, model):
+    """The model as its own class, for `save_pretrained` with gathered weights: unwrapped from DDP and
+    torch.compile, or for the loop's FSDP2 an empty instance of the unsharded class."""
+    if is_sharded(model):
+        return unsharded_shell(model)
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def _sharded_saver(run: Run):
+    """What a checkpoint of an --fsdp run adds to Accelerate's: the gathered model and optimiser state."""
+    if not run.args.fsdp:
+        return None
+    return lambda directory: save_sharded_state(run.model, run.optimizer, directory,
+                                                run.accelerator.is_main_process)
+
+
 def _weights(accelerator, model) -> dict | None:
-    """The model's weights as `accelerator.get_state_dict` gathers them (sharded or not), named as the plain model
-    names them: without the `_orig_mod.` that torch.compile's wrapper puts in front."""
+    """The model's weights as `accelerator.get_state_dict` gathers them (sharded or not; `full_weights` for the
+    loop's own FSDP2), named as the plain model names them: without the `_orig_mod.` that torch.compile's wrapper
+    puts in front. A collective; the processes other than the main one may get None."""
+    if is_sharded(model):
+        weights = full_weights(model)
+        return weights if accelerator.is_main_process else None
     weights = accelerator.get_state_dict(model)
     if weights is not None:
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "_orig_mod.")
@@ -578,10 +630,10 @@ def _keep_best(args, accelerator, model, processor, state, metrics):
         state.best_metric = value
         best = os.path.join(args.output_dir, "best")
         # every process takes part in gathering the weights (FSDP and DeepSpeed shard them); the main one writes
-        base = accelerator.unwrap_model(model, keep_torch_compile=False)
-        base.save_pretrained(best, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-                             state_dict=_weights(accelerator, model))
+        # them (another process's save_pretrained would gather sharded tensors again, alone, and wait forever)
+        weights = _weights(accelerator, model)
         if accelerator.is_main_process:
+            _plain(accelerator, model).save_pretrained(best, save_function=accelerator.save, state_dict=weights)
             processor.save_pretrained(best)
             write_json(os.path.join(best, "metrics.json"), {**metrics, "step": state.global_step})
 
@@ -591,7 +643,7 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
     """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
     out = args.output_dir
     set_aside_evaluation(out, accelerator)
-    model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    model = _plain(accelerator, model)
     model.save_pretrained(out, save_function=accelerator.save, state_dict=weights)
     processor.save_pretrained(out)
     scalar_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}

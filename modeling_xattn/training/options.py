@@ -205,6 +205,11 @@ class OptimisationArguments:
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no")
     seed: int = option(42)
     cpu: bool = option(False, "train on the CPU even where a GPU is present")
+    fsdp: bool = option(
+        False,
+        "shard parameters, gradients and optimiser state over the processes with FSDP2 (torch's fully_shard; "
+        "each fusion, ALBERT and decoder layer and the vision tower a unit, as scripts/accelerate/fsdp.yaml). For "
+        "torchrun, on CPU processes too, where Accelerate's FSDP config falls back to DDP")
 
 
 @dataclass
