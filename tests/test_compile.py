@@ -125,3 +125,13 @@ def test_compiled_run_stops_compiling_after_the_first_evaluation(tmp_path, monke
     results = json.loads((out / "train_results.json").read_text())
     assert results["global_step"] == 3 and results["compiled_graphs"] == 3
     assert counts == [3, 3, 3]
+
+
+def test_step_is_one_graph_under_bf16_autocast():
+    """What `--mixed_precision bf16` traces: autocast, and the fp32 blocks of the retrieval losses inside it."""
+    tasks = ("classification", "retrieval", "captioning")
+    model = model_for(tasks)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(model)(**partly_labelled_batch(model.config, tasks))
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons

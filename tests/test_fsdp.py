@@ -98,3 +98,21 @@ def test_fsdp_needs_a_multi_process_launch(tmp_path):
         train.main(OPTIONS + ["--output_dir", str(tmp_path / "one"), "--fsdp"])
     with pytest.raises(SystemExit, match="--fsdp and --torch_compile are not combined"):
         train.main(OPTIONS + ["--output_dir", str(tmp_path / "both"), "--fsdp", "--torch_compile"])
+
+
+def test_scalar_parameters_shard_as_vectors_and_save_as_scalars():
+    """fully_shard refuses 0-d parameters (the default recipe's learned logit scale): they train as shape (1,), with
+    the same similarities, and are saved with their own shape, so the file loads into an unsharded model."""
+    from modeling_xattn import XAttnConfig, XAttnForMultiTask
+    from modeling_xattn.training.sharding import scalar_shapes, vectorize_scalars
+
+    torch.manual_seed(0)
+    model = XAttnForMultiTask(XAttnConfig.from_preset("tiny", contrastive_loss="sigmoid"))
+    images, texts = torch.nn.functional.normalize(torch.randn(2, 3, model.config.projection_dim), dim=-1)
+    before = model.retrieval.similarity(images, texts)
+    assert vectorize_scalars(model) == ["retrieval.logit_scale", "retrieval.logit_bias"]
+    assert model.retrieval.logit_scale.shape == (1,)
+    torch.testing.assert_close(model.retrieval.similarity(images, texts), before)
+    weights = scalar_shapes(model, model.state_dict())
+    assert weights["retrieval.logit_scale"].shape == () and weights["retrieval.logit_bias"].shape == ()
+    XAttnForMultiTask(model.config).load_state_dict(weights)

@@ -50,15 +50,17 @@ from modeling_xattn.training.evaluation import EVALUATION_FILES, evaluate_multit
 from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import TrainingOptions, parse_training_options
 from modeling_xattn.training.plots import plot_training_curves
+from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
 from modeling_xattn.training.sharding import (
     full_weights,
     is_sharded,
     load_sharded_state,
     save_sharded_state,
+    scalar_shapes,
     shard_model,
     unsharded_shell,
+    vectorize_scalars,
 )
-from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
 from modeling_xattn.training.tasks import (
     LOSS_KEYS,
     LOSS_WEIGHTS,
@@ -358,6 +360,8 @@ def build_model_and_loaders(run: Run) -> None:
     quiet_tied_weights_notice(model)
     if args.fsdp:
         model = shard_model(model.to(accelerator.device))  # before the optimiser: it holds the shards
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        vectorize_scalars(model)  # Accelerate's fully_shard (GPUs) cannot take a 0-d parameter either
     run.model, run.model_config = model, model.config
     # a compiled model gets batches of one shape (texts and captions padded to their maximum length), so it is
     # traced once for training, not again for every new length
@@ -390,10 +394,10 @@ def build_optimization(run: Run) -> None:
     if args.fsdp:
         # the sharded model and its optimiser stay out of prepare (it would wrap them in DDP); checkpoints save
         # them with save_sharded_state
-        prepared = accelerator.prepare(*([run.val_loader] if run.stream else [run.train_loader, run.val_loader]))
-        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
-        run.val_loader = prepared[-1]
-        run.train_loader = prepared[0] if run.stream is None else None
+        if run.stream is None:
+            run.train_loader, run.val_loader = accelerator.prepare(run.train_loader, run.val_loader)
+        else:
+            run.val_loader = accelerator.prepare(run.val_loader)
     elif run.stream is None:
         run.model, run.optimizer, run.train_loader, run.val_loader = accelerator.prepare(
             run.model, run.optimizer, run.train_loader, run.val_loader)
@@ -602,6 +606,7 @@ def _weights(accelerator, model) -> dict | None:
     weights = accelerator.get_state_dict(model)
     if weights is not None:
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "_orig_mod.")
+        scalar_shapes(accelerator.unwrap_model(model, keep_torch_compile=False), weights)
     return weights
 
 

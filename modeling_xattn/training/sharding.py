@@ -25,13 +25,24 @@ OPTIMIZER_FILE = "fsdp_optimizer.bin"
 
 def shard_model(model: torch.nn.Module, units=FSDP_UNITS) -> torch.nn.Module:
     """`fully_shard` every module whose class is named in `units`, innermost first, then the whole model (in place;
-    returns it). Needs the process group: call it under torchrun, on the model already on its device.
-
-    FSDP2 cannot shard a 0-d parameter (the retrieval head's learned logit scale and bias are scalars, as CLIP's):
-    each becomes shape (1,) in the sharded model, which computes the same (it only broadcasts), and `full_weights`
-    gives it its saved shape back, so the weight files match an unsharded run's."""
+    returns it), its scalars made vectors first (`vectorize_scalars`). Needs the process group: call it under
+    torchrun, on the model already on its device."""
     from torch.distributed.fsdp import fully_shard
 
+    vectorize_scalars(model)
+    for module in reversed(list(model.modules())):
+        if module is not model and type(module).__name__ in units:
+            fully_shard(module)
+    fully_shard(model)
+    model.register_forward_pre_hook(_take_main_process_buffers)
+    return model
+
+
+def vectorize_scalars(model: torch.nn.Module) -> list[str]:
+    """FSDP2 cannot shard a 0-d parameter (the retrieval head's learned logit scale and bias are scalars, as CLIP's):
+    each becomes shape (1,), in place, which computes the same (it only broadcasts). Their names are kept on the
+    model (and returned) so that `scalar_shapes` gives them their saved shape back: the weight files then match an
+    unsharded run's. Call it before the optimiser is built."""
     model._scalar_parameters = []
     for module_name, module in model.named_modules():
         for name, parameter in list(module.named_parameters(recurse=False)):
@@ -39,12 +50,15 @@ def shard_model(model: torch.nn.Module, units=FSDP_UNITS) -> torch.nn.Module:
                 setattr(module, name, torch.nn.Parameter(parameter.detach().reshape(1),
                                                          requires_grad=parameter.requires_grad))
                 model._scalar_parameters.append(f"{module_name}.{name}" if module_name else name)
-    for module in reversed(list(model.modules())):
-        if module is not model and type(module).__name__ in units:
-            fully_shard(module)
-    fully_shard(model)
-    model.register_forward_pre_hook(_take_main_process_buffers)
-    return model
+    return model._scalar_parameters
+
+
+def scalar_shapes(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` with the parameters `vectorize_scalars` changed back to 0-d (in place; returns it)."""
+    for name in getattr(model, "_scalar_parameters", ()):
+        if name in weights:
+            weights[name] = weights[name].reshape(())
+    return weights
 
 
 @torch.no_grad()
@@ -81,10 +95,7 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     unsharded model saves them (a collective: every process calls it; the others get an empty dict)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    weights = get_model_state_dict(model, options=_full_options())
-    for name in getattr(model, "_scalar_parameters", ()):
-        if name in weights:
-            weights[name] = weights[name].reshape(())
+    weights = scalar_shapes(model, get_model_state_dict(model, options=_full_options()))
     # a tied weight (the decoder's output layer is its input embedding) comes back as a copy under its second name:
     # left out, as save_pretrained leaves it out of an unsharded model's file (loading ties it again)
     own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
