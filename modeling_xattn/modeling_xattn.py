@@ -1442,7 +1442,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
             mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
             text_tokens = self.xattn.encode_text(input_ids, mask) if config.use_text else None
             logits = self.classifier(self.xattn.fuse(text_tokens, mask, image_tokens).pooler_output)
-            if labels is not None and config.lambda_ce > 0:  # weighted 0: off; rows of -100 are masked out
+            if labels is not None and config.lambda_ce != 0:  # weighted 0: off; rows of -100 are masked out
                 losses["ce"] = self.classifier.loss(logits, labels, config.problem_type)
 
         if caption_input_ids is not None:
@@ -1453,14 +1453,14 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
             has_caption = caption_mask.bool().any(-1)  # (B,)
             first = torch.arange(caption_mask.shape[1], device=caption_mask.device) == 0
             readable = torch.where(has_caption[:, None], caption_mask, first[None, :].to(caption_mask.dtype))
-            if self.retrieval is not None and (config.lambda_cl > 0 or config.lambda_itm > 0):  # weighted 0: off
+            if self.retrieval is not None and (config.lambda_cl != 0 or config.lambda_itm != 0):  # weighted 0: off
                 caption_tokens = self.xattn.encode_text(caption_input_ids, readable)
                 retrieval = self._retrieval_losses(image_tokens, caption_tokens, readable, image_ids,
                                                    caption_input_ids, rows=has_caption)
                 losses["cl"], losses["itm"] = retrieval.loss_contrastive, retrieval.loss_itm
                 similarity, image_embeds, text_embeds = (retrieval.logits_per_image, retrieval.image_embeds,
                                                          retrieval.text_embeds)
-            if self.captioner is not None and config.lambda_seq > 0:
+            if self.captioner is not None and config.lambda_seq != 0:
                 # The caption is only the decoder's target; the fused encoder sees the image and an empty prompt.
                 memory, memory_mask = self._caption_memory(image_tokens)
                 decoded = self.captioner(memory, memory_mask, caption_input_ids, readable,

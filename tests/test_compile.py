@@ -135,3 +135,25 @@ def test_step_is_one_graph_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         explained = torch._dynamo.explain(model)(**partly_labelled_batch(model.config, tasks))
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
+def test_two_processes_train_compiled(tmp_path):
+    """`torchrun --nproc_per_node 2 scripts/train.py --torch_compile`: Accelerate compiles the DDP-wrapped model,
+    whose forward dynamo splits at DDP's gradient buckets by design, so several processes compile without
+    fullgraph (one process compiles with it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29591",
+               str(script), "--synthetic_samples", "40", "--batch_size", "4", "--vocab_size", "150", "--report_to",
+               "none", "--no_progress", "--max_steps", "2", "--eval_steps", "2", "--output_dir", str(out),
+               "--torch_compile", "--torch_compile_backend", "aot_eager"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.compile: aot_eager" in result.stdout and "weights identical on all 2 processes" in result.stdout
+    assert json.loads((out / "train_results.json").read_text())["compiled_graphs"] >= 1

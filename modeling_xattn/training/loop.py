@@ -52,6 +52,7 @@ from modeling_xattn.training.options import TrainingOptions, parse_training_opti
 from modeling_xattn.training.plots import plot_training_curves
 from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
 from modeling_xattn.training.sharding import (
+    MODEL_FILE as SHARDED_MODEL_FILE,
     full_weights,
     is_sharded,
     load_sharded_state,
@@ -169,8 +170,8 @@ def train(args) -> dict:
         raise SystemExit("--memory_saving and --torch_compile cannot be combined: pick one (memory_saving trades "
                          "speed for memory, torch_compile memory-neutral speed)")
     if args.fsdp and args.torch_compile:
-        raise SystemExit("--fsdp and --torch_compile are not combined here: the sharded model is not prepared by "
-                         "Accelerate, which is what compiles it")
+        raise SystemExit("--fsdp and --torch_compile are not combined here (the sharded model is not prepared by "
+                         "Accelerate, which is what compiles it): leave out one of them")
     accelerator, on_accelerator = make_accelerator(args)
     if args.fsdp and (accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP):
         raise SystemExit("--fsdp shards the model over the processes of a torchrun launch (torchrun "
@@ -271,9 +272,11 @@ def make_accelerator(args) -> tuple[Accelerator, bool]:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=on_accelerator),
         # None: Accelerate reads the dynamo settings an `accelerate launch` config gives (ACCELERATE_DYNAMO_*)
-        # fullgraph: the training step has no graph break (tested), so one appearing is an error, not a silent slowdown
+        # fullgraph in one process: the training step has no graph break (tested), so one appearing is an error,
+        # not a silent slowdown. Accelerate compiles a DDP-wrapped model, and dynamo splits DDP's forward at its
+        # gradient buckets by design: several processes compile without it.
         dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode,
-                                        fullgraph=True)
+                                        fullgraph=int(os.environ.get("WORLD_SIZE", "1")) == 1)
         if args.torch_compile else None,
     )
     set_seed(args.seed)  # before building the model: identical initial weights on every process and every run
@@ -365,8 +368,9 @@ def build_model_and_loaders(run: Run) -> None:
     run.model, run.model_config = model, model.config
     # a compiled model gets batches of one shape (texts and captions padded to their maximum length), so it is
     # traced once for training, not again for every new length
+    pad = args.pad_to_max_length if args.pad_to_max_length is not None else is_compiled(accelerator)
     run.collate = XAttnCollator(run.processor, task=run.task, answer_vocab=answers, counter=run.counter,
-                                pad_to_max_length=is_compiled(accelerator))
+                                pad_to_max_length=pad)
     if run.streaming:
         # read on this process, without workers: the stream's position is then exactly what the batches used
         run.stream = run.streaming.training_stream(run.task, args.batch_size, run.collate,
@@ -429,6 +433,11 @@ def _resume(run: Run) -> None:
     if path is None:
         accelerator.print(f"no checkpoint in {run.checkpoints_dir}; starting from scratch")
         return
+    sharded = os.path.exists(os.path.join(path, SHARDED_MODEL_FILE))
+    if sharded != bool(args.fsdp):
+        raise SystemExit(
+            f"cannot resume from {path}: it was saved by a run {'with' if sharded else 'without'} --fsdp; resume "
+            + ("with --fsdp under torchrun, as it was trained" if sharded else "without --fsdp, as it was trained"))
     try:
         accelerator.load_state(path)
         if args.fsdp:
@@ -679,7 +688,8 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
                      + (f"lr x {args.lr_decay_beta} when the validation loss stops falling (Formula 5), "
                         if args.lr_decay_beta < 1 else "")
                      + f"{args.contrastive_loss} retrieval loss, seed {args.seed}, {seconds / 60:.1f} minutes"),
-        "command": "python scripts/train.py " + " ".join(sys.argv[1:]) if argv_is_cli() else "scripts/train.py main(...)",
+        "command": launch_command(accelerator) + " " + " ".join(sys.argv[1:]) if argv_is_cli()
+        else "scripts/train.py main(...)",
         "metrics_table": metrics_table(scalar_metrics),
         "model_index": "",
     }
@@ -704,6 +714,16 @@ def set_aside_evaluation(folder: str, accelerator) -> None:
         os.replace(os.path.join(folder, name), os.path.join(earlier, name))
     accelerator.print(f"moved the evaluation of the earlier weights ({', '.join(found)}) to {earlier}; evaluate the "
                       "new model with scripts/evaluate.py")
+
+
+def launch_command(accelerator) -> str:
+    """How this run was started, as a command to run again: `python scripts/train.py`, or torchrun's equivalent for
+    several processes (Accelerate's and torchrun's launchers both set the sizes read here)."""
+    if accelerator.num_processes == 1:
+        return "python scripts/train.py"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    nodes = accelerator.num_processes // max(per_node, 1)
+    return f"torchrun{f' --nnodes {nodes}' if nodes > 1 else ''} --nproc_per_node {per_node} scripts/train.py"
 
 
 def argv_is_cli() -> bool:

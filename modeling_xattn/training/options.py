@@ -209,7 +209,7 @@ class OptimisationArguments:
         False,
         "shard parameters, gradients and optimiser state over the processes with FSDP2 (torch's fully_shard; "
         "each fusion, ALBERT and decoder layer and the vision tower a unit, as scripts/accelerate/fsdp.yaml). For "
-        "torchrun, on CPU processes too, where Accelerate's FSDP config falls back to DDP")
+        "torchrun, on CPU processes too, where Accelerate's FSDP config falls back to DDP. Not with --torch_compile")
 
 
 @dataclass
@@ -226,6 +226,12 @@ class SpeedArguments:
     torch_compile_mode: str | None = option(
         None,
         "torch.compile mode: default, reduce-overhead, max-autotune (default: torch's)")
+    pad_to_max_length: bool | None = option(
+        None,
+        "pad every text and caption to the processor's maximum length, so that every batch has one shape (default: "
+        "on when the model is compiled, where each new length would trace the step again; off otherwise, where "
+        "padding costs time). It changes how many random numbers dropout draws, so a run with it and one without "
+        "differ step by step", nargs="?", const=True)
     channels_last: bool = option(
         False,
         "channels-last memory format for the images and the convolution weights (faster DenseNet convolutions on "

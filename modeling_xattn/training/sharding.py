@@ -9,6 +9,7 @@ state dicts (every process takes part; the main one writes) and scatter them bac
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +31,9 @@ def shard_model(model: torch.nn.Module, units=FSDP_UNITS) -> torch.nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     vectorize_scalars(model)
+    # fully_shard warns on every forward that the model returns views (its outputs' slices), which an in-place op
+    # could detach from its backward hook; the loop never changes an output in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for module in reversed(list(model.modules())):
         if module is not model and type(module).__name__ in units:
             fully_shard(module)
@@ -130,9 +134,11 @@ def load_sharded_state(model, optimizer, directory: str, accelerator) -> None:
     optimizer_state = torch.load(paths[1], map_location="cpu", weights_only=True) if main else {}
     # two calls, not set_state_dict: given an empty model state (every process but the main one) that one skips the
     # model and leaves the main process broadcasting to nobody
-    options = _full_options(broadcast_from_rank0=True)
-    set_model_state_dict(model, model_state, options=options)
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+    set_model_state_dict(model, model_state, options=_full_options(broadcast_from_rank0=True))
+    # not strict: a parameter that never had a gradient (the head of a task this run does not train) has no Adam
+    # state in the checkpoint, as it had none in the run that saved it
+    set_optimizer_state_dict(model, optimizer, optimizer_state,
+                             options=_full_options(broadcast_from_rank0=True, strict=False))
 
 
 def unsharded_shell(model: torch.nn.Module) -> torch.nn.Module:
