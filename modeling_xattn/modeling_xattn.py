@@ -453,6 +453,13 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def masked_average(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where the boolean `mask` is true, 0 where it is nowhere true: a sum over a count clamped at
+    1, so no branch depends on the data (the losses' masked means). `where`, not a product, so a value left out may
+    be anything, inf included."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp(min=1)
+
+
 class XAttnPreTrainedModel(PreTrainedModel):
     config_class = XAttnConfig
     config: XAttnConfig
@@ -751,18 +758,18 @@ class XAttnClassificationHead(nn.Module):
     def loss(logits, labels, problem_type=None):
         """Formula 1: cross-entropy (labels `(B,)`, -100 ignored) or, for soft VQA scores `(B, num_labels)`, binary
         cross-entropy summed over answers and averaged over the rows (the usual VQA objective; a row of -100 is
-        ignored). A mean over the labelled rows as a masked sum over their count (clamped at 1), so a batch without
-        one gives 0 and no branch depends on the data (the step compiles as one graph)."""
+        ignored). A `masked_average` over the labelled rows, so a batch without one gives 0 and no branch depends on
+        the data (the step compiles as one graph)."""
         if problem_type is None:
             problem_type = "multi_label_classification" if labels.dim() == 2 and labels.is_floating_point() else "single_label_classification"
         if problem_type == "multi_label_classification":
             kept = ~(labels == -100).any(-1)  # (B,): a row of -100 scores has no target
             targets = torch.where(kept[:, None], labels.float(), torch.zeros_like(labels, dtype=torch.float))
             per_row = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none").sum(-1)
-            return torch.where(kept, per_row, torch.zeros_like(per_row)).sum() / kept.sum().clamp(min=1)
+            return masked_average(per_row, kept)
         if problem_type == "single_label_classification":
-            total = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100, reduction="sum")
-            return total / (labels != -100).sum().clamp(min=1)
+            per_row = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100, reduction="none")
+            return masked_average(per_row, labels != -100)
         raise ValueError(f"problem_type={problem_type!r} is not supported; use single_ or multi_label_classification")
 
 
@@ -878,7 +885,7 @@ class XAttnRetrievalHead(nn.Module):
                 targets = torch.arange(batch, device=logits.device)
                 per_row = (F.cross_entropy(logits, targets, reduction="none")
                            + F.cross_entropy(logits.T, targets, reduction="none")) / 2
-                return torch.where(rows, per_row, torch.zeros_like(per_row)).sum() / rows.sum().clamp(min=1)
+                return masked_average(per_row, rows)
             if self.config.contrastive_loss == "sigmoid":
                 signs = matching.float() * 2.0 - 1.0  # (B, B): 1 for a match, -1 for a negative
                 per_pair = -F.logsigmoid(signs * self.similarity(image_embeds, text_embeds))
@@ -887,15 +894,14 @@ class XAttnRetrievalHead(nn.Module):
             hinge = F.relu(self.config.contrastive_margin - distance)
             if self.config.contrastive_loss == "margin_squared":
                 distance, hinge = distance.pow(2), hinge.pow(2)
-            per_pair = torch.where(matching, distance, hinge)
-            return torch.where(pairs, per_pair, torch.zeros_like(per_pair)).sum() / pairs.sum().clamp(min=1)
+            return masked_average(torch.where(matching, distance, hinge), pairs)
 
     def matching_pairs(self, image_embeds, text_embeds, negatives_mask, rows=None):
         """The (image, text) pairs the matching head trains on: every given pair (a match), then for each row one
         sampled text for its image and one sampled image for its text (`sample_negatives`; the hardest in
-        evaluation). Always 3B pairs, so the shapes never depend on the data: `weights` is 1 for the pairs that count
-        (the rows in `rows`, the negatives of the rows that have a real one) and 0 for the others. Returns
-        `(image_index, text_index, targets, weights)`, targets 1 = match."""
+        evaluation). Always 3B pairs, so the shapes never depend on the data: `counted` is true for the pairs that
+        count (the rows in `rows`, the negatives of the rows that have a real one). Returns `(image_index,
+        text_index, targets, counted)`, targets 1 = match."""
         text_for_image, image_for_text, valid = sample_negatives(
             image_embeds, text_embeds, negatives_mask, self.config.contrastive_temperature, draw=self.training)
         index = torch.arange(len(image_embeds), device=image_embeds.device)
@@ -903,17 +909,14 @@ class XAttnRetrievalHead(nn.Module):
         image_index = torch.cat([index, index, image_for_text])
         text_index = torch.cat([index, text_for_image, index])
         targets = torch.cat([torch.ones_like(index), torch.zeros_like(index), torch.zeros_like(index)])
-        weights = torch.cat([rows, valid, valid]).float()
-        return image_index, text_index, targets, weights
+        counted = torch.cat([rows, valid, valid])
+        return image_index, text_index, targets, counted
 
-    def matching_loss(self, fused_pooled, targets, weights=None):
-        """Cross-entropy of the matching head on fused pairs `(P, hidden_size)`, a mean over the pairs whose
-        `weights` is 1 (all when None); returns `(loss, logits (P, 2))`."""
+    def matching_loss(self, fused_pooled, targets, counted):
+        """Cross-entropy of the matching head on fused pairs `(P, hidden_size)`, a mean over the `counted` pairs;
+        returns `(loss, logits (P, 2))`."""
         logits = self.itm(fused_pooled)
-        per_pair = F.cross_entropy(logits.float(), targets, reduction="none")
-        if weights is None:
-            return per_pair.mean(), logits
-        return (per_pair * weights).sum() / weights.sum().clamp(min=1), logits
+        return masked_average(F.cross_entropy(logits.float(), targets, reduction="none"), counted), logits
 
 
 class XAttnCaptionHead(nn.Module):
@@ -945,8 +948,8 @@ class XAttnCaptionHead(nn.Module):
     def forward(self, memory, memory_mask, decoder_input_ids, decoder_attention_mask=None, labels=None):
         """Formula 3: the causal-LM cross-entropy, token t predicting token t+1 (-100 ignored), with smoothed
         targets under `caption_label_smoothing` (as BLIP's decoder). The decoder's own loss is this mean; here it is
-        the sum over the target tokens divided by their count clamped at 1, so a batch with no caption gives 0 (not
-        0/0) without a branch on the data."""
+        a `masked_average` over the target tokens, so a batch with no caption gives 0 (not 0/0) without a branch on
+        the data."""
         smoothing = getattr(self.config, "caption_label_smoothing", 0.0)
         out = self.text_decoder(
             input_ids=decoder_input_ids,
@@ -956,10 +959,10 @@ class XAttnCaptionHead(nn.Module):
             return_dict=True,
         )
         if labels is not None:
-            logits, targets = out.logits[:, :-1].float(), labels[:, 1:]
-            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                                    label_smoothing=smoothing, reduction="sum")
-            out.loss = total / (targets != -100).sum().clamp(min=1)
+            logits, targets = out.logits[:, :-1].float(), labels[:, 1:].reshape(-1)
+            per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=-100,
+                                        label_smoothing=smoothing, reduction="none")
+            out.loss = masked_average(per_token, targets != -100)
         return out
 
 
@@ -1065,10 +1068,10 @@ class _RetrievalMixin:
         negatives = negative_pairs(image_ids, input_ids, text_mask, len(image_tokens), image_tokens.device)
         if rows is not None:
             negatives = negatives & rows[:, None] & rows[None, :]
-        image_index, text_index, targets, weights = self.retrieval.matching_pairs(image_embeds, text_embeds, negatives,
+        image_index, text_index, targets, counted = self.retrieval.matching_pairs(image_embeds, text_embeds, negatives,
                                                                                  rows)
         fused = self.xattn.fuse(text_tokens[text_index], text_mask[text_index], image_tokens[image_index])
-        loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooler_output, targets, weights)
+        loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooler_output, targets, counted)
         return XAttnRetrievalOutput(
             loss_contrastive=self.retrieval.contrastive_loss(image_embeds, text_embeds, negatives, rows),
             loss_itm=loss_itm,

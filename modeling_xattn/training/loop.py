@@ -441,7 +441,7 @@ def _resume(run: Run) -> None:
     try:
         accelerator.load_state(path)
         if args.fsdp:
-            load_sharded_state(run.model, run.optimizer, path, accelerator)
+            load_sharded_state(run.model, run.optimizer, path, accelerator.is_main_process)
     except ValueError as error:  # a stream position saved by another number of processes; optimiser
         # groups of other options (--recipe, --decay_exclusions, --freeze_*, --backbone_learning_rate)
         raise SystemExit(f"cannot resume from {path}: {error}. Resume with the options the checkpoint was "

@@ -14,8 +14,6 @@ import warnings
 import torch
 from safetensors.torch import load_file, save_file
 
-from modeling_xattn.training.distributed import any_process
-
 # Each fusion layer, each ALBERT layer and each caption-decoder layer is its own unit, and the DenseNet + CBAM tower
 # one (its dense blocks concatenate every earlier feature map, so splitting it saves little); the heads and the
 # embeddings stay in the root unit. scripts/accelerate/fsdp.yaml names the same classes (tested).
@@ -119,19 +117,15 @@ def save_sharded_state(model, optimizer, directory: str, is_main_process: bool) 
         torch.save(optimizer_state, os.path.join(directory, OPTIMIZER_FILE))
 
 
-def load_sharded_state(model, optimizer, directory: str, accelerator) -> None:
+def load_sharded_state(model, optimizer, directory: str, is_main_process: bool) -> None:
     """Read what `save_sharded_state` wrote on the main process and scatter it to every process's shards (a
-    collective; only the main process reads, so other machines need no copy). The optimiser file is read with
+    collective; the caller has checked that `directory` is such a checkpoint). The optimiser file is read with
     `weights_only=True`: tensors and plain values only."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    main = accelerator.is_main_process
-    paths = [os.path.join(directory, name) for name in (MODEL_FILE, OPTIMIZER_FILE)]
-    # decided together: one process stopping alone would leave the others waiting in the scatter
-    if any_process(accelerator, main and not all(os.path.exists(path) for path in paths)):
-        raise ValueError(f"{directory} has no {MODEL_FILE} and {OPTIMIZER_FILE}: it was not saved by an --fsdp run")
-    model_state = load_file(paths[0]) if main else {}
-    optimizer_state = torch.load(paths[1], map_location="cpu", weights_only=True) if main else {}
+    model_state = load_file(os.path.join(directory, MODEL_FILE)) if is_main_process else {}
+    optimizer_state = (torch.load(os.path.join(directory, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
+                       if is_main_process else {})
     # two calls, not set_state_dict: given an empty model state (every process but the main one) that one skips the
     # model and leaves the main process broadcasting to nobody
     set_model_state_dict(model, model_state, options=_full_options(broadcast_from_rank0=True))
