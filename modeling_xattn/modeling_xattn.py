@@ -25,6 +25,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +35,11 @@ from torch import nn
 from transformers import (AlbertModel, BertLMHeadModel, DynamicCache, EncoderDecoderCache, GenerationMixin,
                           PreTrainedModel, StaticCache)
 from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_xattn import XAttnConfig
+from .configuration_xattn import PRESETS, XAttnConfig
 
 logger = logging.get_logger(__name__)
 
@@ -232,6 +234,22 @@ class XAttnVisionEncoder(nn.Module):
         self.column_embeddings = nn.Embedding(self.grid_size, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.frozen_batch_norm = False  # `freeze_batch_norm`: DenseNet's BatchNorm layers stay in eval mode
+
+    def freeze_batch_norm(self, enabled: bool = True):
+        """Keep DenseNet's BatchNorm layers in eval mode while the model trains: they normalise with their running
+        statistics (ImageNet's, for a pretrained tower) and never update them, while their scale and shift still train
+        unless the tower is locked (open_clip's `freeze_bn_stats`, mmdetection's `norm_eval`)."""
+        self.frozen_batch_norm = enabled
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_batch_norm:
+            for module in self.features.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if pixel_values.dim() != 4:
@@ -441,6 +459,21 @@ def _checkpointed_calls(modules, checkpoint):
             del module.forward
 
 
+def expanded_attention_mask(config, attention_mask: torch.Tensor, query_length: int, dtype: torch.dtype,
+                            memory: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    """A padding mask `(B, K)` as the 4-D mask `(B, 1, query_length, K)` transformers' ALBERT and BERT layers take,
+    in the form `config`'s attention implementation wants (boolean for SDPA, additive in `dtype` for eager); causal
+    for a decoder's own tokens, over `memory` for its cross-attention. transformers makes it inside each tower after
+    asking whether it can skip the mask (`padding_mask.all()`), which reads the mask back to the host: on a GPU a wait
+    for the whole queue, several times in every training step. Made here with that skip off, nothing waits."""
+    queries = attention_mask.new_empty((attention_mask.shape[0], query_length, 0), dtype=dtype)  # shape and dtype
+    if causal:
+        return create_causal_mask(config=config, inputs_embeds=queries, attention_mask=attention_mask, cache=None,
+                                  allow_is_causal_skip=False)
+    return create_bidirectional_mask(config=config, inputs_embeds=queries, attention_mask=attention_mask,
+                                     encoder_hidden_states=memory, allow_is_bidirectional_skip=False)
+
+
 def full_precision(tensor: torch.Tensor):
     """A block in which autocast is off on `tensor`'s device, so the operations inside run in the dtype of their
     inputs (the callers cast to fp32)."""
@@ -566,30 +599,65 @@ class XAttnPreTrainedModel(PreTrainedModel):
         """Build a model from `config` (default: the "base" preset) and load pretrained towers into it.
 
         Args:
-            text: a transformers ALBERT checkpoint, a Hub id (`"albert/albert-base-v2"`) or a local folder. Its config
-                replaces `config.text_config`, so the tower's shape always matches the weights.
+            text: a transformers ALBERT checkpoint, a Hub id (`"albert/albert-base-v2"`) or a local folder (as
+                published: `AlbertForMaskedLM` weights, whose pooler and masked-LM head the tower leaves out). Its
+                config replaces `config.text_config`, so the tower's shape always matches the weights; a checkpoint of
+                another model type is refused.
             vision: `"imagenet"` for torchvision's DenseNet121 ImageNet weights (downloaded by torchvision), or a
                 local `.safetensors` file holding a torchvision DenseNet state dict (`features.*` keys; the
-                classifier is ignored). The config's DenseNet shape must match it.
+                classifier is ignored; `scripts/export_densenet.py` writes one). Its DenseNet shape must be the
+                config's (DenseNet121 is the "base" preset's); a file of another shape is refused, naming both.
         This is the only place the package downloads weights; `__init__` never does.
         """
         config = XAttnConfig.from_preset("base") if config is None else config
-        text_model = None
-        if text is not None:
-            text_model = AlbertModel.from_pretrained(text, add_pooling_layer=False, **text_kwargs)
+        text_model = load_albert(text, **text_kwargs) if text is not None else None
+        if text_model is not None:
             config.text_config = text_model.config
             config.decoder_config.vocab_size = text_model.config.vocab_size
+        features = None
+        if vision is not None:
+            features = load_densenet_features(vision)
+            check_densenet_shape(features, config, vision)
         model = cls(config)
         base = model.base_model  # the XAttnModel, for the base model and every head
         if text_model is not None:
             if base.text_model is None:
                 raise ValueError("text= was given but config.modalities='image' has no text tower")
             base.text_model.load_state_dict(text_model.state_dict())
-        if vision is not None:
+        if features is not None:
             if base.vision_model is None:
                 raise ValueError("vision= was given but config.modalities='text' has no image tower")
-            base.vision_model.features.load_state_dict(load_densenet_features(vision))
+            base.vision_model.features.load_state_dict(features)
         return model
+
+    def lock_image_tower(self, freeze_bn_stats: bool = True):
+        """Stop training DenseNet's weights (CBAM, the projection and the position embeddings still train), and with
+        `freeze_bn_stats` its BatchNorm running statistics too, so a locked tower stays exactly as loaded (open_clip's
+        `lock_image_tower`)."""
+        tower = self.base_model.vision_model
+        if tower is None:
+            raise ValueError("lock_image_tower: this model has no image tower (config.modalities='text')")
+        tower.features.requires_grad_(False)
+        if freeze_bn_stats:
+            tower.freeze_batch_norm(True)
+        return self
+
+    def lock_text_tower(self):
+        """Stop training ALBERT's weights (the projection to the fusion width still trains)."""
+        tower = self.base_model.text_model
+        if tower is None:
+            raise ValueError("lock_text_tower: this model has no text tower (config.modalities='image')")
+        tower.requires_grad_(False)
+        return self
+
+    def freeze_image_batch_norm(self, enabled: bool = True):
+        """DenseNet's BatchNorm layers normalise with their running statistics and never update them, while the tower
+        itself may still train (see `XAttnVisionEncoder.freeze_batch_norm`)."""
+        tower = self.base_model.vision_model
+        if tower is None:
+            raise ValueError("freeze_image_batch_norm: this model has no image tower (config.modalities='text')")
+        tower.freeze_batch_norm(enabled)
+        return self
 
     def _init_weights(self, module):
         if isinstance(module, XAttnSublayer) and module.gate is not None:
@@ -645,8 +713,9 @@ class XAttnModel(XAttnPreTrainedModel):
             _checkpointed_calls(self.text_model.encoder.albert_layer_groups, self._gradient_checkpointing_func)
             if self.gradient_checkpointing and self.training else contextlib.nullcontext()
         )
+        mask = expanded_attention_mask(self.text_model.config, attention_mask, input_ids.shape[1], self.text_model.dtype)
         with checkpointing:
-            hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.text_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         return self.text_projection(hidden)
 
     # ---------------------------------------------------------------- fusion
@@ -721,6 +790,53 @@ class XAttnModel(XAttnPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+class _AlbertTower(AlbertModel):
+    """ALBERT without its pooler, loaded from a published checkpoint (`AlbertForMaskedLM` / `AlbertForPreTraining`
+    weights): the pooler, the masked-LM head and the sentence-order head are expected in the file and not used."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^pooler\.", r"^predictions\.", r"^sop_classifier\."]
+
+
+def load_albert(source: str, **kwargs) -> AlbertModel:
+    """ALBERT's encoder from a Hub id or a local folder, refusing a checkpoint of another model type (an ALBERT
+    tower built from BERT weights would load without an error and compute nonsense) or one that lacks weights."""
+    from transformers import PretrainedConfig
+
+    config_dict, _ = PretrainedConfig.get_config_dict(source, **kwargs)
+    model_type = config_dict.get("model_type")
+    if model_type != "albert":
+        raise ValueError(f"text={source!r} is a {model_type or 'model of unknown type'} checkpoint, not ALBERT: the "
+                         "text tower is ALBERT (the paper's); use an ALBERT checkpoint such as albert/albert-base-v2")
+    with _quiet_transformers():
+        model, info = _AlbertTower.from_pretrained(source, add_pooling_layer=False, output_loading_info=True, **kwargs)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        names = sorted(info["missing_keys"]) + sorted(str(key) for key in info["mismatched_keys"])
+        raise ValueError(f"text={source!r} does not hold a whole ALBERT encoder: {len(names)} weight(s) missing or "
+                         f"of another shape ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' loading messages silenced (the load report lists the checkpoint's pretraining heads, which the
+    tower leaves out by design); what matters is checked from the loading info instead."""
+    previous, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(previous)
+        if bars:
+            logging.enable_progress_bar()
+
+
+# torchvision's original DenseNet files name a dense layer's modules "norm.1", "conv.2" (torchvision renames them
+# on load); a state dict saved from a torchvision model names them "norm1", "conv2".
+_OLD_DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+                                  r"running_var|num_batches_tracked))$")
+
+
 def load_densenet_features(source: str) -> dict[str, torch.Tensor]:
     """State dict of a DenseNet's `features` module, from `"imagenet"` or a local safetensors file."""
     if source == "imagenet":
@@ -732,10 +848,55 @@ def load_densenet_features(source: str) -> dict[str, torch.Tensor]:
         state = load_file(source)
     else:
         raise ValueError(f"vision={source!r}: expected 'imagenet' or a path to a .safetensors DenseNet state dict")
-    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    features = {}
+    for key, value in state.items():
+        if key.startswith("features."):
+            match = _OLD_DENSE_LAYER_KEY.match(key)
+            features[(match.group(1) + match.group(2) if match else key)[len("features."):]] = value
     if not features:
         raise ValueError(f"vision={source!r}: no 'features.*' keys found; is this a torchvision DenseNet state dict?")
     return features
+
+
+def densenet_shape(features: dict[str, torch.Tensor]) -> dict:
+    """The DenseNet a `features` state dict belongs to, in the config's terms: growth rate, layers per block, stem
+    channels, bottleneck multiple (DenseNet121: 32, (6, 12, 24, 16), 64, 4)."""
+    try:
+        blocks = sorted({int(key.split(".")[0][len("denseblock"):]) for key in features if key.startswith("denseblock")})
+        block_config = tuple(len({key.split(".")[1] for key in features if key.startswith(f"denseblock{block}.")})
+                             for block in blocks)
+        growth_rate, bottleneck = features["denseblock1.denselayer1.conv2.weight"].shape[:2]
+        return dict(growth_rate=int(growth_rate), block_config=block_config,
+                    num_init_features=int(features["conv0.weight"].shape[0]), bn_size=int(bottleneck // growth_rate))
+    except (KeyError, ValueError, IndexError):
+        raise ValueError("not a torchvision DenseNet state dict (no conv0 / denseblock1.denselayer1 weights)") from None
+
+
+def densenet_fields(config: XAttnConfig) -> dict:
+    """The DenseNet shape a config builds, as `densenet_shape` describes a state dict's."""
+    return dict(growth_rate=config.growth_rate, block_config=tuple(config.block_config),
+                num_init_features=config.num_init_features, bn_size=config.bn_size)
+
+
+def check_densenet_shape(features: dict[str, torch.Tensor], config: XAttnConfig, source: str = "vision") -> None:
+    """Refuse a DenseNet of another shape than the config builds, naming both (and the preset that builds it)."""
+    try:
+        found = densenet_shape(features)
+    except ValueError as error:
+        raise ValueError(f"vision={source!r}: {error}") from None
+    wanted = densenet_fields(config)
+    if found == wanted:
+        return
+    presets = [name for name in PRESETS if densenet_fields(XAttnConfig.from_preset(name)) == found]
+
+    def describe(shape):
+        return (f"growth {shape['growth_rate']}, blocks {'-'.join(map(str, shape['block_config']))}, "
+                f"{shape['num_init_features']} stem channels, bottleneck x{shape['bn_size']}")
+
+    raise ValueError(
+        f"vision={source!r} holds a DenseNet ({describe(found)}) that the config does not build ({describe(wanted)})"
+        + (f"; the {presets[0]!r} preset builds it" if presets else
+           "; set growth_rate, block_config, num_init_features and bn_size to the file's"))
 
 
 # ======================================================================================================= heads
@@ -951,11 +1112,14 @@ class XAttnCaptionHead(nn.Module):
         a `masked_average` over the target tokens, so a batch with no caption gives 0 (not 0/0) without a branch on
         the data."""
         smoothing = getattr(self.config, "caption_label_smoothing", 0.0)
+        decoder_config, length, dtype = self.text_decoder.config, decoder_input_ids.shape[1], self.text_decoder.dtype
+        if decoder_attention_mask is None:
+            decoder_attention_mask = torch.ones_like(decoder_input_ids)
         out = self.text_decoder(
             input_ids=decoder_input_ids,
-            attention_mask=decoder_attention_mask,
+            attention_mask=expanded_attention_mask(decoder_config, decoder_attention_mask, length, dtype, causal=True),
             encoder_hidden_states=memory,
-            encoder_attention_mask=memory_mask,
+            encoder_attention_mask=expanded_attention_mask(decoder_config, memory_mask, length, dtype, memory=memory),
             return_dict=True,
         )
         if labels is not None:
@@ -1013,6 +1177,10 @@ def sample_negatives(image_embeds, text_embeds, negatives, temperature, draw: bo
         # a row without any negative has no weight to draw by: it draws uniformly (and is not valid)
         weights_i2t = torch.where(negatives.any(1, keepdim=True), weights_i2t, torch.ones_like(weights_i2t))
         weights_t2i = torch.where(negatives.any(0)[:, None], weights_t2i, torch.ones_like(weights_t2i))
+        # non-finite embeddings (a diverged step, whose loss is not finite either) draw uniformly too: multinomial
+        # would stop on them (on a GPU with a device-side assert), before the loop's next log names the step
+        weights_i2t = torch.where(torch.isfinite(weights_i2t), weights_i2t, torch.ones_like(weights_i2t))
+        weights_t2i = torch.where(torch.isfinite(weights_t2i), weights_t2i, torch.ones_like(weights_t2i))
         if draw:
             text_for_image = torch.multinomial(weights_i2t, 1).squeeze(1)
             image_for_text = torch.multinomial(weights_t2i, 1).squeeze(1)

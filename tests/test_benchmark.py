@@ -55,8 +55,11 @@ def test_on_a_machine_that_runs_every_flop_alike_the_figures_are_flop_ratios(mon
         return {"median_s": seconds, "times_s": [seconds]}
 
     monkeypatch.setattr(library, "measure", fake_measure)
-    results = benchmark.main(["--smoke", "--sections", "fusion,retrieval,training", "--output_dir",
+    results = benchmark.main(["--smoke", "--sections", "fusion,retrieval,training,precision", "--output_dir",
                               str(tmp_path)])["results"]
+    precision = results["precision"]["tiny_batch2"]  # bf16 and channels-last do the same arithmetic: ratio 1
+    for ratio in ("bf16_vs_fp32", "bf16_channels_last_vs_fp32", "fp32_channels_last_vs_fp32"):
+        assert precision[ratio] == pytest.approx(1.0)
     assert results["fusion"]["ratio"] == pytest.approx(1.0)
     training = results["training"]
     assert training["matmul_flops_per_s"] == pytest.approx(rate)
@@ -82,6 +85,9 @@ def test_training_and_inference_figures(report):
         assert training["memory"][mode]["peak_bytes"] > 0
     inference = results["inference"]
     assert {"batch1_default", "batch4_default", "batch1_channels_last", "batch4_channels_last"} <= set(inference)
+    precision = results["precision"]["tiny_batch2"]
+    assert {"fp32_contiguous", "fp32_channels_last", "bf16_contiguous", "bf16_channels_last"} <= set(precision)
+    assert all(precision[name]["samples_per_s"] > 0 for name in ("fp32_contiguous", "bf16_contiguous"))
 
 
 def test_json_and_markdown_are_written(report):

@@ -109,8 +109,8 @@ def test_compiled_run_stops_compiling_after_the_first_evaluation(tmp_path, monke
     evaluations compile nothing."""
     counts = []
 
-    def after_step(run, out, minutes):
-        last = original(run, out, minutes)
+    def after_step(run):
+        last = original(run)
         counts.append(compiled_graphs() - run.graphs_before)
         return last
 

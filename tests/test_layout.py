@@ -17,15 +17,17 @@ LAYERS = {
     0: ["modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES)],  # what ships next to the weights
     1: ["modeling_xattn.training.data.schema", "modeling_xattn.training.data.synthetic",
         "modeling_xattn.training.distributed", "modeling_xattn.training.options", "modeling_xattn.training.compilation",
-        "modeling_xattn.training.sharding"],
+        "modeling_xattn.training.sharding", "modeling_xattn.training.towers"],
     2: ["modeling_xattn.training.data.shards", "modeling_xattn.training.data.sources",
         "modeling_xattn.training.data.streaming", "modeling_xattn.training.collate", "modeling_xattn.training.tasks"],
     3: ["modeling_xattn.training.metrics", "modeling_xattn.training.caption_metric", "modeling_xattn.training.hub",
-        "modeling_xattn.training.plots", "modeling_xattn.training.optimization", "modeling_xattn.training.checkpoints"],
+        "modeling_xattn.training.plots", "modeling_xattn.training.optimization", "modeling_xattn.training.checkpoints",
+        "modeling_xattn.training.logs"],
     4: ["modeling_xattn.training.evaluation", "modeling_xattn.training.publishing"],
     5: ["modeling_xattn.training.loop"],
     6: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "evaluate",
-                                                              "make_shards", "prediction", "push", "visualization")],
+                                                              "export_densenet", "make_shards", "prediction", "push",
+                                                              "visualization")],
 }
 RANK = {module: rank for rank, modules in LAYERS.items() for module in modules}
 

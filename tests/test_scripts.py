@@ -226,3 +226,23 @@ def test_a_missing_card_template_is_a_clear_error(trained, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="model_card.md of the source checkout"):
         build_card(trained, "user/x", template=tmp_path / "absent.md")
+
+
+def test_inference_commands_take_a_device(trained, images, tmp_path):
+    """predict.py, visualize.py, evaluate.py and the demo take --device (default: CUDA where available)."""
+    import torch
+
+    from modeling_xattn.training.hub import inference_device
+
+    model = ["--model", str(trained), "--device", "cpu"]
+    assert len(predict.main(["caption", *model, "--images", str(images / "0.png"), "--max_new_tokens", "3"])) == 1
+    visualize.main([*model, "--image", str(images / "0.png"), "--text", "a red circle", "--output",
+                    str(tmp_path / "attention.png")])
+    assert (tmp_path / "attention.png").exists()
+    assert inference_device(None).type == ("cuda" if torch.cuda.is_available() else
+                                           "mps" if torch.backends.mps.is_available() else "cpu")
+    with pytest.raises(SystemExit, match="--device nowhere: not a device"):
+        inference_device("nowhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: this machine has no such device"):
+            predict.main(["caption", "--model", str(trained), "--images", str(images / "0.png"), "--device", "cuda"])

@@ -23,8 +23,8 @@ FAST = ["--synthetic_samples", "120", "--batch_size", "8", "--vocab_size", "150"
 
 def test_main_trains_evaluates_and_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "run"
-    result = train.main(FAST + ["--max_steps", "4", "--eval_steps", "2", "--output_dir", str(out),
-                                "--report_to", "tensorboard"])
+    result = train.main(FAST + ["--max_steps", "4", "--eval_steps", "2", "--logging_steps", "1", "--output_dir",
+                                str(out), "--report_to", "tensorboard"])
     assert result["global_step"] == 4 and result["num_processes"] == 1
     for name in ("model.safetensors", "config.json", "modeling_xattn.py", "processor_config.json", "README.md",
                  "training_curves.png", "train_results.json"):
@@ -144,8 +144,12 @@ def test_classification_only_task_subset(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
-    with pytest.raises(FloatingPointError, match="non-finite loss"):
+    """The check runs where the losses are read (every --logging_steps, and before each evaluation and checkpoint):
+    it names the first non-finite step, and no checkpoint or model holds the diverged weights."""
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 1 .*The last checkpoint is in"):
         train.main(FAST + ["--max_steps", "3", "--lambda_ce", "nan", "--output_dir", str(tmp_path)])
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "best").exists()
+    assert not (tmp_path / "model.safetensors").exists()
 
 
 def test_vqa_task_trains_on_soft_scores(tmp_path):

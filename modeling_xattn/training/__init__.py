@@ -12,7 +12,9 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
                    embedded dataset)
     collate        rows -> model batches; caption pairs, one caption per photo, seeded crops
     tasks          which tasks a run trains and the rows that carry their targets
+    towers         pretrained towers in a run: the checks of their files against the options, the locks
     optimization   parameter groups, the warm-up/cosine schedule, Formula 5
+    logs           the losses between two logs, summed on the device
     checkpoints    the resumable state and atomic saves
     distributed    collectives shared across processes
     metrics        the COCO caption toolkit, R@K, accuracy, the VQA score (`caption_metric`: as an `evaluate` module)
@@ -20,5 +22,6 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
     hub            safe loading (safetensors only, pinned code); publishing: the model card and the push
     plots          training curves and caption grids
     loop           the training job (`train(parse_args(argv))`), behind scripts/train.py
-    apps/          the jobs behind the other scripts: ablation, benchmark, demo, prediction, visualization
+    apps/          the jobs behind the other scripts: ablation, benchmark, demo, export_densenet, prediction,
+                   visualization
 """

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.schema import BadRowCounter
-from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
 from modeling_xattn.training.metrics import caption_metrics, classification_metrics, recall_at_k, retrieval_metrics
 from modeling_xattn.training.plots import plot_caption_samples
 from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, usable_rows
@@ -45,9 +45,10 @@ def rerank_batch_size_for(model) -> int:
     return RERANK_BATCH_SIZE_CPU if model.device.type == "cpu" else RERANK_BATCH_SIZE_ACCELERATOR
 
 
-def load_model(name: str, revision: str | None = None):
-    """A saved multi-task model and its processor, from a folder or the Hub (custom code, safetensors only)."""
-    return load_pretrained(name, revision).eval(), load_processor(name, revision)
+def load_model(name: str, revision: str | None = None, device=None):
+    """A saved multi-task model and its processor, from a folder or the Hub (custom code, safetensors only); the
+    model on `device` (default: CUDA where available, `hub.inference_device`)."""
+    return load_pretrained(name, revision).eval().to(inference_device(device)), load_processor(name, revision)
 
 
 def batches(dataset, collate, batch_size, progress=False, desc=None):

@@ -76,6 +76,23 @@ def load_pretrained(name: str, revision: str | None = None, auto_class=None, all
                                       use_safetensors=None if allow_pickle else True, **kwargs)
 
 
+def inference_device(name: str | None = None):
+    """The device an inference command runs on: `name` (cuda, cuda:1, mps, cpu), else CUDA where available, else
+    MPS, else the CPU. An unknown or absent device stops the command with its name."""
+    import torch
+
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name}: not a device (cuda, cuda:N, mps or cpu)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False) or (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
+        raise SystemExit(f"--device {name}: this machine has no such device")
+    return device
+
+
 def load_processor(name: str, revision: str | None = None, token=None):
     from transformers import AutoProcessor
 
@@ -83,4 +100,5 @@ def load_processor(name: str, revision: str | None = None, token=None):
     return AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=True, token=token)
 
 
-__all__ = ["UnsafeCheckpointError", "check_safe", "load_pretrained", "load_processor", "list_files"]
+__all__ = ["UnsafeCheckpointError", "check_safe", "inference_device", "load_pretrained", "load_processor",
+           "list_files"]

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, ProjectConfiguration, TorchDynamoPlugin, send_to_device, set_seed
+from accelerate.utils import (
+    DistributedType,
+    GradientAccumulationPlugin,
+    ProjectConfiguration,
+    TorchDynamoPlugin,
+    send_to_device,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -45,8 +52,9 @@ from modeling_xattn.training.compilation import compiled_graphs, is_compiled
 from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary, class_names
 from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.data.streaming import StreamingData
-from modeling_xattn.training.distributed import any_process
+from modeling_xattn.training.distributed import any_process, slowest_clock
 from modeling_xattn.training.evaluation import EVALUATION_FILES, evaluate_multitask
+from modeling_xattn.training.logs import RunningLosses
 from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import TrainingOptions, parse_training_options
 from modeling_xattn.training.plots import plot_training_curves
@@ -63,13 +71,19 @@ from modeling_xattn.training.sharding import (
     vectorize_scalars,
 )
 from modeling_xattn.training.tasks import (
-    LOSS_KEYS,
     LOSS_WEIGHTS,
     TASK_TARGETS,
     collator_task,
     loss_weights,
     select_tasks,
     usable_rows,
+)
+from modeling_xattn.training.towers import (
+    backbone_rate_warning,
+    check_tokenizer_fits,
+    check_vision_backbone,
+    lock_towers,
+    text_backbone_config,
 )
 
 STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_steps 0 mean every this many steps
@@ -83,7 +97,22 @@ def parse_args(argv=None, description: str | None = None) -> TrainingOptions:
 
 def build_processor(args, train_data, accelerator):
     if args.tokenizer or args.text_backbone:
-        return XAttnProcessor.build(args.tokenizer or args.text_backbone, image_size=_image_size(args))
+        source = args.tokenizer or args.text_backbone
+        option = "--tokenizer" if args.tokenizer else "--text_backbone"
+        try:
+            processor = XAttnProcessor.build(source, image_size=_image_size(args))
+            problem = None
+        except (OSError, ValueError, TypeError) as error:
+            problem = str(error).splitlines()[0]
+        else:
+            # transformers builds an empty tokenizer (its special tokens only, every word <unk>) from a folder that
+            # has a config but no tokenizer files
+            if len(processor.tokenizer) <= len(processor.tokenizer.all_special_ids):
+                problem = f"a vocabulary of its {len(processor.tokenizer)} special tokens only"
+        if problem:
+            raise SystemExit(f"{option} {source} holds no tokenizer that loads ({problem}): give --tokenizer "
+                             "(albert/albert-base-v2, or a folder with its tokenizer files)")
+        return processor
     folder = Path(args.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
         corpus = list(train_data["text"]) + [c for captions in train_data["captions"] for c in captions]
@@ -120,7 +149,14 @@ def build_model(args, processor, tasks, label_names, answers=None):
     )
     config = XAttnConfig.from_preset(args.model_size, **overrides)
     if args.text_backbone or args.vision_backbone:
-        model = XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone, vision=args.vision_backbone)
+        try:
+            model = XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone,
+                                                                 vision=args.vision_backbone)
+        except (OSError, ValueError) as error:  # (checked beforehand: what remains is a download that failed)
+            raise SystemExit(f"the pretrained towers could not be loaded: {str(error).splitlines()[0]}. Where the "
+                             "internet cannot be reached, give local files: --text_backbone FOLDER (hf download "
+                             "albert/albert-base-v2 --local-dir FOLDER) and --vision_backbone FILE.safetensors "
+                             "(scripts/export_densenet.py)") from None
     else:
         model = XAttnForMultiTask(config)
     model.generation_config.num_beams = args.num_beams  # saved as generation_config.json with the model
@@ -159,27 +195,34 @@ class Run:
     started: float = 0.0  # the clock at the start or the last checkpoint; state.train_seconds holds the time before
     progress: Any = None
     graphs_before: int = 0  # torch.compile's graph count when training started (a compiled run reports its own)
+    launch: dict = field(default_factory=dict)  # the launcher's settings in use (precision, accumulation, compile)
+    losses: RunningLosses = field(default_factory=RunningLosses)
+    minutes: float = 0.0  # the clock the step reads: this process's every step, or the slowest one's at each log
 
 
 def train(args) -> dict:
     """Train, evaluate and write the Hub-ready folder for parsed options (`parse_args`); returns the final metrics,
     the folder, the process count, the step reached and the push's commit (when `--push_to_hub`)."""
-    if args.memory_saving and args.torch_compile:
+    accelerator, on_accelerator, launch = make_accelerator(args)
+    compiled = launch["torch_compile"] != "no"
+    if args.memory_saving and compiled:
         # the checkpointed ALBERT layer calls are patched in and out around each forward, which torch.compile's
         # tracing re-applies and then cannot undo (it stops at the first step)
-        raise SystemExit("--memory_saving and --torch_compile cannot be combined: pick one (memory_saving trades "
-                         "speed for memory, torch_compile memory-neutral speed)")
-    if args.fsdp and args.torch_compile:
-        raise SystemExit("--fsdp and --torch_compile are not combined here (the sharded model is not prepared by "
-                         "Accelerate, which is what compiles it): leave out one of them")
-    accelerator, on_accelerator = make_accelerator(args)
+        raise SystemExit("--memory_saving and --torch_compile cannot be combined (nor the launcher's dynamo backend):"
+                         " pick one (memory_saving trades speed for memory, torch_compile memory-neutral speed)")
+    if args.fsdp and compiled:
+        raise SystemExit("--fsdp and --torch_compile (or the launcher's dynamo backend) are not combined here (the "
+                         "sharded model is not prepared by Accelerate, which is what compiles it): leave out one of "
+                         "them (--no-torch_compile overrides the launcher)")
     if args.fsdp and (accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP):
         raise SystemExit("--fsdp shards the model over the processes of a torchrun launch (torchrun "
                          "--nproc_per_node N scripts/train.py --fsdp); it has "
                          + ("one process" if accelerator.num_processes == 1 else
                             "an Accelerate FSDP config already: leave out one of the two"))
     claim_output_dir(args, accelerator)
+    check_vision_backbone(args)  # before the data: a wrong tower file stops the run at once
     run = build_data(args, accelerator, on_accelerator)
+    run.launch = launch
     build_model_and_loaders(run)
     build_optimization(run)
     run.started = time.time()
@@ -252,9 +295,10 @@ def logging_dir(args) -> str:
     return args.logging_dir or os.path.join(args.output_dir, "runs")
 
 
-def make_accelerator(args) -> tuple[Accelerator, bool]:
-    """The run's `Accelerator` (a fresh one: its settings are a process-wide singleton) and whether a GPU or MPS
-    device is present."""
+def make_accelerator(args) -> tuple[Accelerator, bool, dict]:
+    """The run's `Accelerator` (a fresh one: its settings are a process-wide singleton), whether a GPU or MPS device
+    is present, and the settings in use with where each came from. A launcher setting (`accelerate launch` flags or
+    its config file, which reach the process as ACCELERATE_* variables) applies unless our own flag is given."""
     os.makedirs(args.output_dir, exist_ok=True)
     # Without an accelerator, Accelerate only forms a multi-process (gloo) group when told it runs on the CPU;
     # otherwise `torchrun --nproc_per_node 2` on a CPU machine silently trains two independent single-process runs.
@@ -262,29 +306,62 @@ def make_accelerator(args) -> tuple[Accelerator, bool]:
     # Accelerate keeps its settings (precision, torch.compile) in a process-wide singleton: a second run in the same
     # process (a notebook, the ablation) must get its own, not the first run's. The process group stays.
     AcceleratorState._reset_state()
+    # An explicit number of accumulation steps goes in as a plugin: Accelerate lets its environment variable
+    # override the plain argument, and our flag must win.
+    accumulation = ({"gradient_accumulation_plugin": GradientAccumulationPlugin(
+        num_steps=args.gradient_accumulation_steps)} if args.gradient_accumulation_steps else {})
     accelerator = Accelerator(
         cpu=args.cpu or not on_accelerator,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision,  # None: the launcher's (ACCELERATE_MIXED_PRECISION), else "no"
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir(args)),
         # a batch may carry labels for only some tasks: their heads then get no gradient in that step
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=on_accelerator),
-        # None: Accelerate reads the dynamo settings an `accelerate launch` config gives (ACCELERATE_DYNAMO_*)
-        # fullgraph in one process: the training step has no graph break (tested), so one appearing is an error,
-        # not a silent slowdown. Accelerate compiles a DDP-wrapped model, and dynamo splits DDP's forward at its
-        # gradient buckets by design: several processes compile without it.
-        dynamo_plugin=TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode,
-                                        fullgraph=int(os.environ.get("WORLD_SIZE", "1")) == 1)
-        if args.torch_compile else None,
+        dynamo_plugin=_dynamo_plugin(args),
+        **accumulation,
     )
     set_seed(args.seed)  # before building the model: identical initial weights on every process and every run
-    compiled = accelerator.state.dynamo_plugin.backend.value.lower()
-    accelerator.print(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
-                      f"mixed precision: {accelerator.mixed_precision}"
-                      + (f", torch.compile: {compiled}" if compiled != "no" else ""))
-    return accelerator, on_accelerator
+    launch = {
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "torch_compile": accelerator.state.dynamo_plugin.backend.value.lower(),
+        "num_processes": accelerator.num_processes,
+    }
+    sources = {
+        "mixed_precision": _setting_source(args.mixed_precision, "--mixed_precision", "ACCELERATE_MIXED_PRECISION"),
+        "gradient_accumulation_steps": _setting_source(args.gradient_accumulation_steps,
+                                                       "--gradient_accumulation_steps",
+                                                       "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"),
+        "torch_compile": _setting_source(args.torch_compile, "--torch_compile", "ACCELERATE_DYNAMO_BACKEND"),
+    }
+    accelerator.print(
+        f"processes: {accelerator.num_processes}, device: {accelerator.device}, mixed precision: "
+        f"{launch['mixed_precision']} ({sources['mixed_precision']}), gradient accumulation: "
+        f"{launch['gradient_accumulation_steps']} ({sources['gradient_accumulation_steps']}), torch.compile: "
+        f"{launch['torch_compile']} ({sources['torch_compile']})")
+    return accelerator, on_accelerator, {**launch, "sources": sources}
+
+
+def _dynamo_plugin(args) -> TorchDynamoPlugin | None:
+    """`--torch_compile` as Accelerate's dynamo plugin; None (unset) lets Accelerate read the launcher's settings
+    (ACCELERATE_DYNAMO_*), `--no-torch_compile` turns them off."""
+    if args.torch_compile is None:
+        return None
+    if not args.torch_compile:
+        return TorchDynamoPlugin(backend="no")
+    # fullgraph in one process: the training step has no graph break (tested), so one appearing is an error, not a
+    # silent slowdown. Accelerate compiles a DDP-wrapped model, and dynamo splits DDP's forward at its gradient
+    # buckets by design: several processes compile without it.
+    return TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode,
+                             fullgraph=int(os.environ.get("WORLD_SIZE", "1")) == 1)
+
+
+def _setting_source(flag, option: str, variable: str) -> str:
+    """Where a setting in use came from: our own flag, the launcher (an ACCELERATE_* variable), or the default."""
+    if flag is not None:
+        return option
+    return "accelerate launch" if os.environ.get(variable) else "default"
 
 
 def build_data(args, accelerator, on_accelerator) -> Run:
@@ -353,9 +430,15 @@ def build_model_and_loaders(run: Run) -> None:
     """The processor (a tokenizer trained on the data unless one is given), the model, the collator and the
     training and validation loaders (or the training stream)."""
     args, accelerator = run.args, run.accelerator
+    text_config = text_backbone_config(args)
     run.processor = build_processor(args, run.train_data, accelerator)
+    check_tokenizer_fits(args, run.processor.tokenizer, text_config)
     answers = answer_vocabulary(run.train_data, args.num_answers) if "vqa" in run.tasks else None
     model = build_model(args, run.processor, run.tasks, class_names(run.train_data, run.val_data), answers)
+    lock_towers(model, args)
+    warning = backbone_rate_warning(args)
+    if warning:
+        accelerator.print(warning)
     if args.memory_saving:
         model.set_memory_saving(True)
     if args.channels_last:
@@ -391,8 +474,7 @@ def build_optimization(run: Run) -> None:
     # one fused kernel per step for every parameter where the device has it (CUDA), instead of a loop of small ones
     fused = {"fused": True} if accelerator.device.type == "cuda" else {}
     run.optimizer = optimizer_class(parameter_groups(run.model, args.learning_rate, args.backbone_learning_rate,
-                                                     args.weight_decay, args.freeze_text, args.freeze_vision,
-                                                     args.decay_exclusions), **fused)
+                                                     args.weight_decay, args.decay_exclusions), **fused)
     run.plateau = PreviousLossDecay(run.optimizer, args.lr_decay_beta)  # Formula 5
     accelerator.register_for_checkpointing(run.plateau, run.state)
     if args.fsdp:
@@ -409,7 +491,7 @@ def build_optimization(run: Run) -> None:
         # every process reads its own part of the stream (split_dataset_by_node), so Accelerate does not shard it
         run.model, run.optimizer, run.val_loader = accelerator.prepare(run.model, run.optimizer, run.val_loader)
     if run.stream is None:
-        steps_per_epoch = math.ceil(len(run.train_loader) / args.gradient_accumulation_steps)
+        steps_per_epoch = math.ceil(len(run.train_loader) / accelerator.gradient_accumulation_steps)
     else:
         accelerator.register_for_checkpointing(run.stream)
         steps_per_epoch = min(STREAM_EVALUATION_PERIOD, args.max_steps)  # a stream's "epoch" for the defaults below
@@ -452,9 +534,10 @@ def _resume(run: Run) -> None:
 def train_one_epoch(run: Run) -> bool:
     """One pass over the training examples (or the stream's epoch) from where the run stands, evaluating and saving
     on schedule; True when the run is over. Raises when a whole epoch made no step (every batch was bad)."""
-    args, accelerator, state = run.args, run.accelerator, run.state
+    accelerator, state = run.accelerator, run.state
     if run.stream is None:
-        epoch, done_in_epoch = divmod(state.global_step * args.gradient_accumulation_steps, len(run.train_loader))
+        epoch, done_in_epoch = divmod(state.global_step * accelerator.gradient_accumulation_steps,
+                                      len(run.train_loader))
         run.train_loader.set_epoch(epoch)
         if isinstance(run.train_examples, EpochSeeded):
             run.train_examples.set_epoch(epoch)
@@ -463,8 +546,7 @@ def train_one_epoch(run: Run) -> bool:
         epoch, loader = run.stream.epoch, run.stream.batches(accelerator)
     steps_before = state.global_step
     for batch in loader:
-        stepped = train_one_step(run, batch)
-        if stepped is not None and after_step(run, *stepped):
+        if train_one_step(run, batch) and after_step(run):
             return True
     # (a stream resumed at the very end of its epoch legitimately makes no step before the next one)
     if state.global_step == steps_before and (run.stream is None or run.stream.read_from_start):
@@ -472,9 +554,10 @@ def train_one_epoch(run: Run) -> bool:
     return False
 
 
-def train_one_step(run: Run, batch) -> tuple | None:
-    """Forward, backward and (at the end of an accumulation) the optimiser step for one batch; returns the output
-    and the minutes trained when an optimiser step was made, None otherwise."""
+def train_one_step(run: Run, batch) -> bool:
+    """Forward, backward and (at the end of an accumulation) the optimiser step for one batch; True when an optimiser
+    step was made. Nothing here waits for the device: the losses are added up where they are (`RunningLosses`), the
+    clock is the host's."""
     args, accelerator, state = run.args, run.accelerator, run.state
     if run.stream is not None:
         batch = send_to_device(batch, accelerator.device, non_blocking=run.on_accelerator)
@@ -485,7 +568,7 @@ def train_one_step(run: Run, batch) -> tuple | None:
     if any_process(accelerator, not batch):
         # Every row of this batch was bad (counted). All processes skip together: one process stepping
         # alone would wait for the others' gradients forever. The epoch check stops a run of these.
-        return None
+        return False
     with accelerator.accumulate(run.model):
         with accelerator.autocast():
             out = run.model(**batch)
@@ -493,55 +576,71 @@ def train_one_step(run: Run, batch) -> tuple | None:
             raise RuntimeError(f"the batch at step {state.global_step} gave no loss: the model "
                                f"(modalities={run.model_config.modalities}) has no head for its targets "
                                f"({', '.join(k for k in batch if 'ids' in k)}); check --tasks and --modalities")
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(
-                f"non-finite loss {out.loss.item()} at step {state.global_step} ("
-                + ", ".join(f"{key}={getattr(out, key)}" for key in LOSS_KEYS)
-                + f"); lower --learning_rate or check the data. The last checkpoint is in {run.checkpoints_dir}.")
+        run.losses.add(out, state.global_step + 1)
         accelerator.backward(out.loss)
         if accelerator.sync_gradients and args.max_grad_norm:
             accelerator.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+        if args.max_train_minutes and accelerator.num_processes == 1:
+            run.minutes = _minutes(state, run.started)  # (several processes share their clocks at each log)
         # every group's peak rate x Formula 5's factor x the schedule (warm-up, cosine)
-        minutes = _shared_minutes(accelerator, state, run.started) if args.max_train_minutes else 0.0
         run.plateau.apply(learning_rate_factor(state.global_step, run.max_steps, args.warmup_steps,
                                                args.lr_scheduler,
-                                               minutes / args.max_train_minutes if args.max_train_minutes else 0.0))
+                                               run.minutes / args.max_train_minutes if args.max_train_minutes else 0.0))
         if accelerator.sync_gradients:  # (a prepared optimiser checks this itself; the sharded run's is plain)
             run.optimizer.step()
             run.optimizer.zero_grad()
     if not accelerator.sync_gradients:
-        return None
+        return False
     state.global_step += 1
-    return out, minutes
+    return True
 
 
-def after_step(run: Run, out, minutes: float) -> bool:
-    """Log the step; evaluate (Formula 5, the best model) and save a checkpoint on schedule; True at the last step."""
+def after_step(run: Run) -> bool:
+    """Every `--logging_steps` (and before each evaluation and checkpoint): log the losses and check them; evaluate
+    (Formula 5, the best model) and save a checkpoint on schedule. True at the last step."""
     args, accelerator, state = run.args, run.accelerator, run.state
     run.progress.update(1)
-    logs = {"step": state.global_step, "train_loss": out.loss.item(), "lr": run.optimizer.param_groups[0]["lr"]}
-    for key in LOSS_KEYS:
-        if getattr(out, key) is not None:
-            logs[f"train_{key}"] = getattr(out, key).item()
+    step = state.global_step
+    due = (step % args.logging_steps == 0, step % run.eval_steps == 0, step % run.save_steps == 0,
+           step >= run.max_steps)
+    if args.max_train_minutes and accelerator.num_processes > 1 and any(due):
+        # the slowest clock, so that every process stops on the same step and sets the same rate
+        run.minutes = slowest_clock(accelerator, _minutes(state, run.started))
+    timed_out = bool(args.max_train_minutes) and run.minutes >= args.max_train_minutes
+    last = due[3] or timed_out
+    if not (any(due) or timed_out):
+        return False
+    logs = {"step": step, **_read_losses(run), "lr": run.optimizer.param_groups[0]["lr"]}
     run.progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
-    timed_out = args.max_train_minutes and minutes >= args.max_train_minutes
-    last = state.global_step >= run.max_steps or timed_out
-    if state.global_step % run.eval_steps == 0 or last:
+    if due[1] or last:
         metrics = evaluate_multitask(run.model, run.val_loader, accelerator)
         logs.update(metrics)
-        if state.global_step >= args.warmup_steps:
+        if step >= args.warmup_steps:
             run.plateau.step(metrics.get("val_loss", logs["train_loss"]))
         _keep_best(args, accelerator, run.model, run.processor, state, metrics)
-        accelerator.print(f"step {state.global_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        accelerator.print(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     state.history.append(logs)
-    accelerator.log(logs, step=state.global_step)
-    if state.global_step % run.save_steps == 0 or last:
+    accelerator.log(logs, step=step)
+    if due[2] or last:
         if run.stream is not None:
             run.stream.capture(accelerator)  # every process's position in the stream goes into the checkpoint
         state.train_seconds, run.started = state.train_seconds + time.time() - run.started, time.time()
-        save_checkpoint_atomically(accelerator, run.checkpoints_dir, state.global_step, args.save_total_limit,
+        save_checkpoint_atomically(accelerator, run.checkpoints_dir, step, args.save_total_limit,
                                    _sharded_saver(run))
-    return bool(last)
+    return last
+
+
+def _read_losses(run: Run) -> dict:
+    """The mean losses since the last log (one read from the device); a non-finite one stops the run, naming its
+    step and the checkpoint to go back to (every checkpoint is written after such a read, so none holds its weights)."""
+    means, bad_step = run.losses.read()
+    first = run.state.history[-1]["step"] + 1 if run.state.history else 1
+    if bad_step is not None:
+        raise FloatingPointError(
+            f"non-finite loss at step {bad_step} (means over steps {first}-{run.state.global_step}: "
+            + ", ".join(f"{key}={value:.4g}" for key, value in means.items())
+            + f"); lower --learning_rate or check the data. The last checkpoint is in {run.checkpoints_dir}.")
+    return means
 
 
 def finish(run: Run) -> dict:
@@ -560,7 +659,7 @@ def finish(run: Run) -> dict:
         accelerator.print(f"torch.compile: {graphs} graph(s) compiled in this run")
     if accelerator.is_main_process:
         _write_outputs(args, accelerator, run.model, run.processor, state, final_metrics, run.counter,
-                       _minutes(state, run.started) * 60, weights, graphs)
+                       _minutes(state, run.started) * 60, weights, graphs, run.launch)
     accelerator.end_training()
     accelerator.print(run.counter.summary())
     pushed = None
@@ -624,15 +723,6 @@ def _minutes(state, started: float) -> float:
     return (state.train_seconds + time.time() - started) / 60
 
 
-def _shared_minutes(accelerator, state, started: float) -> float:
-    """`_minutes` on the slowest clock of all processes (a collective): every process then stops on the same step
-    and sets the same learning rate, where each reading its own clock could stop one of them a step early."""
-    minutes = _minutes(state, started)
-    if accelerator.num_processes == 1:
-        return minutes
-    return accelerator.gather(torch.tensor([minutes], device=accelerator.device)).max().item()
-
-
 def _keep_best(args, accelerator, model, processor, state, metrics):
     """Save the model as `best/` when the chosen validation metric improves (lower is better for losses)."""
     key = args.metric_for_best_model
@@ -653,7 +743,7 @@ def _keep_best(args, accelerator, model, processor, state, metrics):
 
 
 def _write_outputs(args, accelerator, model, processor, state, metrics, counter, seconds, weights=None,
-                   graphs=None):
+                   graphs=None, launch=None):
     """The Hub-ready folder: final weights + code + processor, metrics, curves and the model card."""
     out = args.output_dir
     set_aside_evaluation(out, accelerator)
@@ -665,6 +755,7 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         "metrics": scalar_metrics, "global_step": state.global_step, "train_seconds": round(seconds, 1),
         "best_metric": state.best_metric, "metric_for_best_model": args.metric_for_best_model,
         "num_processes": accelerator.num_processes, "bad_rows": dict(counter.counts), "converted": dict(counter.converted),
+        "launch": launch or {},
     }
     if graphs is not None:
         results["compiled_graphs"] = graphs
@@ -683,11 +774,16 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         "tasks": args.tasks,
         "training": (f"recipe {args.recipe}: {state.global_step} steps, batch {args.batch_size} x "
                      f"{accelerator.num_processes} process(es), {'AdamW' if args.optimizer == 'adamw' else 'Adam'} lr "
-                     f"{args.learning_rate} ({args.lr_scheduler}, {args.warmup_steps} warm-up steps), weight decay "
+                     f"{args.learning_rate}"
+                     + (f" (pretrained towers {args.backbone_learning_rate})" if args.backbone_learning_rate else "")
+                     + f" ({args.lr_scheduler}, {args.warmup_steps} warm-up steps), weight decay "
                      f"{args.weight_decay}{' (not on biases, norms, embeddings)' if args.decay_exclusions else ''}, "
                      + (f"lr x {args.lr_decay_beta} when the validation loss stops falling (Formula 5), "
                         if args.lr_decay_beta < 1 else "")
-                     + f"{args.contrastive_loss} retrieval loss, seed {args.seed}, {seconds / 60:.1f} minutes"),
+                     + f"{args.contrastive_loss} retrieval loss, "
+                     + (f"{launch['mixed_precision']} mixed precision, "
+                        if launch and launch.get("mixed_precision", "no") != "no" else "")
+                     + f"seed {args.seed}, {seconds / 60:.1f} minutes"),
         "command": launch_command(accelerator) + " " + " ".join(sys.argv[1:]) if argv_is_cli()
         else "scripts/train.py main(...)",
         "metrics_table": metrics_table(scalar_metrics),

@@ -19,19 +19,17 @@ def decay_excluded(model) -> set[str]:
             if param.ndim < 2 or name in embeddings or name.endswith(".probe")}
 
 
-def parameter_groups(model, learning_rate, backbone_learning_rate=None, weight_decay=1e-4, freeze_text=False,
-                     freeze_vision=False, decay_exclusions=False):
-    """Optimiser groups: pretrained towers (ALBERT, DenseNet features) may get their own learning rate or be frozen;
-    with `decay_exclusions`, the parameters `decay_excluded` names get weight decay 0."""
+def parameter_groups(model, learning_rate, backbone_learning_rate=None, weight_decay=1e-4, decay_exclusions=False):
+    """Optimiser groups of the parameters that train (a locked tower's have `requires_grad` off: see the model's
+    `lock_text_tower` / `lock_image_tower`): the pretrained towers (ALBERT, DenseNet features) may get their own
+    learning rate; with `decay_exclusions`, the parameters `decay_excluded` names get weight decay 0."""
     excluded = decay_excluded(model) if decay_exclusions else set()
     buckets = {}
     for name, param in model.named_parameters():
-        is_text = name.startswith(BACKBONE_PREFIXES[0])
-        is_vision = name.startswith(BACKBONE_PREFIXES[1])
-        if (is_text and freeze_text) or (is_vision and freeze_vision):
-            param.requires_grad_(False)
+        if not param.requires_grad:
             continue
-        buckets.setdefault((is_text or is_vision, name in excluded), []).append(param)
+        backbone = name.startswith(BACKBONE_PREFIXES)
+        buckets.setdefault((backbone, name in excluded), []).append(param)
     groups = []
     for (backbone, no_decay), params in sorted(buckets.items()):
         lr = (backbone_learning_rate or learning_rate) if backbone else learning_rate

@@ -3,8 +3,10 @@ transformers' `HfArgumentParser` (as transformers' example scripts do). The libr
 `train(TrainingOptions(...))`, `load_split(DataOptions(dataset="imagefolder", data_dir="photos/"), "validation")`.
 
 The recipes live here too: `--recipe default` is what measured best on real held-out photos (docs/flickr8k.md),
-`--recipe paper` the paper's text, choice by choice; an option left unset (None) takes its recipe's value, an option
-given explicitly wins.
+`--recipe paper` the paper's text, choice by choice, `--recipe finetune` the paper's model fine-tuned from pretrained
+towers (albert-base-v2, ImageNet DenseNet121) as BLIP and ALBEF fine-tune theirs; an option left unset (None) takes
+its recipe's value, an option given explicitly wins. Launcher settings (mixed precision, gradient accumulation,
+torch.compile) left unset are Accelerate's: what `accelerate launch` or its config file says.
 """
 
 from __future__ import annotations
@@ -88,17 +90,36 @@ class ModelArguments:
 
     _argument_group_name = "model"
 
-    tokenizer: str | None = option(None, "tokenizer folder or Hub id (albert/albert-base-v2); default: train one")
+    tokenizer: str | None = option(
+        None,
+        "tokenizer folder or Hub id (albert/albert-base-v2); default: the --text_backbone's own, else one trained on "
+        "the data")
     vocab_size: int = option(1000, "size of a tokenizer trained on the data")
-    model_size: str = option("tiny", "preset: tiny, small, base")
+    model_size: Literal["tiny", "small", "base"] | None = option(
+        None,
+        "preset: tiny, small, base (the paper's: DenseNet121, albert-base-v2's shape). Recipe default and paper: tiny; "
+        "finetune: base")
     image_size: int | None = option(None, "image side in pixels (default: the preset's: tiny and small 64, base 224)")
     fusion_type: Literal["cross_attention", "concat"] = option("cross_attention")
     modalities: Literal["both", "image", "text"] = option("both")
     no_cbam: bool = option(False)
-    text_backbone: str | None = option(None, "pretrained ALBERT: Hub id or folder (albert/albert-base-v2)")
-    vision_backbone: str | None = option(None, "'imagenet' (torchvision DenseNet121) or a .safetensors file")
-    freeze_text: bool = option(False)
-    freeze_vision: bool = option(False)
+    text_backbone: str | None = option(
+        None,
+        "pretrained ALBERT: Hub id or folder (albert/albert-base-v2). Recipe finetune: albert/albert-base-v2; the "
+        "others: none (a tower from random weights)")
+    vision_backbone: str | None = option(
+        None,
+        "'imagenet' (torchvision's DenseNet121 download) or a .safetensors DenseNet state dict (scripts/"
+        "export_densenet.py writes one; DenseNet121 needs --model_size base). Recipe finetune: imagenet; the others: "
+        "none")
+    freeze_text: bool = option(False, "lock ALBERT's weights (its projection still trains)")
+    freeze_vision: bool = option(
+        False,
+        "lock DenseNet's weights and its BatchNorm statistics (CBAM and the projection still train)")
+    freeze_bn_stats: bool = option(
+        False,
+        "DenseNet's BatchNorm layers normalise with their running statistics and never update them while the tower "
+        "trains (always so with --freeze_vision; open_clip's lock_image_freeze_bn_stats)")
     memory_saving: bool = option(
         False,
         "DenseNet memory_efficient + activation checkpointing of ALBERT, fusion and decoder layers",
@@ -117,12 +138,14 @@ class OptimisationArguments:
         "min(n/3, 1)), alone or with retrieval/captioning. auto (default): every task whose targets the training rows"
         " carry")
     num_answers: int = option(3129, "VQA answer vocabulary size (most frequent)")
-    recipe: Literal["default", "paper"] = option(
+    recipe: Literal["default", "paper", "finetune"] = option(
         "default",
         "default: the choices that measured best on real held-out photos (README, Real photographs); paper: the "
         "paper's literal choices (Formula 2 as written, Adam with its coupled weight decay 1e-4 on every weight, "
-        "Formula 5, no augmentation, plain cross-attention, mean pooling). An option given explicitly overrides the "
-        "recipe's value")
+        "Formula 5, no augmentation, plain cross-attention, mean pooling); finetune: the base preset from albert-base-v2"
+        " and ImageNet DenseNet121 with albert-base-v2's tokenizer, the towers at 1e-5 and the new layers at 1e-4 "
+        "after a warm-up, cosine decay, 224 px (README, Fine-tuning on a GPU). An option given explicitly overrides "
+        "the recipe's value")
     contrastive_loss: Literal["margin", "margin_squared", "infonce", "sigmoid"] | None = option(
         None,
         "retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's squared form), infonce "
@@ -150,9 +173,10 @@ class OptimisationArguments:
         None,
         "weight of the image-text matching loss, which trains the head that re-ranks retrieval shortlists. Recipe "
         "default: 1; paper: 0 (the paper has no such loss)")
-    caption_label_smoothing: float = option(
-        0.0,
-        "label smoothing of the caption loss (Formula 3 as written: 0; BLIP: 0.1)")
+    caption_label_smoothing: float | None = option(
+        None,
+        "label smoothing of the caption loss. Recipe default and paper: 0 (Formula 3 as written); finetune: 0.1 "
+        "(BLIP's)")
     caption_dropout: float | None = option(
         None,
         "dropout of the caption decoder (its hidden and attention dropout; the preset's: 0.1, BERT's and BLIP's "
@@ -163,8 +187,14 @@ class OptimisationArguments:
         "adamw: Adam with decoupled weight decay; adam: torch's Adam, which adds the decay to the gradient, so that "
         "Adam's normalisation drives weights with small gradients to zero at the learning rate per step (see README)."
         " Recipe default: adamw; paper: adam")
-    learning_rate: float = option(0.001)
-    backbone_learning_rate: float | None = option(None, "learning rate of the pretrained towers")
+    learning_rate: float | None = option(
+        None,
+        "peak learning rate of the layers the run trains from scratch (and of the towers without "
+        "--backbone_learning_rate). Recipe default and paper: 1e-3 (the paper's); finetune: 1e-4")
+    backbone_learning_rate: float | None = option(
+        None,
+        "peak learning rate of ALBERT and DenseNet (default: --learning_rate). Recipe finetune: 1e-5 (BLIP's and "
+        "ALBEF's fine-tuning rate)")
     weight_decay: float | None = option(None, "Recipe default: 0.05 (decoupled); paper: 1e-4")
     decay_exclusions: bool | None = option(
         None,
@@ -175,18 +205,21 @@ class OptimisationArguments:
         "training photos are cropped to a random area in [scale, 1] of the photo and aspect 3/4-4/3, then resized "
         "(RandomResizedCrop, seeded per example and epoch; no flips: captions say left and right; not applied to "
         "streamed data); 1 = no augmentation. Recipe default: 1 (crops measured fewer distinct captions, see README);"
-        " paper: 1")
+        " paper: 1; finetune: 0.5 (BLIP's and ALBEF's crops)")
     caption_sampling: Literal["pairs", "one_per_photo"] = option(
         "pairs",
         "pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); one_per_photo: an "
         "epoch is every photo once, with one of its captions drawn per epoch (seeded, so a resumed run draws the "
         "same)")
     batch_size: int = option(32, "per process")
-    gradient_accumulation_steps: int = option(1)
-    num_epochs: int = option(
-        2,
-        "an epoch is one pass over every image-caption pair (2: the main job reaches its README figures in 2 epochs, "
-        "under 5 minutes on 2 CPU cores)")
+    gradient_accumulation_steps: int | None = option(
+        None,
+        "batches per optimiser step (default: Accelerate's, 1 unless ACCELERATE_GRADIENT_ACCUMULATION_STEPS or a "
+        "DeepSpeed config says otherwise)")
+    num_epochs: int | None = option(
+        None,
+        "an epoch is one pass over every image-caption pair. Recipe default and paper: 2 (the main job reaches its "
+        "README figures in 2 epochs, under 5 minutes on 2 CPU cores); finetune: 5 (BLIP's COCO captioning)")
     max_steps: int | None = option(None, "stop after this many optimiser steps")
     max_train_minutes: float | None = option(None, "stop (and evaluate, save) after this many minutes")
     lr_decay_beta: float | None = option(
@@ -197,12 +230,16 @@ class OptimisationArguments:
         None,
         "cosine: from the peak to 0 over --max_steps, or over --max_train_minutes of training when that ends first. "
         "Recipe default: constant (after warm-up; it measured better than cosine on Flickr8k at 8 minutes, see "
-        "README); paper: constant")
-    warmup_steps: int | None = option(None, "linear warm-up of the learning rate. Recipe default: 100; paper: 0")
+        "README); paper: constant; finetune: cosine (BLIP's, ALBEF's)")
+    warmup_steps: int | None = option(
+        None, "linear warm-up of the learning rate. Recipe default: 100; paper: 0; finetune: 1000")
     max_grad_norm: float | None = option(
         None,
         "clip the gradients' global norm (0: off). Recipe default: 1; paper: 0 (no clipping)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = option(
+        None,
+        "autocast precision (default: what `accelerate launch --mixed_precision` or its config file says, else no; "
+        "on this project's CPUs bf16 measured slower than fp32, docs/performance.md)")
     seed: int = option(42)
     cpu: bool = option(False, "train on the CPU even where a GPU is present")
     fsdp: bool = option(
@@ -218,10 +255,11 @@ class SpeedArguments:
 
     _argument_group_name = "speed (see docs/performance.md)"
 
-    torch_compile: bool = option(
-        False,
-        "compile the model with torch.compile through Accelerate's dynamo plugin (an `accelerate launch` config's "
-        "dynamo settings do the same)")
+    torch_compile: bool | None = option(
+        None,
+        "compile the model with torch.compile through Accelerate's dynamo plugin (default: what `accelerate launch "
+        "--dynamo_backend` or its config file says, else no; --no-torch_compile overrides the launcher)",
+        nargs="?", const=True)
     torch_compile_backend: str = option("inductor", "torch.compile backend")
     torch_compile_mode: str | None = option(
         None,
@@ -260,25 +298,39 @@ class RunArguments:
     report_to: str = option("tensorboard", "Accelerate tracker, or 'none'")
     logging_dir: str | None = option(
         None, "where the tracker writes (default: OUTPUT_DIR/runs, which the Hub push leaves out unless asked)")
+    logging_steps: int = option(
+        50,
+        "every N optimiser steps the losses, averaged over those steps on the device, reach the log, the progress bar "
+        "and history.json, and are checked for a non-finite value (transformers' meaning); between them a step never "
+        "waits for the device")
     no_progress: bool = option(False)
     push_to_hub: bool = option(False, "push the final folder with scripts/push_to_hub.py")
     hub_model_id: str | None = option(None, "user/name to push to")
     hub_private: bool = option(False)
 
 
-# The training recipes: every option a recipe sets, and its value.
+# The training recipes: every option a recipe sets, and its value. docs/training.md says where each finetune value
+# comes from (the paper, BLIP, ALBEF, open_clip).
 RECIPES = {
-    "default": dict(contrastive_loss="infonce", learnable_temperature=True, fusion_gate=True,
-                    retrieval_pooling="attention", optimizer="adamw", weight_decay=0.05, decay_exclusions=True,
-                    random_crop_scale=1.0, lr_decay_beta=1.0, lr_scheduler="constant", warmup_steps=100,
-                    lambda_itm=1.0, max_grad_norm=1.0),
-    "paper": dict(contrastive_loss="margin", learnable_temperature=False, fusion_gate=False,
-                  retrieval_pooling="mean", optimizer="adam", weight_decay=1e-4, decay_exclusions=False,
-                  random_crop_scale=1.0, lr_decay_beta=0.5, lr_scheduler="constant", warmup_steps=0,
-                  lambda_itm=0.0, max_grad_norm=0.0),
+    "default": dict(model_size="tiny", learning_rate=1e-3, num_epochs=2, contrastive_loss="infonce",
+                    learnable_temperature=True, fusion_gate=True, retrieval_pooling="attention", optimizer="adamw",
+                    weight_decay=0.05, decay_exclusions=True, random_crop_scale=1.0, lr_decay_beta=1.0,
+                    lr_scheduler="constant", warmup_steps=100, lambda_itm=1.0, max_grad_norm=1.0,
+                    caption_label_smoothing=0.0),
+    "paper": dict(model_size="tiny", learning_rate=1e-3, num_epochs=2, contrastive_loss="margin",
+                  learnable_temperature=False, fusion_gate=False, retrieval_pooling="mean", optimizer="adam",
+                  weight_decay=1e-4, decay_exclusions=False, random_crop_scale=1.0, lr_decay_beta=0.5,
+                  lr_scheduler="constant", warmup_steps=0, lambda_itm=0.0, max_grad_norm=0.0,
+                  caption_label_smoothing=0.0),
+    "finetune": dict(model_size="base", text_backbone="albert/albert-base-v2", vision_backbone="imagenet",
+                     learning_rate=1e-4, backbone_learning_rate=1e-5, num_epochs=5, contrastive_loss="infonce",
+                     learnable_temperature=True, fusion_gate=True, retrieval_pooling="attention", optimizer="adamw",
+                     weight_decay=0.05, decay_exclusions=True, random_crop_scale=0.5, lr_decay_beta=1.0,
+                     lr_scheduler="cosine", warmup_steps=1000, lambda_itm=1.0, max_grad_norm=1.0,
+                     caption_label_smoothing=0.1),
 }
-# Switches a recipe sets on or off that a command line can turn either way (--fusion_gate / --no-fusion_gate).
-NEGATABLE = ("learnable_temperature", "fusion_gate", "decay_exclusions")
+# Switches a recipe or the launcher sets that a command line can turn either way (--fusion_gate / --no-fusion_gate).
+NEGATABLE = ("learnable_temperature", "fusion_gate", "decay_exclusions", "torch_compile")
 
 
 @dataclass

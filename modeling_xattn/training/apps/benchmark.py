@@ -36,7 +36,7 @@ from modeling_xattn.training.hub import load_pretrained, load_processor
 from modeling_xattn.training.metrics import retrieval_metrics
 from modeling_xattn.training.options import option, parse_options
 
-SECTIONS = ("fusion", "generation", "retrieval", "training", "inference")
+SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision")
 TARGETS = {
     "fusion": "<= 0.6x LXMERT's time",
     "generation": ">= 3x tokens/s with the cache",
@@ -81,12 +81,17 @@ class BenchmarkArguments:
     new_tokens: int = option(30)
     generation_batch: int = option(8)
     model_size: str = option("base", "preset of the generation, training and inference figures")
+    precision_presets: str = option(
+        "small:32,base:8",
+        "the precision section's presets and batch sizes (preset:batch, comma-separated): each one's training step "
+        "in fp32 and under bf16 autocast, contiguous and channels-last")
     _memory_probe: Literal["default", "saving"] | None = option(None, argparse.SUPPRESS)
 
     def __post_init__(self):
         if self.smoke:
             self.batch_size, self.fusion_hidden, self.gallery_images, self.top_k = 4, 64, 12, 4
             self.new_tokens, self.generation_batch, self.model_size = 6, 2, "tiny"
+            self.precision_presets = "tiny:2"
             self.repeats, self.warmup = 1, 0
 
 
@@ -104,10 +109,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA (unless `--precision fp32`); fp32 on the CPU (this machine's CPU has no fast bf16)."""
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str, on_cpu: bool = False):
+    """bf16 autocast on CUDA (unless `--precision fp32`); fp32 on the CPU, where bf16 autocast measured slower (the
+    precision section), unless `on_cpu` asks for it."""
+    if precision == "bf16" and (device.type == "cuda" or on_cpu):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -351,10 +357,14 @@ def training_batch(config, batch_size, device, caption_length: int = 20, text_le
     }
 
 
-def training_setup(args, device, memory_saving: bool, batch_size: int | None = None, compiled: bool = False):
+def training_setup(args, device, memory_saving: bool, batch_size: int | None = None, compiled: bool = False,
+                   model_size: str | None = None, precision: str | None = None, channels_last: bool = False):
     """A model, its optimiser and one batch; `compiled`: what `train.py --torch_compile --channels_last` does (and
-    the fused Adam it takes on CUDA)."""
-    config = XAttnConfig.from_preset(args.model_size)
+    the fused Adam it takes on CUDA); `precision` ("fp32", "bf16"), given, applies on the CPU too; `channels_last`
+    alone: what `--channels_last` does without compiling."""
+    config = XAttnConfig.from_preset(model_size or args.model_size)
+    forced = precision is not None
+    precision = precision or args.precision
     torch.manual_seed(0)
     model = XAttnForMultiTask(config).to(device).train()
     model.set_memory_saving(memory_saving)
@@ -362,13 +372,14 @@ def training_setup(args, device, memory_saving: bool, batch_size: int | None = N
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4, **fused)
     batch = training_batch(config, batch_size or args.batch_size, device)
     run = model
-    if compiled:
+    if compiled or channels_last:
         model = model.to(memory_format=torch.channels_last)
         batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+    if compiled:
         run = torch.compile(model, backend=args.compile_backend)
 
     def forward_backward():
-        with autocast(device, args.precision):
+        with autocast(device, precision, on_cpu=forced):
             loss = run(**batch).loss
         loss.backward()
         return loss
@@ -550,8 +561,35 @@ def bench_inference(args, device) -> dict:
     return result
 
 
+def bench_precision(args, device) -> dict:
+    """The training step (multi-task, Adam) of each `--precision_presets` entry in fp32 and under bf16 autocast,
+    with contiguous and channels-last images and convolution weights: the median step and its ratios."""
+    result = {"config": "training step, multi-task loss (Formula 4), Adam; bf16 = torch.autocast(bfloat16)"}
+    for entry in args.precision_presets.split(","):
+        preset, _, size = entry.strip().partition(":")
+        size = int(size or args.batch_size)
+        timings = {}
+        for precision in ("fp32", "bf16"):
+            for layout in ("contiguous", "channels_last"):
+                _, step, _ = training_setup(args, device, False, batch_size=size, model_size=preset,
+                                            precision=precision, channels_last=layout == "channels_last")
+                timing = measure(step, device, args.repeats, max(args.warmup, 1))
+                timings[f"{precision}_{layout}"] = {**timing, "samples_per_s": size / timing["median_s"]}
+                step = None
+                _free(device)
+        fp32 = timings["fp32_contiguous"]["median_s"]
+        result[f"{preset}_batch{size}"] = {
+            "preset": preset, "batch_size": size, "image_size": XAttnConfig.from_preset(preset).image_size,
+            **timings,
+            "bf16_vs_fp32": timings["bf16_contiguous"]["median_s"] / fp32,
+            "bf16_channels_last_vs_fp32": timings["bf16_channels_last"]["median_s"] / fp32,
+            "fp32_channels_last_vs_fp32": timings["fp32_channels_last"]["median_s"] / fp32,
+        }
+    return result
+
+
 BENCHMARKS = {"fusion": bench_fusion, "generation": bench_generation, "retrieval": bench_retrieval,
-              "training": bench_training, "inference": bench_inference}
+              "training": bench_training, "inference": bench_inference, "precision": bench_precision}
 
 
 # ======================================================================================================= report
@@ -625,6 +663,18 @@ def markdown(report: dict) -> str:
                      f"{m['saving']['peak_bytes'] / gib:.2f} GiB (training part {m['default']['training_bytes'] / gib:.2f}"
                      f" vs {m['saving']['training_bytes'] / gib:.2f} GiB)", f"-{100 * t['peak_memory_reduction']:.0f}% "
                      f"(-{100 * t['training_memory_reduction']:.0f}%)", TARGETS["memory"]))
+    if "precision" in r:
+        for key, value in r["precision"].items():
+            if not isinstance(value, dict) or "preset" not in value:
+                continue
+            steps = ", ".join(f"{name.replace('_', ' ')} {1000 * value[name]['median_s']:.0f} ms"
+                              for name in ("fp32_contiguous", "fp32_channels_last", "bf16_contiguous",
+                                           "bf16_channels_last"))
+            rows.append((f"training step, {value['preset']} preset ({value['image_size']} px), batch "
+                         f"{value['batch_size']}: fp32 vs bf16 autocast", steps,
+                         f"bf16 {value['bf16_vs_fp32']:.2f}x, bf16+channels-last "
+                         f"{value['bf16_channels_last_vs_fp32']:.2f}x, fp32+channels-last "
+                         f"{value['fp32_channels_last_vs_fp32']:.2f}x of fp32's time", "use bf16 where < 1x"))
     if "inference" in r:
         i = r["inference"]
         for key, value in i.items():

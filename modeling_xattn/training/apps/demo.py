@@ -205,13 +205,14 @@ def build_demo(model, processor, title: str | None = None):
     return demo
 
 
-def load_demo(model: str, revision: str | None = None, title: str | None = None):
-    """`build_demo` over a saved folder or Hub id (custom code and safetensors only, as everywhere)."""
+def load_demo(model: str, revision: str | None = None, title: str | None = None, device: str | None = None):
+    """`build_demo` over a saved folder or Hub id (custom code and safetensors only, as everywhere), the model on
+    `device` (default: CUDA where available)."""
     looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip(os.sep).replace("/", "", 1)
     if looks_like_path and not os.path.isdir(model):
         raise SystemExit(f"--model {model}: no such folder (give a saved model folder or a Hub id user/name)")
     try:
-        loaded, processor = load_model(model, revision)
+        loaded, processor = load_model(model, revision, device)
     except (OSError, ValueError) as error:
         raise SystemExit(f"--model {model}: cannot load a model from it ({type(error).__name__}: {error})") from None
     name = os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
@@ -231,6 +232,7 @@ class DemoArguments:
     max_upload_mb: float = option(MAX_UPLOAD_MB, "uploads above this size are refused before they are read")
     concurrency: int = option(CONCURRENCY, "requests served at once; the others wait in the queue")
     queue_size: int = option(QUEUE_SIZE, "requests that may wait; beyond, a request is refused (queue full)")
+    device: str | None = option(None, "cuda, cuda:N, mps or cpu (default: CUDA where available, else MPS, else CPU)")
 
 
 def serve(demo, host: str | None = None, port: int | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
@@ -245,7 +247,7 @@ def serve(demo, host: str | None = None, port: int | None = None, max_upload_mb:
 def main(argv=None, description: str | None = None):
     """Serve the demo the command line asks for (blocks while it serves); returns the Gradio app."""
     (args,) = parse_options((DemoArguments,), argv, description or __doc__)
-    demo = load_demo(args.model, args.revision)
+    demo = load_demo(args.model, args.revision, device=args.device)
     serve(demo, args.host, args.port, args.max_upload_mb, args.concurrency, args.queue_size)
     return demo
 

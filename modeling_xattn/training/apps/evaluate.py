@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.evaluation import (
@@ -58,6 +56,7 @@ class EvaluateArguments:
     overwrite_output_dir: bool = option(
         False, "write over an eval_results.json there that another model, dataset or split gave")
     no_progress: bool = option(False)
+    device: str | None = option(None, "cuda, cuda:N, mps or cpu (default: CUDA where available, else MPS, else CPU)")
 
 
 @dataclass
@@ -80,8 +79,7 @@ def main(argv=None, description: str | None = None) -> dict:
     source = {"model": args.model, "revision": args.revision, "dataset": args.dataset_name or args.dataset,
               "data": args.dataset_name or args.data_dir or args.data_file, "split": args.split}
     refuse_other_results(output_dir, source, args.overwrite_output_dir)
-    model, processor = load_model(args.model, args.revision)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model(args.model, args.revision, args.device)
     counter = BadRowCounter()
     try:
         dataset = undecoded(load_split(args, args.split, counter))

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from modeling_xattn.processing_xattn import to_rgb
 from modeling_xattn.training.data.schema import load_image
 from modeling_xattn.training.evaluation import generate_captions, rank_gallery
-from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
 from modeling_xattn.training.options import option, parser_for
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -42,6 +42,7 @@ class PredictArguments:
     batch_size: int = option(16)
     top_k: int = option(10, "results shown when ranking")
     json: bool = option(False)
+    device: str | None = option(None, "cuda, cuda:N, mps or cpu (default: CUDA where available, else MPS, else CPU)")
 
 
 @dataclass(kw_only=True)
@@ -95,7 +96,7 @@ def main(argv=None, description: str | None = None):
         raise SystemExit(f"{args.command} needs --text")
     if args.command == "rank-captions" and not args.captions:
         raise SystemExit("rank-captions needs --captions")
-    model = load_pretrained(args.model, args.revision).eval()
+    model = load_pretrained(args.model, args.revision).eval().to(inference_device(args.device))
     processor = load_processor(args.model, args.revision)
     paths, skipped, results = image_paths(args.images), [], []
     labels = model.config.id2label
@@ -110,7 +111,7 @@ def main(argv=None, description: str | None = None):
                 results.append({"image": name, "caption": text})
         elif args.command in ("classify", "answer"):
             inputs = processor(images=images, text=[args.text] * len(images))
-            probabilities = model(**inputs).logits.softmax(-1)
+            probabilities = model(**inputs.to(model.device)).logits.softmax(-1)
             for name, row in zip(names, probabilities):
                 ranked = sorted(((labels[i], float(p)) for i, p in enumerate(row)), key=lambda x: -x[1])
                 key = "label" if args.command == "classify" else "answer"

@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoModel
 
 from modeling_xattn.processing_xattn import to_rgb
-from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
 from modeling_xattn.training.options import option, parse_options
 from modeling_xattn.training.plots import pyplot
 
@@ -95,12 +95,13 @@ class VisualizeArguments:
     revision: str | None = option(None, "Hub revision (pin a commit)")
     output: str = option("attention.png")
     max_words: int = option(12, "words (tokens) shown, special tokens excluded")
+    device: str | None = option(None, "cuda, cuda:N, mps or cpu (default: CUDA where available, else MPS, else CPU)")
 
 
 def main(argv=None, description: str | None = None) -> str:
     """Draw the attention maps the command line asks for; returns the PNG's path."""
     (args,) = parse_options((VisualizeArguments,), argv, description or __doc__)
-    model = load_pretrained(args.model, args.revision, auto_class=AutoModel).eval()
+    model = load_pretrained(args.model, args.revision, auto_class=AutoModel).eval().to(inference_device(args.device))
     processor = load_processor(args.model, args.revision)
     image = to_rgb(Image.open(args.image))
     tokens, maps, cbam = attention_maps(model, processor, image, args.text)

@@ -1,0 +1,101 @@
+"""Pretrained towers in a training run: the checks that turn a mismatch between the tower files and the options into
+one plain message naming the option to change (before anything is built or downloaded twice), and the locks the
+options ask for (`--freeze_text`, `--freeze_vision`, `--freeze_bn_stats`)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+from modeling_xattn.configuration_xattn import PRESETS, XAttnConfig
+from modeling_xattn.modeling_xattn import densenet_fields, densenet_shape, load_densenet_features
+
+# The shape torchvision's DenseNet121 (its ImageNet weights, `--vision_backbone imagenet`) has.
+DENSENET121 = dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4)
+
+
+def describe_densenet(shape: dict) -> str:
+    name = "DenseNet121" if shape == DENSENET121 else "a DenseNet"
+    return (f"{name} (growth {shape['growth_rate']}, blocks {'-'.join(map(str, shape['block_config']))}, "
+            f"{shape['num_init_features']} stem channels)")
+
+
+def check_vision_backbone(args) -> None:
+    """The DenseNet of `--vision_backbone` must be the one `--model_size` builds."""
+    if not args.vision_backbone:
+        return
+    if args.vision_backbone == "imagenet":
+        found = DENSENET121
+    else:
+        try:
+            found = densenet_shape(load_densenet_features(args.vision_backbone))
+        except (ValueError, OSError) as error:
+            raise SystemExit(f"--vision_backbone {args.vision_backbone}: {error}. Give 'imagenet' or a .safetensors "
+                             "file that scripts/export_densenet.py wrote") from None
+    wanted = densenet_fields(XAttnConfig.from_preset(args.model_size))
+    if found != wanted:
+        fits = [name for name in PRESETS if densenet_fields(XAttnConfig.from_preset(name)) == found]
+        raise SystemExit(
+            f"--vision_backbone {args.vision_backbone} holds {describe_densenet(found)}, but --model_size "
+            f"{args.model_size} builds {describe_densenet(wanted)}: "
+            + (f"use --model_size {fits[0]}" + (" (or --recipe finetune)" if fits[0] == "base" else "")
+               if fits else "no preset builds that DenseNet; export a DenseNet121 with scripts/export_densenet.py"))
+
+
+def text_backbone_config(args) -> dict | None:
+    """`--text_backbone`'s config (a dict), refused with a message when it cannot be read or is not ALBERT."""
+    if not args.text_backbone:
+        return None
+    try:
+        config, _ = PretrainedConfig.get_config_dict(args.text_backbone)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(
+            f"--text_backbone {args.text_backbone} could not be read ({first_line}). A Hub id needs the Hub or its "
+            "local cache; elsewhere download it where the Hub is reachable (hf download albert/albert-base-v2 "
+            "--local-dir albert-base-v2) and give the folder") from None
+    if config.get("model_type") != "albert":
+        raise SystemExit(
+            f"--text_backbone {args.text_backbone} is a {config.get('model_type') or 'model of unknown type'} "
+            "checkpoint, not ALBERT: the text tower is ALBERT (the paper's); give an ALBERT checkpoint such as "
+            "albert/albert-base-v2")
+    return config
+
+
+def check_tokenizer_fits(args, tokenizer, text_config: dict | None) -> None:
+    """A tokenizer must not emit ids the pretrained text tower has no embedding for."""
+    if text_config is None:
+        return
+    embeddings = text_config.get("vocab_size")
+    if embeddings is not None and len(tokenizer) > embeddings:
+        source = f"--tokenizer {args.tokenizer}" if args.tokenizer else f"the tokenizer of {args.text_backbone}"
+        raise SystemExit(
+            f"{source} has {len(tokenizer):,} tokens, but --text_backbone {args.text_backbone} embeds "
+            f"{embeddings:,}: ids past {embeddings - 1} would index no embedding. Use the tower's own tokenizer (leave "
+            "out --tokenizer) or a tokenizer of at most that many tokens")
+
+
+def backbone_rate_warning(args) -> str | None:
+    """A warning when pretrained towers that train would do so at the new layers' rate (legitimate, rarely meant)."""
+    training = [name for name, given, frozen in (("ALBERT", args.text_backbone, args.freeze_text),
+                                                 ("DenseNet", args.vision_backbone, args.freeze_vision))
+                if given and not frozen]
+    if not training or args.backbone_learning_rate is not None:
+        return None
+    return (f"warning: the pretrained {' and '.join(training)} train at --learning_rate {args.learning_rate:g}, the "
+            "rate of the layers trained from scratch; fine-tuning usually gives pretrained towers about 1e-5 (BLIP, "
+            "ALBEF): set --backbone_learning_rate (--recipe finetune does) or --freeze_text / --freeze_vision")
+
+
+def lock_towers(model, args) -> None:
+    """Apply `--freeze_text`, `--freeze_vision` (DenseNet's weights and BatchNorm statistics) and
+    `--freeze_bn_stats` to a built model."""
+    try:
+        if args.freeze_text:
+            model.lock_text_tower()
+        if args.freeze_vision:
+            model.lock_image_tower(freeze_bn_stats=True)
+        elif args.freeze_bn_stats:
+            model.freeze_image_batch_norm(True)
+    except ValueError as error:
+        raise SystemExit(f"{error}: leave out --freeze_text / --freeze_vision / --freeze_bn_stats for the missing "
+                         "tower, or change --modalities") from None
