@@ -23,7 +23,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # state in the checkpoints (as a captions-only dataset's run); the learned logit scale trains
 OPTIONS = ["--synthetic_samples", "64", "--batch_size", "4", "--vocab_size", "150", "--report_to", "none",
            "--no_progress", "--learning_rate", "3e-4", "--max_steps", "8", "--save_steps", "3", "--eval_steps", "4",
-           "--warmup_steps", "2", "--tasks", "retrieval,captioning"]
+           "--warmup_steps", "2", "--tasks", "retrieval,captioning", "--logging_steps", "1"]
 # the losses of a sharded run and of a DDP run differ only in the order of floating-point sums (measured: at most
 # 1.2e-6 over these 8 steps and 2 evaluations)
 LOSS_TOLERANCE = 1e-5

@@ -179,13 +179,13 @@ def test_predict_every_command(trained, images, capsys):
 
 
 def test_readme_evaluation_from_python_runs_as_written(trained, tmp_path, monkeypatch, capsys):
-    """README's notebook evaluation, on an imagefolder of labelled, captioned rows the test writes."""
+    """The notebook evaluation of docs/evaluation.md, on an imagefolder of labelled, captioned rows the test writes."""
     import re
 
     from modeling_xattn.training.data.synthetic import synthetic_dataset
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "evaluate_model(" in b)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    code = next(b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "evaluate_model(" in b)
     folder = tmp_path / "photos" / "validation"
     folder.mkdir(parents=True)
     with open(folder / "metadata.jsonl", "w") as metadata:
