@@ -21,6 +21,12 @@ run `--retrieval_repeats` times, once by default, as exhaustive scoring is the s
               a fresh process each).
   inference   classification latency per image-text pair at batch 1 and 32 (base preset): `torch.inference_mode`
               (default) against `torch.no_grad`, and with `channels_last` images and DenseNet weights.
+  precision   the training step of each `--precision_presets` entry (small:32, base:8) in fp32 and under bf16
+              autocast, contiguous and channels-last, on the CPU too.
+  finetune    the fine-tuning recipe's step through the training loop (`--recipe finetune`, 224 px, towers in their
+              published formats with random weights): samples/s, and the allocator's peak on CUDA.
+  rerank_batch  pairs/s of the matching head at each re-ranking batch size.
+`--combine A/benchmark.json B/benchmark.json` merges runs into one report (scripts/gpu_figures.sh does).
 `--compile` adds `torch.compile` variants of the fusion figure (both layers compiled). On CUDA everything runs under bf16
 autocast (`--precision fp32` to compare) and the figures are labelled with the device; on a CPU it runs in fp32.
 """

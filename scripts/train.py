@@ -1,7 +1,9 @@
 """Train the cross-attention fusion model with Accelerate.
 
 One process (CPU or one GPU):      python scripts/train.py
-Accelerate (any setup it knows):   accelerate launch scripts/train.py --mixed_precision bf16
+Accelerate (any setup it knows):   accelerate launch --mixed_precision bf16 scripts/train.py
+Fine-tune from pretrained towers:  accelerate launch --mixed_precision bf16 scripts/train.py --recipe finetune \
+                                       --text_backbone albert-base-v2/ --vision_backbone densenet121.safetensors
 Several processes (DDP; gloo/CPU): torchrun --nproc_per_node 2 scripts/train.py
 Resume after a crash:              python scripts/train.py --output_dir outputs/xattn --resume_from_checkpoint latest
 Your own captioned photos:         python scripts/train.py --dataset imagefolder --data_dir photos/ --image_size 128

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from conftest import load_script
 from safetensors.torch import load_file, save_file
-from transformers import AlbertConfig, AlbertForMaskedLM, BertConfig, BertModel
+from transformers import AlbertConfig, AlbertForMaskedLM, AutoTokenizer, BertConfig, BertModel
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask, train_albert_tokenizer
 from modeling_xattn.modeling_xattn import load_densenet_features
@@ -125,7 +125,9 @@ def test_finetune_recipe_from_published_towers_keeps_locked_towers_exact(towers,
     # a CPU run of the base preset takes bf16 autocast where the CPU has it (measured 1.8x faster there)
     assert results["launch"]["mixed_precision"] == ("bf16" if cpu_has_bf16() else "no")
     card = results["card"]["training"]
-    assert "recipe finetune" in card and "pretrained towers 1e-05" in card and "cosine" in card
+    assert "recipe finetune" in card and "cosine" in card
+    assert f"ALBERT from {towers['albert']} (locked)" in card
+    assert f"DenseNet from {towers['densenet']} (locked, BatchNorm statistics included)" in card
     child = subprocess.run([sys.executable, "-c", CHILD, str(out), str(towers["albert"] / "model.safetensors")],
                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
@@ -183,7 +185,13 @@ def test_unreachable_towers_say_how_to_bring_them(tmp_path, monkeypatch):
 def test_pretrained_towers_at_the_new_layers_rate_are_warned_about(towers, tmp_path, capsys):
     train.main(["--text_backbone", str(towers["small_albert"]), *QUICK, "--max_steps", "1",
                 "--output_dir", str(tmp_path / "warned")])
-    assert "warning: the pretrained ALBERT train at --learning_rate 0.001" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "warning: the pretrained ALBERT trains at --learning_rate 0.001" in printed
+    # the tower's own tokenizer is smaller than its 600 embeddings: captions never hold the ids it cannot decode
+    tokens = len(AutoTokenizer.from_pretrained(towers["small_albert"]))
+    assert f"has {tokens:,} tokens and --text_backbone" in printed
+    generation = json.loads((tmp_path / "warned" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == list(range(tokens, 600))
     train.main(["--text_backbone", str(towers["small_albert"]), "--backbone_learning_rate", "1e-5", *QUICK,
                 "--max_steps", "1", "--output_dir", str(tmp_path / "quiet")])
     assert "warning: the pretrained" not in capsys.readouterr().out
@@ -266,3 +274,13 @@ def test_without_freezing_the_statistics_move():
 def test_a_cpu_run_takes_bf16_only_for_the_base_preset():
     assert cpu_precision("tiny") == cpu_precision("small") == (None, None)
     assert cpu_precision("base")[0] == ("bf16" if cpu_has_bf16() else None)
+
+
+def test_a_recipe_tower_turns_off_and_options_that_cannot_hold_stop(towers, tmp_path):
+    options = train.parse_args(["--recipe", "finetune", "--text_backbone", "none", "--vision_backbone", "None"])
+    assert options.text_backbone is None and options.vision_backbone is None and options.model_size == "base"
+    with pytest.raises(SystemExit, match="--text_backbone .* is given, but --modalities image has no such tower"):
+        train.main(["--text_backbone", str(towers["small_albert"]), "--modalities", "image", *QUICK,
+                    "--output_dir", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="--logging_steps 0: give 1 or more"):
+        train.main([*QUICK, "--logging_steps", "0", "--output_dir", str(tmp_path / "b")])

@@ -56,7 +56,7 @@ def test_a_config_file_and_the_environment_apply_and_our_flags_override_them(tmp
                              ["--mixed_precision", "no", "--gradient_accumulation_steps", "1", "--no-torch_compile"],
                              tmp_path / "flags", env)
     assert (used["mixed_precision"], used["gradient_accumulation_steps"], used["torch_compile"]) == ("no", 1, "no")
-    assert set(used["sources"].values()) == {"--mixed_precision", "--gradient_accumulation_steps", "--torch_compile"}
+    assert set(used["sources"].values()) == {"--mixed_precision", "--gradient_accumulation_steps", "--no-torch_compile"}
 
 
 SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")

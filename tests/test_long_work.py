@@ -199,12 +199,13 @@ def test_tracker_logs_go_to_runs_beside_the_model(tmp_path):
 
 def test_curves_put_ranks_on_their_own_axis():
     history = [{"step": 1, "train_loss": 2.0, "lr": 1e-3, "val_i2t_R@10": 40.0, "val_i2t_mean_rank": 90.0,
-                "val_i2t_median_rank": 30.0, "val_accuracy": 0.8}]
+                "val_i2t_median_rank": 30.0, "val_accuracy": 0.8, "train_samples_per_s": 120.0}]
     panels = dict((title, keys) for keys, title in curve_panels(history))
     metrics = panels["validation metrics"]
     ranks = panels["validation ranks (lower is better)"]
     assert set(ranks) == {"val_i2t_mean_rank", "val_i2t_median_rank"}
     assert set(metrics) == {"val_i2t_R@10", "val_accuracy"}
+    assert panels["training samples/s"] == ["train_samples_per_s"]
 
 
 def test_ablation_keeps_finished_configurations(tmp_path, capsys):

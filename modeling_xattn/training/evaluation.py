@@ -48,7 +48,8 @@ def rerank_batch_size_for(model) -> int:
 def load_model(name: str, revision: str | None = None, device=None):
     """A saved multi-task model and its processor, from a folder or the Hub (custom code, safetensors only); the
     model on `device` (default: CUDA where available, `hub.inference_device`)."""
-    return load_pretrained(name, revision).eval().to(inference_device(device)), load_processor(name, revision)
+    device = inference_device(device)  # a device this machine lacks stops before the model is read
+    return load_pretrained(name, revision).eval().to(device), load_processor(name, revision)
 
 
 def batches(dataset, collate, batch_size, progress=False, desc=None):

@@ -78,13 +78,7 @@ from modeling_xattn.training.tasks import (
     select_tasks,
     usable_rows,
 )
-from modeling_xattn.training.towers import (
-    backbone_rate_warning,
-    check_tokenizer_fits,
-    check_vision_backbone,
-    lock_towers,
-    text_backbone_config,
-)
+from modeling_xattn.training.towers import check_towers, describe_towers, lock_towers, suppressed_caption_ids
 
 STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_steps 0 mean every this many steps
 
@@ -95,24 +89,11 @@ def parse_args(argv=None, description: str | None = None) -> TrainingOptions:
     return parse_training_options(argv, description or __doc__)
 
 
-def build_processor(args, train_data, accelerator):
-    if args.tokenizer or args.text_backbone:
-        source = args.tokenizer or args.text_backbone
-        option = "--tokenizer" if args.tokenizer else "--text_backbone"
-        try:
-            processor = XAttnProcessor.build(source, image_size=_image_size(args))
-            problem = None
-        except (OSError, ValueError, TypeError) as error:
-            problem = str(error).splitlines()[0]
-        else:
-            # transformers builds an empty tokenizer (its special tokens only, every word <unk>) from a folder that
-            # has a config but no tokenizer files
-            if len(processor.tokenizer) <= len(processor.tokenizer.all_special_ids):
-                problem = f"a vocabulary of its {len(processor.tokenizer)} special tokens only"
-        if problem:
-            raise SystemExit(f"{option} {source} holds no tokenizer that loads ({problem}): give --tokenizer "
-                             "(albert/albert-base-v2, or a folder with its tokenizer files)")
-        return processor
+def build_processor(args, train_data, accelerator, tokenizer=None):
+    """The processor: `tokenizer` (the one `--tokenizer` or `--text_backbone` names, loaded by `check_towers`), else
+    one trained on the training rows' texts and captions."""
+    if tokenizer is not None:
+        return XAttnProcessor.build(tokenizer, image_size=_image_size(args))
     folder = Path(args.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
         corpus = list(train_data["text"]) + [c for captions in train_data["captions"] for c in captions]
@@ -152,11 +133,16 @@ def build_model(args, processor, tasks, label_names, answers=None):
         try:
             model = XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone,
                                                                  vision=args.vision_backbone)
-        except (OSError, ValueError) as error:  # (checked beforehand: what remains is a download that failed)
+        except OSError as error:  # (the files were checked beforehand: what remains is a download that failed)
             raise SystemExit(f"the pretrained towers could not be loaded: {str(error).splitlines()[0]}. Where the "
                              "internet cannot be reached, give local files: --text_backbone FOLDER (hf download "
                              "albert/albert-base-v2 --local-dir FOLDER) and --vision_backbone FILE.safetensors "
                              "(scripts/export_densenet.py)") from None
+        except ValueError as error:
+            raise SystemExit(f"the pretrained towers do not fit: {error}") from None
+        suppressed = suppressed_caption_ids(processor.tokenizer, model.config.decoder_config.vocab_size)
+        if suppressed:  # a tokenizer smaller than the tower's vocabulary (check_tokenizer_fits said so)
+            model.generation_config.suppress_tokens = suppressed
     else:
         model = XAttnForMultiTask(config)
     model.generation_config.num_beams = args.num_beams  # saved as generation_config.json with the model
@@ -178,6 +164,7 @@ class Run:
     val_data: Any
     train_examples: Any  # the training rows as examples: caption pairs or one caption per photo, maybe cropped
     streaming: StreamingData | None = None
+    tokenizer: Any = None  # the tokenizer --tokenizer / --text_backbone names (None: one is trained on the data)
     processor: Any = None
     model: Any = None
     model_config: Any = None  # the unwrapped model's config (a DDP-wrapped model has none)
@@ -198,6 +185,7 @@ class Run:
     launch: dict = field(default_factory=dict)  # the launcher's settings in use (precision, accumulation, compile)
     losses: RunningLosses = field(default_factory=RunningLosses)
     minutes: float = 0.0  # the clock the step reads: this process's every step, or the slowest one's at each log
+    interval: tuple[float, int] = (0.0, 0)  # the clock and the step where the current logging interval began
 
 
 def train(args) -> dict:
@@ -219,13 +207,18 @@ def train(args) -> dict:
                          "--nproc_per_node N scripts/train.py --fsdp); it has "
                          + ("one process" if accelerator.num_processes == 1 else
                             "an Accelerate FSDP config already: leave out one of the two"))
+    if args.logging_steps < 1:
+        raise SystemExit(f"--logging_steps {args.logging_steps}: give 1 or more (the losses are read every N steps)")
     claim_output_dir(args, accelerator)
-    check_vision_backbone(args)  # before the data: a wrong tower file stops the run at once
+    tokenizer, notes = check_towers(args)  # before the data: a tower that does not fit stops the run at once
+    for note in notes:
+        accelerator.print(note)
     run = build_data(args, accelerator, on_accelerator)
-    run.launch = launch
+    run.launch, run.tokenizer = launch, tokenizer
     build_model_and_loaders(run)
     build_optimization(run)
     run.started = time.time()
+    run.interval = (time.perf_counter(), run.state.global_step)
     run.graphs_before = compiled_graphs()
     run.progress = tqdm(total=run.max_steps, initial=run.state.global_step, desc="training",
                         disable=args.no_progress or not run.accelerator.is_local_main_process)
@@ -338,7 +331,8 @@ def make_accelerator(args) -> tuple[Accelerator, bool, dict]:
         "gradient_accumulation_steps": _setting_source(args.gradient_accumulation_steps,
                                                        "--gradient_accumulation_steps",
                                                        "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"),
-        "torch_compile": _setting_source(args.torch_compile, "--torch_compile", "ACCELERATE_DYNAMO_BACKEND"),
+        "torch_compile": _setting_source(args.torch_compile, "--torch_compile" if args.torch_compile else
+                                         "--no-torch_compile", "ACCELERATE_DYNAMO_BACKEND"),
     }
     accelerator.print(
         f"processes: {accelerator.num_processes}, device: {accelerator.device}, mixed precision: "
@@ -455,15 +449,10 @@ def build_model_and_loaders(run: Run) -> None:
     """The processor (a tokenizer trained on the data unless one is given), the model, the collator and the
     training and validation loaders (or the training stream)."""
     args, accelerator = run.args, run.accelerator
-    text_config = text_backbone_config(args)
-    run.processor = build_processor(args, run.train_data, accelerator)
-    check_tokenizer_fits(args, run.processor.tokenizer, text_config)
+    run.processor = build_processor(args, run.train_data, accelerator, tokenizer=run.tokenizer)
     answers = answer_vocabulary(run.train_data, args.num_answers) if "vqa" in run.tasks else None
     model = build_model(args, run.processor, run.tasks, class_names(run.train_data, run.val_data), answers)
     lock_towers(model, args)
-    warning = backbone_rate_warning(args)
-    if warning:
-        accelerator.print(warning)
     if args.memory_saving:
         model.set_memory_saving(True)
     if args.channels_last:
@@ -553,6 +542,8 @@ def _resume(run: Run) -> None:
         # groups of other options (--recipe, --decay_exclusions, --freeze_*, --backbone_learning_rate)
         raise SystemExit(f"cannot resume from {path}: {error}. Resume with the options the checkpoint was "
                          "trained with (its run's --recipe and optimiser options)") from None
+    # the clock the schedule and the time budget read, as the checkpoint left it (every process alike)
+    run.minutes = run.state.train_seconds / 60
     accelerator.print(f"resumed from {path} at step {run.state.global_step}")
 
 
@@ -636,7 +627,12 @@ def after_step(run: Run) -> bool:
     if not (any(due) or timed_out):
         return False
     logs = {"step": step, **_read_losses(run), "lr": run.optimizer.param_groups[0]["lr"]}
-    run.progress.set_postfix(loss=f"{logs['train_loss']:.3f}")
+    # training throughput since the last log, evaluations and checkpoints left out (the read above waited for the
+    # device, so the clock covers the steps' work); every process's samples
+    began, first = run.interval
+    samples = (step - first) * args.batch_size * accelerator.gradient_accumulation_steps * accelerator.num_processes
+    logs["train_samples_per_s"] = samples / max(time.perf_counter() - began, 1e-9)
+    run.progress.set_postfix(loss=f"{logs['train_loss']:.3f}", samples_per_s=f"{logs['train_samples_per_s']:.1f}")
     if due[1] or last:
         metrics = evaluate_multitask(run.model, run.val_loader, accelerator)
         logs.update(metrics)
@@ -652,6 +648,7 @@ def after_step(run: Run) -> bool:
         state.train_seconds, run.started = state.train_seconds + time.time() - run.started, time.time()
         save_checkpoint_atomically(accelerator, run.checkpoints_dir, step, args.save_total_limit,
                                    _sharded_saver(run))
+    run.interval = (time.perf_counter(), step)
     return last
 
 
@@ -782,6 +779,9 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         "num_processes": accelerator.num_processes, "bad_rows": dict(counter.counts), "converted": dict(counter.converted),
         "launch": launch or {},
     }
+    speeds = sorted(row["train_samples_per_s"] for row in state.history[1:] if "train_samples_per_s" in row)
+    if speeds:  # the median logging interval's, the first left out (it holds the warm-up: allocation, compiling)
+        results["train_samples_per_s"] = round(speeds[len(speeds) // 2], 3)
     if graphs is not None:
         results["compiled_graphs"] = graphs
     write_json(os.path.join(out, "history.json"), state.history)
@@ -799,9 +799,8 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         "tasks": args.tasks,
         "training": (f"recipe {args.recipe}: {state.global_step} steps, batch {args.batch_size} x "
                      f"{accelerator.num_processes} process(es), {'AdamW' if args.optimizer == 'adamw' else 'Adam'} lr "
-                     f"{args.learning_rate}"
-                     + (f" (pretrained towers {args.backbone_learning_rate})" if args.backbone_learning_rate else "")
-                     + f" ({args.lr_scheduler}, {args.warmup_steps} warm-up steps), weight decay "
+                     f"{args.learning_rate} ({args.lr_scheduler}, {args.warmup_steps} warm-up steps), "
+                     f"{describe_towers(args)}, weight decay "
                      f"{args.weight_decay}{' (not on biases, norms, embeddings)' if args.decay_exclusions else ''}, "
                      + (f"lr x {args.lr_decay_beta} when the validation loss stops falling (Formula 5), "
                         if args.lr_decay_beta < 1 else "")

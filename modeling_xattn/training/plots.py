@@ -18,24 +18,25 @@ def pyplot():
 
 
 def curve_panels(history: list[dict]) -> list[tuple[list[str], str]]:
-    """The panels of `plot_training_curves`: `(keys, title)` for the losses, the validation metrics, the ranks and
-    the learning rate."""
+    """The panels of `plot_training_curves`: `(keys, title)` for the losses, the validation metrics, the ranks, the
+    training throughput and the learning rate."""
     keys = sorted({k for row in history for k in row if k != "step" and isinstance(row[k], (int, float))})
     losses = [k for k in keys if "loss" in k]
     ranks = [k for k in keys if "rank" in k]
-    metrics = [k for k in keys if k not in losses and k not in ranks and k != "lr"]
+    speed = [k for k in keys if k.endswith("samples_per_s")]
+    metrics = [k for k in keys if k not in losses and k not in ranks and k not in speed and k != "lr"]
     return [(losses, "losses"), (metrics, "validation metrics"), (ranks, "validation ranks (lower is better)"),
-            (["lr"], "learning rate")]
+            (speed, "training samples/s"), (["lr"], "learning rate")]
 
 
 def plot_training_curves(history: list[dict], path: str) -> None:
     """A PNG of every loss and metric in `history` against the step: losses, the validation metrics (recall in %,
-    accuracy), the ranks (mean and median, on their own axis: in the hundreds, they would flatten recall) and the
-    learning rate."""
+    accuracy), the ranks (mean and median, on their own axis: in the hundreds, they would flatten recall), the
+    training samples per second and the learning rate."""
     plt = pyplot()
 
     panels = curve_panels(history)
-    figure, axes = plt.subplots(1, len(panels), figsize=(20, 4.5))
+    figure, axes = plt.subplots(1, len(panels), figsize=(24, 4.5))
     for ax, (group, title) in zip(axes, panels):
         for key in group:
             points = [(row["step"], row[key]) for row in history if key in row and math.isfinite(row[key])]

@@ -31,12 +31,20 @@ from modeling_xattn.modeling_xattn import (
 )
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training.data.synthetic import synthetic_dataset
-from modeling_xattn.training.evaluation import encode_gallery, markdown_table, recall_at_1_by_k, synchronize
+from modeling_xattn.training.evaluation import (
+    RERANK_BATCH_SIZE_ACCELERATOR,
+    RERANK_BATCH_SIZE_CPU,
+    encode_gallery,
+    markdown_table,
+    measure_pair_rate,
+    recall_at_1_by_k,
+    synchronize,
+)
 from modeling_xattn.training.hub import load_pretrained, load_processor
 from modeling_xattn.training.metrics import retrieval_metrics
 from modeling_xattn.training.options import option, parse_options
 
-SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision")
+SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision", "finetune", "rerank_batch")
 TARGETS = {
     "fusion": "<= 0.6x LXMERT's time",
     "generation": ">= 3x tokens/s with the cache",
@@ -45,6 +53,7 @@ TARGETS = {
     "retrieval": ">= 20x less time, R@1 within 1 point",
     "mfu": ">= 30% MFU on CPU",
     "memory": ">= 40% less peak memory when saving",
+    "rerank_batch": "the fastest batch is the default (64 on a CPU, 512 on an accelerator)",
 }
 
 
@@ -72,6 +81,11 @@ class BenchmarkArguments:
         "trained multi-task model folder for the retrieval figure (default: outputs/xattn if it exists, else an "
         "untrained tiny model)")
     smoke: bool = option(False, "tiny sizes everywhere (the tests use it; not a benchmark)")
+    combine: list[str] | None = option(
+        None,
+        "merge these benchmark.json files (runs of this command, e.g. scripts/gpu_figures.sh's bf16 and fp32 runs) "
+        "into one benchmark.json and benchmark.md in --output_dir, each run's table under its machine line",
+        nargs="+")
     batch_size: int = option(32)
     fusion_hidden: int = option(768)
     gallery_images: int = option(1000)
@@ -81,6 +95,8 @@ class BenchmarkArguments:
     new_tokens: int = option(30)
     generation_batch: int = option(8)
     model_size: str = option("base", "preset of the generation, training and inference figures")
+    finetune_steps: int = option(
+        40, "optimiser steps of the finetune section (`train()` with --recipe finetune; every 5th step logged)")
     precision_presets: str = option(
         "small:32,base:8",
         "the precision section's presets and batch sizes (preset:batch, comma-separated): each one's training step "
@@ -91,7 +107,7 @@ class BenchmarkArguments:
         if self.smoke:
             self.batch_size, self.fusion_hidden, self.gallery_images, self.top_k = 4, 64, 12, 4
             self.new_tokens, self.generation_batch, self.model_size = 6, 2, "tiny"
-            self.precision_presets = "tiny:2"
+            self.precision_presets, self.finetune_steps = "tiny:2", 4
             self.repeats, self.warmup = 1, 0
 
 
@@ -588,24 +604,105 @@ def bench_precision(args, device) -> dict:
     return result
 
 
+def published_towers(folder: Path) -> tuple[str, str]:
+    """Towers in their published formats with random weights, written to `folder`: an ALBERT folder with
+    albert-base-v2's shape (AlbertForMaskedLM's weights, a tokenizer in ALBERT's format) and a DenseNet121 state dict
+    as scripts/export_densenet.py writes it. What `--recipe finetune` loads, without a download."""
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    from modeling_xattn.configuration_xattn import ALBERT_BASE
+    from modeling_xattn.training.apps.export_densenet import export_densenet121
+
+    albert = folder / "albert-base-v2"
+    torch.manual_seed(0)
+    AlbertForMaskedLM(AlbertConfig(**ALBERT_BASE, architectures=["AlbertForMaskedLM"])).save_pretrained(albert)
+    rows = synthetic_dataset(100, seed=0)
+    train_albert_tokenizer([c for cs in rows["captions"] for c in cs] + list(rows["text"]), 1000).save_pretrained(albert)
+    densenet = folder / "densenet121.safetensors"
+    export_densenet121(str(densenet), weights="random")
+    return str(albert), str(densenet)
+
+
+def bench_finetune(args, device) -> dict:
+    """The fine-tuning recipe's step as `train.py --recipe finetune` runs it, through the training loop itself: the
+    base preset at 224 px from towers in their published formats (`published_towers`), batch --batch_size, bf16
+    autocast on CUDA unless --precision fp32 (a CPU takes the loop's own choice), for --finetune_steps steps. The
+    figure is the median of the loop's logged training throughput after its first interval (which holds the
+    warm-up), and the allocator's peak on CUDA."""
+    import tempfile
+
+    from modeling_xattn.training.loop import train
+    from modeling_xattn.training.options import TrainingOptions
+
+    steps, size = args.finetune_steps, args.batch_size
+    with tempfile.TemporaryDirectory() as folder:
+        text, vision = published_towers(Path(folder))
+        options = TrainingOptions(
+            recipe="finetune", text_backbone=text, vision_backbone=vision, output_dir=str(Path(folder) / "run"),
+            batch_size=size, max_steps=steps, logging_steps=max(steps // 8, 1), eval_steps=10 * steps,
+            save_steps=10 * steps, synthetic_samples=max(size * steps // 4, 4 * size), report_to="none",
+            no_progress=True, cpu=device.type == "cpu", image_size=64 if args.smoke else None,
+            mixed_precision=("bf16" if args.precision == "bf16" else "no") if device.type == "cuda" else None)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        train(options)
+        wall = time.perf_counter() - started
+        results = json.loads((Path(folder) / "run" / "train_results.json").read_text())
+    result = {"config": f"--recipe finetune, base preset at {options.image_size or 224} px, batch {size}, "
+                        f"{steps} steps, towers in published formats (random weights)",
+              "samples_per_s": results.get("train_samples_per_s"), "mixed_precision": results["launch"]["mixed_precision"],
+              "wall_s": wall}
+    if device.type == "cuda":
+        result["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result
+
+
+def bench_rerank_batch(args, device) -> dict:
+    """Pairs per second the matching head scores at each re-ranking batch size (`measure_pair_rate`, as
+    `evaluate.py --top_k auto` times it), on the retrieval model's encoded gallery: the batch `evaluate.py` uses is
+    the fastest one measured where it was chosen."""
+    model, processor, source = retrieval_model(args, device)
+    data = synthetic_dataset(min(args.gallery_images, 200), seed=1, captions_per_image=5)
+    captions = [c for cs in data["captions"] for c in cs]
+    with autocast(device, args.precision):
+        encoded = encode_gallery(model, processor, processor(images=list(data["image"]))["pixel_values"], captions)
+        sizes = (8, 16) if args.smoke else (32, 64, 128, 256) if device.type == "cpu" else (64, 128, 256, 512, 1024, 2048)
+        rates = {size: measure_pair_rate(model, encoded, size, timed_batches=3) for size in sizes}
+    default = RERANK_BATCH_SIZE_CPU if device.type == "cpu" else RERANK_BATCH_SIZE_ACCELERATOR
+    return {"config": f"pairs/s by batch, {len(data)} images x {len(captions)} captions, model: {source}",
+            "pairs_per_s": rates, "fastest": max(rates, key=rates.get), "default": default}
+
+
 BENCHMARKS = {"fusion": bench_fusion, "generation": bench_generation, "retrieval": bench_retrieval,
-              "training": bench_training, "inference": bench_inference, "precision": bench_precision}
+              "training": bench_training, "inference": bench_inference, "precision": bench_precision,
+              "finetune": bench_finetune, "rerank_batch": bench_rerank_batch}
 
 
 # ======================================================================================================= report
 
 
+def versions() -> str:
+    """The versions the figures depend on."""
+    import accelerate
+    import transformers
+
+    cuda = f", CUDA {torch.version.cuda}" if torch.cuda.is_available() else ""
+    return (f"torch {torch.__version__}{cuda}, transformers {transformers.__version__}, accelerate "
+            f"{accelerate.__version__}")
+
+
 def machine_description(device, precision: str) -> str:
     if device.type == "cuda":
         mode = "bf16 autocast" if precision == "bf16" else "fp32"
-        return f"{torch.cuda.get_device_name(device)} ({mode}), torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name(device)} ({mode}), {versions()}"
     cpu = platform.processor() or "cpu"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, fp32, torch {torch.__version__}"
+    return f"{cpu}, {torch.get_num_threads()} threads, fp32, {versions()}"
 
 
 def markdown(report: dict) -> str:
@@ -675,6 +772,16 @@ def markdown(report: dict) -> str:
                          f"bf16 {value['bf16_vs_fp32']:.2f}x, bf16+channels-last "
                          f"{value['bf16_channels_last_vs_fp32']:.2f}x, fp32+channels-last "
                          f"{value['fp32_channels_last_vs_fp32']:.2f}x of fp32's time", "use bf16 where < 1x"))
+    if "finetune" in r:
+        f = r["finetune"]
+        memory = f", allocator peak {f['peak_bytes'] / 2**30:.2f} GiB" if "peak_bytes" in f else ""
+        rows.append((f"fine-tuning step ({f['config']})", f"{f['samples_per_s']:.2f} samples/s "
+                     f"({f['mixed_precision']}){memory}", "", ""))
+    if "rerank_batch" in r:
+        b = r["rerank_batch"]
+        rows.append(("re-ranking pairs/s by batch", ", ".join(f"{size}: {rate:,.0f}" for size, rate in
+                                                           b["pairs_per_s"].items()),
+                     f"fastest {b['fastest']} (default {b['default']})", TARGETS["rerank_batch"]))
     if "inference" in r:
         i = r["inference"]
         for key, value in i.items():
@@ -688,9 +795,24 @@ def markdown(report: dict) -> str:
     return f"Machine: {report['machine']}. Command: `{report['command']}`.\n\n{table}\n"
 
 
+def combine(paths: list[str], output_dir: str) -> dict:
+    """One report from several runs' benchmark.json: their results side by side, one table per run."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    report = {"machine": runs[0]["machine"], "runs": runs}
+    (output / "benchmark.json").write_text(json.dumps(report, indent=2))
+    (output / "benchmark.md").write_text("\n".join(markdown(run) for run in runs))
+    return report
+
+
 def main(argv=None, description: str | None = None) -> dict:
     """Parse `argv` and run the sections it names (`scripts/benchmark.py` is this)."""
     args = parse_args(argv, description)
+    if args.combine:
+        report = combine(args.combine, args.output_dir)
+        print((Path(args.output_dir) / "benchmark.md").read_text())
+        return report
     if args._memory_probe:
         print(json.dumps(memory_probe(args)))
         return {}

@@ -96,7 +96,8 @@ def main(argv=None, description: str | None = None):
         raise SystemExit(f"{args.command} needs --text")
     if args.command == "rank-captions" and not args.captions:
         raise SystemExit("rank-captions needs --captions")
-    model = load_pretrained(args.model, args.revision).eval().to(inference_device(args.device))
+    device = inference_device(args.device)  # before the model is read: a device this machine lacks stops at once
+    model = load_pretrained(args.model, args.revision).eval().to(device)
     processor = load_processor(args.model, args.revision)
     paths, skipped, results = image_paths(args.images), [], []
     labels = model.config.id2label

@@ -101,7 +101,8 @@ class VisualizeArguments:
 def main(argv=None, description: str | None = None) -> str:
     """Draw the attention maps the command line asks for; returns the PNG's path."""
     (args,) = parse_options((VisualizeArguments,), argv, description or __doc__)
-    model = load_pretrained(args.model, args.revision, auto_class=AutoModel).eval().to(inference_device(args.device))
+    device = inference_device(args.device)  # before the model is read: a device this machine lacks stops at once
+    model = load_pretrained(args.model, args.revision, auto_class=AutoModel).eval().to(device)
     processor = load_processor(args.model, args.revision)
     image = to_rgb(Image.open(args.image))
     tokens, maps, cbam = attention_maps(model, processor, image, args.text)
