@@ -118,10 +118,13 @@ def test_long_text_is_truncated(processor, tmp_path):
 
 
 def test_vqa_soft_scores_follow_the_standard_formula():
-    vocab = {"yes": 0, "no": 1, "two": 2}
-    scores = vqa_soft_scores([["yes"] * 2 + ["no"] * 8, ["two"] * 3 + ["2"] * 7], vocab)
+    """min(#annotators / 3, 1), the answers normalised as the official evaluation normalises a prediction: "two",
+    "2" and "Two." are one answer, "2"."""
+    vocab = {"yes": 0, "no": 1, "2": 2}
+    scores = vqa_soft_scores([["yes"] * 2 + ["no"] * 8, ["two"] * 1 + ["Two."] + ["2"] * 8], vocab)
     torch.testing.assert_close(scores, torch.tensor([[2 / 3, 1.0, 0.0], [0.0, 0.0, 1.0]]))
-    assert answer_vocabulary({"answers": [["a", "b", "a"], ["b", "a"]]}, top_k=1) == ["a"]
+    assert answer_vocabulary({"answers": [["a", "b", "b"], ["b", "a"]]}, top_k=1) == ["b"]
+    assert answer_vocabulary({"answers": [["Two", "2", "the dog"]]}) == ["2", "dog"]
 
 
 def test_vqa_collation(processor):

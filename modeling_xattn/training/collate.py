@@ -16,6 +16,7 @@ from modeling_xattn.training.data.schema import (
     load_image,
     row_captions,
     stable_id,
+    vqa_answer_accuracy,
     vqa_soft_scores,
 )
 from modeling_xattn.training.tasks import TASK_TARGETS, missing_target_reason, row_targets, row_text
@@ -126,6 +127,9 @@ class XAttnCollator:
             scores = vqa_soft_scores(answers, self.answer_vocab)
             scores[~torch.tensor(with_text)] = NO_TARGET
             batch["labels"] = scores
+            # the official accuracy of every vocabulary answer (evaluation reads it at the prediction; the model
+            # takes and ignores it)
+            batch["vqa_answer_accuracy"] = vqa_answer_accuracy(answers, self.answer_vocab)
         batch["image_ids"] = torch.tensor([stable_id(i) for i in ids], dtype=torch.long)
         batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
         batch = self._for_head(batch)

@@ -6,7 +6,8 @@ ranking, and the results table.
     print(markdown_table(results))
 
 Classification gives accuracy and macro-F1; captioning BLEU-1..4, METEOR, ROUGE-L and CIDEr with the COCO toolkit;
-retrieval R@1/5/10 both directions, two-stage (the embeddings shortlist `top_k`, the matching head re-ranks).
+retrieval R@1/5/10 both directions, two-stage (the embeddings shortlist `top_k`, the matching head re-ranks), five
+captions per image as the COCO 5k and Flickr30k 1k protocols count them; VQA the official accuracy (data/vqa.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.schema import BadRowCounter
+from modeling_xattn.training.data.vqa import overall_accuracy, vqa_accuracy
 from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
 from modeling_xattn.training.metrics import caption_metrics, classification_metrics, recall_at_k, retrieval_metrics
 from modeling_xattn.training.plots import plot_caption_samples
@@ -65,10 +67,11 @@ def batches(dataset, collate, batch_size, progress=False, desc=None):
     bar.close()
 
 
-def image_id(row: dict, position: int) -> int | str:
-    """The id a results file gives a row's photo: its `image_id` (an integer when it is one, as COCO's are, so the
-    captions file matches COCO's own annotation files), or its position among the photos evaluated."""
-    value = row.get("image_id")
+def image_id(row: dict, position: int, key: str = "image_id") -> int | str:
+    """The id a results file gives a row's photo (or, with `key="question_id"`, its question): the row's own (an
+    integer when it is one, as COCO's and VQA's are, so the file matches their annotation files), or its position
+    among the rows evaluated."""
+    value = row.get(key)
     value = str(value) if value not in (None, "") else str(position)
     return int(value) if value.isdigit() else value
 
@@ -87,6 +90,40 @@ def evaluate_classification(model, processor, dataset, batch_size=32, progress=T
     if not predictions:
         return {}
     return classification_metrics(torch.cat(predictions), torch.cat(labels), model.config.num_labels)
+
+
+@torch.inference_mode()
+def evaluate_vqa(model, processor, dataset, batch_size=32, progress=True, counter=None,
+                 outputs: dict | None = None) -> dict:
+    """The official VQA accuracy (data/vqa.py: normalised answers, the 10-choose-9 average) of the model's top answer
+    for every question that has human answers, overall and per answer type, as percentages rounded to 2 places. A
+    model whose classifier is not a VQA one (trained on answers as soft scores) gives nothing. `outputs`, when given,
+    receives `vqa_results`, the official results file: `[{"question_id", "answer"}]`, every question (with or
+    without human answers)."""
+    if getattr(model.config, "problem_type", None) != "multi_label_classification":
+        return {}
+    answers = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    collate = XAttnCollator(processor, task="vqa", answer_vocab=answers, counter=counter, head="classification",
+                            with_row_index=True)
+    accuracies, by_type, results = [], {}, []
+    for rows, batch in batches(dataset, collate, batch_size, progress, "vqa"):
+        logits = model(pixel_values=batch["pixel_values"].to(model.device),
+                       input_ids=batch["input_ids"].to(model.device),
+                       attention_mask=batch["attention_mask"].to(model.device)).logits
+        for row, top in zip(rows, logits.argmax(-1).tolist()):
+            results.append({"question_id": image_id(row, len(results), "question_id"), "answer": answers[top]})
+            if row.get("answers"):
+                accuracy = vqa_accuracy(answers[top], list(row["answers"]))
+                accuracies.append(accuracy)
+                by_type.setdefault(row.get("answer_type") or "", []).append(accuracy)
+    if outputs is not None and results:
+        outputs["vqa_results"] = results
+    if not accuracies:
+        return {}
+    metrics = {"vqa_accuracy": overall_accuracy(accuracies), "questions": len(accuracies)}
+    metrics.update({f"vqa_accuracy_{kind}": overall_accuracy(values) for kind, values in sorted(by_type.items())
+                    if kind})
+    return metrics
 
 
 @torch.inference_mode()
@@ -257,11 +294,17 @@ def _plan_reranking(model, encoded, top_k, budget_seconds, batch_size, progress,
     return top_k, plan
 
 
+# The standard retrieval protocols (COCO's 5k Karpathy test, Flickr30k's 1k test, as ALBEF and BLIP report them)
+# count five captions per image; COCO gives some images six or seven, of which the first five count.
+CAPTIONS_PER_IMAGE = 5
+
+
 @torch.inference_mode()
 def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exhaustive=False, progress=True,
                        counter=None, rerank_budget=RERANK_BUDGET_SECONDS, rerank_batch_size=None,
-                       outputs: dict | None = None) -> dict:
-    """Gallery = the split's images and all their captions; any of an image's captions is a hit. `top_k`: one
+                       outputs: dict | None = None, captions_per_image: int = CAPTIONS_PER_IMAGE) -> dict:
+    """Gallery = the split's images and the first `captions_per_image` of each one's captions (0: all of them); any
+    of an image's captions is a hit. `top_k`: one
     shortlist size, one per direction (`{"i2t": 64, "t2i": 16}`, as `scripts/benchmark.py` picks them from its
     R@1-vs-k curve), or "auto" (`choose_shortlist` within `rerank_budget` seconds). `outputs`, when given, receives
     `retrieval`: each query's top 10 (`ranked_lists`)."""
@@ -276,6 +319,7 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
     for rows, batch in batches(dataset, collate, batch_size, progress, "retrieval: reading photos"):
         for row in rows:
             row_captions = [c for c in row["captions"] if c.strip()]
+            row_captions = row_captions[:captions_per_image] if captions_per_image else row_captions
             captions += row_captions
             owner += [len(ids)] * len(row_captions)
             ids.append(image_id(row, len(ids)))
@@ -352,7 +396,8 @@ def embedding_spread(image_embeds, text_embeds, owner) -> dict:
 
 def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_beams=None, max_new_tokens=None,
                    top_k="auto", exhaustive=False, java=True, progress=True, counter=None,
-                   rerank_budget=RERANK_BUDGET_SECONDS, outputs: dict | None = None) -> dict:
+                   rerank_budget=RERANK_BUDGET_SECONDS, outputs: dict | None = None,
+                   captions_per_image: int = CAPTIONS_PER_IMAGE) -> dict:
     """Every task of `tasks` the model has a head for, each on the rows that carry its target (a row without one is
     not a bad row). Returns `{task: metrics}` for the tasks that gave a result. `outputs`, when given, receives what
     the evaluation made besides its metrics (the captions, their references, the ranked lists), for
@@ -365,19 +410,24 @@ def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_be
     labelled = usable_rows(dataset, "classification", BadRowCounter())
     captioned = usable_rows(dataset, "captioning", BadRowCounter())
     results = {}
-    if "classification" in tasks and len(labelled):
+    if "classification" in tasks and len(labelled) and model.config.problem_type != "multi_label_classification":
         results["classification"] = evaluate_classification(model, processor, labelled, batch_size, progress, counter)
+    if "vqa" in tasks:
+        questioned = usable_rows(dataset, "vqa", BadRowCounter())
+        if len(questioned):
+            results["vqa"] = evaluate_vqa(model, processor, questioned, batch_size, progress, counter, outputs)
     if "captioning" in tasks and len(captioned) and getattr(model, "captioner", None) is not None:
         results["captioning"], _ = evaluate_captioning(model, processor, captioned, batch_size, num_beams,
                                                        max_new_tokens, progress, java, counter, outputs)
     if "retrieval" in tasks and len(captioned):
         results["retrieval"] = evaluate_retrieval(model, processor, captioned, batch_size, top_k, exhaustive,
-                                                  progress, counter, rerank_budget, outputs=outputs)
+                                                  progress, counter, rerank_budget, outputs=outputs,
+                                                  captions_per_image=captions_per_image)
     return {task: metrics for task, metrics in results.items() if metrics}
 
 
 PREDICTION_FILES = {"captions": "generated_captions.json", "references": "reference_captions.json",
-                    "retrieval": "retrieval_top10.json"}
+                    "retrieval": "retrieval_top10.json", "vqa_results": "vqa_results.json"}
 
 
 def write_predictions(outputs: dict, folder) -> list[str]:
@@ -409,16 +459,23 @@ def caption_samples(model, processor, dataset, count: int, path, num_beams=None,
                          str(path))
 
 
+# The paper's names for the standard figures (its Top-1/Top-5 are recall at 1 and 5, as ALBEF and BLIP report them).
+PAPER_NAMES = {"i2t_R@1": "Top-1 (image->text)", "i2t_R@5": "Top-5 (image->text)", "t2i_R@1": "Top-1 (text->image)",
+               "t2i_R@5": "Top-5 (text->image)", "Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "CIDEr": "CIDEr",
+               "METEOR": "METEOR", "accuracy": "accuracy", "vqa_accuracy": "VQA accuracy"}
+
+
 def markdown_table(rows, columns=None) -> str:
-    """One markdown table writer. `rows` is `{task: {metric: value}}` (rendered as task | metric | value), or a list
-    of dicts rendered with `columns` (default: the first dict's keys). Floats get 4 significant digits."""
+    """One markdown table writer. `rows` is `{task: {metric: value}}` (rendered as task | metric | value | the
+    paper's name for it), or a list of dicts rendered with `columns` (default: the first dict's keys). Floats get 4
+    significant digits."""
     def shown(value):
         return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
     if isinstance(rows, dict):
-        rows = [{"task": task, "metric": key, "value": value}
+        rows = [{"task": task, "metric": key, "value": value, "paper": PAPER_NAMES.get(key, "")}
                 for task, metrics in rows.items() for key, value in metrics.items()]
-        columns = ["task", "metric", "value"]
+        columns = ["task", "metric", "value", "paper"]
     columns = columns or (list(rows[0]) if rows else [])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(shown(row.get(column)) for column in columns) + " |" for row in rows]
@@ -447,9 +504,10 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
                 total = accelerator.gather_for_metrics(value.detach().float().reshape(1) * size).sum()
                 sums[key] = sums.get(key, 0.0) + float(total)
         count += int(accelerator.gather_for_metrics(torch.tensor([size], device=accelerator.device)).sum())
-        if out.logits is not None and "labels" in batch and batch["labels"].dim() == 2:  # VQA soft scores
+        if out.logits is not None and "vqa_answer_accuracy" in batch:  # VQA: the official accuracy of the top answer
             answered = ~(batch["labels"] == -100).any(-1)  # rows without a question carry -100
-            scores = batch["labels"][answered].gather(1, out.logits[answered].argmax(-1, keepdim=True)).squeeze(1)
+            table = batch["vqa_answer_accuracy"][answered]
+            scores = table.gather(1, out.logits[answered].argmax(-1, keepdim=True)).squeeze(1)
             vqa_sum += float(accelerator.gather_for_metrics(scores).sum())
             vqa_count += int(accelerator.gather_for_metrics(torch.tensor([len(scores)], device=accelerator.device)).sum())
         if out.logits is not None and "labels" in batch and batch["labels"].dim() == 1:
@@ -469,7 +527,7 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     if labelled:
         metrics["val_accuracy"] = 100.0 * correct / labelled
     if vqa_count:
-        metrics["val_vqa_accuracy"] = 100.0 * vqa_sum / vqa_count  # min(#annotators / 3, 1) of the top answer
+        metrics["val_vqa_accuracy"] = 100.0 * vqa_sum / vqa_count  # the official accuracy (10-choose-9 average)
     if image_embeds:
         images, texts, all_ids = torch.cat(image_embeds), torch.cat(text_embeds), torch.cat(ids)
         similarity = -unwrapped.retrieval.distance(images, texts)

@@ -35,8 +35,9 @@ class DataArguments:
 
     _argument_group_name = "data"
 
-    dataset: Literal["synthetic", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "mvsa"] = option(
-        "synthetic")
+    dataset: Literal["synthetic", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "karpathy_hub",
+                     "flickr30k_hub", "vqa", "vqa_hub", "mvsa"] = option(
+        "synthetic", "the source (docs/data.md: what each reads and needs)")
     data_dir: str | None = option(
         None,
         "imagefolder / MVSA root / COCO or Karpathy image folder / folder of WebDataset shards (train-*.tar, "
@@ -46,6 +47,12 @@ class DataArguments:
     dataset_name: str | None = option(None, "Hub dataset id (with --dataset hub)")
     dataset_config_name: str | None = option(None)
     dataset_revision: str | None = option(None, "Hub dataset revision (commit) to pin")
+    image_root: str | None = option(
+        None, "the image folder a Hub metadata copy's file paths are relative to (--dataset karpathy_hub: COCO's "
+        "folder holding train2014/ and val2014/)")
+    split_column: str | None = option(
+        None, "a column holding each row's split (train / val / test), for a Hub copy that keeps every split in one "
+        "(--dataset flickr30k_hub reads nlphuji's 'split')")
     image_column: str = option("image")
     caption_column: str = option("captions")
     text_column: str = option("text")

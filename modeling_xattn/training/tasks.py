@@ -37,7 +37,7 @@ REGISTRY = {task.name: task for task in (
     Task("captioning", "caption", "captioner", ("loss_seq",), ("lambda_seq",),
          ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")),
     # VQA: answers as classes on the classifier (soft scores), trained only when asked for
-    Task("vqa", "question", "classifier", ("loss_ce",), ("lambda_ce",), ("vqa_accuracy",), auto=False, evaluated=False),
+    Task("vqa", "question", "classifier", ("loss_ce",), ("lambda_ce",), ("vqa_accuracy",), auto=False),
 )}
 TASKS = tuple(REGISTRY)
 EVALUATED_TASKS = tuple(name for name, task in REGISTRY.items() if task.evaluated)

@@ -15,6 +15,7 @@ from typing import Literal
 from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.data.sources import load_split, undecoded
 from modeling_xattn.training.evaluation import (
+    CAPTIONS_PER_IMAGE,
     RERANK_BUDGET_SECONDS,
     TASKS,
     caption_samples,
@@ -50,6 +51,10 @@ class EvaluateArguments:
     caption_samples: int = option(
         0, "write caption_samples.png with this many photos and their generated and reference captions")
     exhaustive: bool = option(False, "score every image-text pair by cross-attention")
+    captions_per_image: int = option(
+        CAPTIONS_PER_IMAGE,
+        "retrieval: the first N captions of each image form the gallery (5: the COCO 5k and Flickr30k 1k test "
+        "protocols; 0: all)")
     no_java: bool = option(False, "caption metrics without Java (no METEOR)")
     output_dir: str | None = option(
         None, "where to write eval_results.{json,md} and the predictions (default: the model folder if local)")
@@ -89,13 +94,16 @@ def main(argv=None, description: str | None = None) -> dict:
     outputs = {}
     results = evaluate_model(model, processor, dataset, tasks, args.batch_size, args.num_beams, args.max_new_tokens,
                              top_k, args.exhaustive, java=not args.no_java, progress=not args.no_progress,
-                             counter=counter, rerank_budget=args.rerank_budget, outputs=outputs)
+                             counter=counter, rerank_budget=args.rerank_budget, outputs=outputs,
+                             captions_per_image=args.captions_per_image)
     if not results:  # nothing to report: leave any earlier eval_results.json as it was
         labelled = len(usable_rows(dataset, "classification", BadRowCounter()))
         captioned = len(usable_rows(dataset, "captioning", BadRowCounter()))
+        questions = len(usable_rows(dataset, "vqa", BadRowCounter()))
         raise SystemExit(f"nothing evaluated: the {args.split} split ({len(dataset)} rows: {labelled} with a "
-                         f"label, {captioned} with captions) gave no result for --tasks {args.tasks} and this "
-                         f"model. {counter.summary()}")
+                         f"label, {captioned} with captions, {questions} with a question) gave no result for --tasks "
+                         f"{args.tasks} and this model (VQA needs a model trained with --tasks vqa). "
+                         f"{counter.summary()}")
     os.makedirs(output_dir, exist_ok=True)
     if args.caption_samples and "captioning" in results:
         captioned = usable_rows(dataset, "captioning", BadRowCounter())

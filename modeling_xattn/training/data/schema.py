@@ -7,6 +7,8 @@ Schema (every loader returns these columns; a task ignores what it does not use)
     label     - class id for classification, -100 (`NO_TARGET`) when unlabelled
     answers   - list of human answers for VQA (empty when there are none)
     image_id  - an identifier of the image (several captions of one image share it)
+and beside them, for VQA: question (the question where `text` is a statement), question_id and answer_type (as the
+official files give them; "" elsewhere).
 
 Unreadable, truncated or missing images and decompression bombs are refused by `load_image` and counted by the
 callers in `BadRowCounter`; non-UTF-8 text is converted (`clean_text`)."""
@@ -24,8 +26,10 @@ import torch
 from PIL import Image
 
 from modeling_xattn.configuration_xattn import SENTIMENT_LABELS
+from modeling_xattn.training.data.vqa import answer_accuracies, normalize_answer
 
 SCHEMA = ("image", "text", "captions", "label", "answers", "image_id")
+VQA_COLUMNS = ("question", "question_id", "answer_type")  # beside the schema, "" where a source has none
 
 
 NO_TARGET = -100  # "no target" for a row, in labels everywhere (transformers' losses ignore -100)
@@ -131,19 +135,32 @@ def stable_id(value) -> int:
 
 
 def vqa_soft_scores(answers: list[list[str]], vocab: dict[str, int]) -> torch.Tensor:
-    """The standard VQA target: score(a) = min(#annotators who gave a / 3, 1) for each answer in the vocabulary."""
+    """The standard VQA target: score(a) = min(#annotators who gave a / 3, 1) for each answer in the vocabulary,
+    the answers normalised as the official evaluation normalises a prediction (`normalize_answer`)."""
     scores = torch.zeros(len(answers), len(vocab))
     for row, given in enumerate(answers):
-        for answer, count in Counter(clean_text(a).lower() for a in given).items():
+        for answer, count in Counter(normalize_answer(clean_text(a)) for a in given).items():
             if answer in vocab:
                 scores[row, vocab[answer]] = vqa_score(count)
     return scores
 
 
+def vqa_answer_accuracy(answers: list[list[str]], vocab: dict[str, int]) -> torch.Tensor:
+    """For each row and each vocabulary answer, the official VQA accuracy that answer would score (`vqa.py`: the
+    10-choose-9 average against the row's human answers): evaluation reads it at the predicted answer."""
+    table = torch.zeros(len(answers), len(vocab))
+    for row, given in enumerate(answers):
+        for answer, accuracy in answer_accuracies([clean_text(a) for a in given]).items():
+            if answer in vocab:
+                table[row, vocab[answer]] = accuracy
+    return table
+
+
 def answer_vocabulary(dataset, top_k: int = 3129) -> list[str]:
-    """The `top_k` most frequent answers (VQAv2's usual 3129), most frequent first."""
-    counts = Counter(clean_text(a).lower() for answers in dataset["answers"] for a in answers)
-    return [a for a, _ in counts.most_common(top_k)]
+    """The `top_k` most frequent answers (VQAv2's usual 3129), normalised as the official evaluation normalises a
+    prediction, most frequent first."""
+    counts = Counter(normalize_answer(clean_text(a)) for answers in dataset["answers"] for a in answers)
+    return [a for a, _ in counts.most_common(top_k) if a]
 
 
 def to_schema(rows: list[dict], class_names: list[str] | None = None):
@@ -157,8 +174,9 @@ def to_schema(rows: list[dict], class_names: list[str] | None = None):
         row.setdefault("captions", [])
         row["label"] = label_id(row.get("label"), class_names)
         row.setdefault("answers", [])
-        row.setdefault("question", "")
-    columns = {key: [row.get(key) for row in rows] for key in (*SCHEMA, "question")}
+        for key in VQA_COLUMNS:
+            row[key] = "" if row.get(key) is None else str(row[key])
+    columns = {key: [row.get(key) for row in rows] for key in (*SCHEMA, *VQA_COLUMNS)}
     columns["image_id"] = [str(v) for v in columns["image_id"]]
     dataset = datasets.Dataset.from_dict(columns)
     return dataset.cast_column("label", datasets.ClassLabel(names=class_names)) if class_names else dataset

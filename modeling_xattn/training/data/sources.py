@@ -1,7 +1,12 @@
-"""Data sources: a local imagefolder with `metadata.jsonl` (and Flickr8k's official files turned into one), CSV/JSONL
-tables, any Hub dataset with a column mapping, COCO caption files, Karpathy split files, MVSA, WebDataset shards and
-the embedded dataset, each read into the common schema (`schema.py`); the data options; and `load_split`, the split
-and hold-out policy every command shares."""
+"""Data sources, as one table (`SOURCES`, as LAVIS's dataset builders are): each source is a loader of its splits into
+the common schema (`schema.py`) and one entry; `load_split` is the split and hold-out policy every command shares.
+
+The sources: the embedded dataset; a local imagefolder with `metadata.jsonl` (and Flickr8k's official files turned
+into one); CSV/JSONL tables; any Hub dataset with a column mapping; COCO caption files; the Karpathy split files of
+COCO and Flickr30k (`dataset_coco.json`, `dataset_flickr30k.json`); the Hub's Karpathy metadata of COCO joined with a
+local image folder; the Hub's parquet copy of Flickr30k with its Karpathy `split` column; VQAv2 from its official
+files and from the Hub's parquet copy; MVSA; WebDataset shards. Adding one: a loader, one `Source` entry, one
+fixture test of its published schema."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import logging
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -30,6 +37,7 @@ from modeling_xattn.training.data.schema import (
 )
 from modeling_xattn.training.data.shards import load_shards
 from modeling_xattn.training.data.synthetic import synthetic_dataset
+from modeling_xattn.training.data.vqa import official_vqa_rows
 from modeling_xattn.training.options import data_options
 
 logger = logging.getLogger(__name__)
@@ -178,7 +186,8 @@ def _imagefolder_rows(folder: Path, caption_column, text_column, label_column, c
 def map_columns(dataset, image_column="image", caption_column=None, text_column=None, label_column=None,
                 answers_column=None, id_column=None, question_column=None):
     """Rename/convert a dataset's columns to the schema (as transformers' example scripts take `--image_column`...);
-    a `datasets.Dataset` or an `IterableDataset`."""
+    a `datasets.Dataset` or an `IterableDataset`. A VQA copy's `question_id` and `answer_type` columns are kept as
+    they are named (the official results file and the per-type accuracy read them)."""
     import datasets
 
     names = set(dataset.column_names)
@@ -199,21 +208,56 @@ def map_columns(dataset, image_column="image", caption_column=None, text_column=
             "answers": answers or [],
             "question": clean_text(row.get(question_column)) if question_column in names else "",
             "image_id": str(row.get(id_column, index)) if id_column in names else str(index),
+            "question_id": str(row["question_id"]) if "question_id" in names else "",
+            "answer_type": str(row.get("answer_type") or "") if "answer_type" in names else "",
         }
 
     keep = [c for c in dataset.column_names if c == image_column]
     progress = {"desc": "mapping columns"} if isinstance(dataset, datasets.Dataset) else {}  # a stream maps lazily
-    return dataset.map(convert, with_indices=True, remove_columns=[c for c in dataset.column_names if c not in keep],
-                       **progress)
+    mapped = dataset.map(convert, with_indices=True, remove_columns=[c for c in dataset.column_names if c not in keep],
+                         **progress)
+    # an output named as an input column keeps the input's type (an int64 image_id): ids are strings in the schema
+    features = getattr(mapped, "features", None) or {}
+    for name in ("image_id", "question_id", "answer_type"):
+        if name in features and features[name] != datasets.Value("string"):
+            mapped = mapped.cast_column(name, datasets.Value("string"))
+    return mapped
 
 
 def load_hub_dataset(name: str, split: str = "train", config_name: str | None = None, revision: str | None = None,
-                     **column_mapping):
-    """Any Hub dataset by name with a column mapping (needs the Hub). Settings for the usual ones are in README:
-    COCO Karpathy (`yerevann/coco-karpathy`), Flickr30k (`nlphuji/flickr30k`), VQAv2 (`HuggingFaceM4/VQAv2`)."""
+                     split_column: str | None = None, split_value: str | None = None, **column_mapping):
+    """Any Hub dataset (or a local folder of its data files) by name with a column mapping; with `split_column`,
+    only the rows whose `split_column` is `split_value` (a copy that keeps every split in one)."""
     import datasets
 
-    return map_columns(datasets.load_dataset(name, config_name, split=split, revision=revision), **column_mapping)
+    data = datasets.load_dataset(name, config_name, split=split, revision=revision)
+    if split_column:
+        if split_column not in data.column_names:
+            raise ValueError(f"{name}: no {split_column!r} column to take the {split_value!r} rows by; it has "
+                             f"{data.column_names}")
+        values = data[split_column]
+        data = data.select([index for index, value in enumerate(values) if value == split_value])
+    return map_columns(data, **column_mapping)
+
+
+def load_karpathy_hub(name: str, split: str, image_root: str, revision: str | None = None):
+    """The Hub's metadata copy of COCO's Karpathy splits (yerevann/coco-karpathy: one row per photo with `filepath`
+    ("val2014"), `filename`, `sentences` (the raw captions), `cocoid`, `split`, `url`; no image column) joined with
+    the COCO images in `image_root` (`image_root/filepath/filename`, as the official zips unpack them). Its `train`
+    split holds Karpathy's train and restval photos, as `dataset_coco.json` read with `--dataset karpathy` does."""
+    import datasets
+
+    if not image_root:
+        raise ValueError("--dataset karpathy_hub joins the Hub's metadata with local images: give --image_root (the "
+                         "folder holding train2014/ and val2014/)")
+    data = datasets.load_dataset(name, split=split, revision=revision)
+    rows = []
+    for row in data:
+        sentences = row["sentences"]
+        captions = [s["raw"] if isinstance(s, dict) else s for s in (sentences or [])]
+        rows.append({"image": str(Path(image_root, row.get("filepath") or "", row["filename"])),
+                     "captions": [clean_text(c) for c in captions], "image_id": row.get("cocoid", row.get("imgid"))})
+    return to_schema(rows)
 
 
 def load_table(path: str, image_dir: str | None = None, image_column="image", caption_column="captions",
@@ -356,6 +400,22 @@ def load_mvsa(root: str, seed: int = 0, counter: BadRowCounter | None = None):
     return datasets.DatasetDict({name: to_schema([rows[i] for i in idx]) for name, idx in splits.items()})
 
 
+def load_vqa(root: str, split: str, counter: BadRowCounter | None = None):
+    """VQAv2 from its official files under `root` (questions, annotations, `train2014/` and `val2014/` images, as the
+    download unpacks them; `data/vqa.py`): one row per question with its ten human answers; a question whose image
+    file is missing is skipped and counted."""
+    counter = counter if counter is not None else BadRowCounter()
+    rows = []
+    for row in official_vqa_rows(root, split):
+        if not Path(row["image"]).is_file():
+            counter.add("image file missing", f"question {row['question_id']} ({Path(row['image']).name})")
+            continue
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"--data_dir {root}: no question of the {split} split has its image file ({counter.summary()})")
+    return to_schema(rows)
+
+
 def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_validation: bool = False):
     """The `split` ("train", "validation" or "test") of the dataset that `args` (typed data options: `DataOptions`,
     `TrainingOptions`, or a dict of them) names, in the common schema.
@@ -401,12 +461,6 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
     return data
 
 
-# Sources that `--streaming` reads: their validation rows, where they have no validation split, are chosen by a
-# hash of the image id (`held_out_by_id`), whether the source is streamed or read whole, so that evaluating a model
-# trained on a stream scores the very rows that training held out.
-STREAMABLE = ("webdataset", "hub")
-
-
 def held_out_by_id(image_id, fraction: float, seed: int = 0) -> bool:
     """Whether the row of `image_id` is one of the `fraction` held out for validation: a hash of the id and the seed,
     so every process, epoch and reading order agrees."""
@@ -422,52 +476,162 @@ def _held_out(full, split, args):
     return parts["train"] if split == "train" else parts["test"]
 
 
+@dataclass(frozen=True)
+class Source:
+    """One data source: `splits(args, counter)` returns the splits the source itself has, each a function that loads
+    it (nothing is read before it is needed); `needs` names the options it takes, `hub` the Hub dataset and revision
+    it reads by default (`--dataset_name` / `--dataset_revision` override them); `streamable` sources are read by
+    `--streaming`, and their held-out validation rows are chosen by a hash of the image id (`held_out_by_id`)."""
+
+    name: str
+    splits: Callable
+    needs: str
+    hub: tuple[str, str | None] | None = None
+    streamable: bool = False
+
+    def describe(self, args) -> str:
+        if self.hub or self.name == "hub":
+            return f"Hub dataset {hub_name(args)}"
+        if self.name == "synthetic":
+            return "the embedded dataset"
+        return f"{self.name} source {args.data_dir or args.data_file}"
+
+
+def hub_name(args) -> str:
+    """The Hub dataset a source reads: `--dataset_name`, else the source's own."""
+    default = SOURCES[args.dataset].hub
+    return args.dataset_name or (default[0] if default else "")
+
+
+def hub_revision(args) -> str | None:
+    """`--dataset_revision`, else the source's own (none for a local folder of the data files)."""
+    default = SOURCES[args.dataset].hub
+    if args.dataset_revision or Path(hub_name(args)).is_dir():
+        return args.dataset_revision
+    return default[1] if default else None
+
+
+def _columns(args) -> dict:
+    return dict(caption_column=args.caption_column, text_column=args.text_column, label_column=args.label_column)
+
+
+def _eager(parts) -> dict:
+    return {name: (lambda part=part: part) for name, part in parts.items()}
+
+
+def _synthetic_splits(args, counter):
+    knobs = dict(objects=args.synthetic_objects, num_colours=args.synthetic_colours,
+                 num_shapes=args.synthetic_shapes, min_objects=args.synthetic_min_objects)
+    return {"train": lambda: synthetic_dataset(args.synthetic_samples, seed=args.data_seed, **knobs),
+            "test": lambda: synthetic_dataset(args.synthetic_test_samples, seed=args.data_seed + 1, **knobs)}
+
+
+def _hub_splits(args, counter, **fixed):
+    """A Hub dataset's own splits (SPLIT_FOLDERS names them), each loaded with the column mapping; with
+    `--split_column`, the splits a one-split copy names in that column."""
+    import datasets
+
+    mapping = dict(image_column=args.image_column, answers_column=args.answers_column, **_columns(args))
+    mapping.update(fixed)
+    if args.split_column:
+        return _split_column_splits(args, mapping)
+    name, revision = hub_name(args), hub_revision(args)
+    names = datasets.get_dataset_split_names(name, args.dataset_config_name, revision=revision)
+    canonical = {SPLIT_FOLDERS.get(split, split): split for split in names}
+    return {split: (lambda hub=hub: load_hub_dataset(name, hub, args.dataset_config_name, revision=revision,
+                                                     **mapping))
+            for split, hub in canonical.items()}
+
+
+def _split_column_splits(args, mapping):
+    """A copy that keeps every split in one Hub split and names each row's in `--split_column` (train/val/test)."""
+    import datasets
+
+    name, revision = hub_name(args), hub_revision(args)
+    (only, *rest) = datasets.get_dataset_split_names(name, args.dataset_config_name, revision=revision)
+    if rest:
+        raise ValueError(f"--split_column {args.split_column}: {name} has several splits ({[only, *rest]}); the "
+                         "column is for a copy that keeps every split in one")
+    values = {"train": "train", "validation": "val", "test": "test"}
+    return {split: (lambda value=value: load_hub_dataset(name, only, args.dataset_config_name, revision=revision,
+                                                         split_column=args.split_column, split_value=value,
+                                                         **mapping))
+            for split, value in values.items()}
+
+
+def _flickr30k_hub_splits(args, counter):
+    # nlphuji/flickr30k's parquet copy: image, caption (the five), sentids, split (train/val/test), img_id, filename
+    args = _with_defaults(args, split_column="split")
+    return _split_column_splits(args, dict(image_column="image", caption_column="caption", id_column="img_id"))
+
+
+def _vqa_hub_splits(args, counter):
+    # lmms-lab/VQAv2: question_type, multiple_choice_answer, answers [{answer, answer_confidence, answer_id}],
+    # image_id, answer_type, question_id, question, image; splits validation, testdev, test (no answers in the last two)
+    return _hub_splits(args, counter, image_column="image", text_column="question", question_column="question",
+                       answers_column="answers", id_column="image_id")
+
+
+def _with_defaults(args, **values):
+    """`args` with `values` where the options were left empty."""
+    import copy
+
+    changed = copy.copy(args)
+    for name, value in values.items():
+        if not getattr(changed, name, None):
+            setattr(changed, name, value)
+    return changed
+
+
+def _files(args, load) -> dict:
+    files = {"train": args.data_file, "validation": args.validation_file}
+    return {name: (lambda path=path: load(path)) for name, path in files.items() if path}
+
+
+SOURCES = {source.name: source for source in (
+    Source("synthetic", _synthetic_splits, "nothing: drawn from --data_seed"),
+    Source("imagefolder", lambda args, counter: _eager(load_imagefolder(args.data_dir, split=None, counter=counter,
+                                                                        **_columns(args))),
+           "--data_dir (images + metadata.jsonl, at the top or in train/, validation/, test/)"),
+    Source("table", lambda args, counter: _files(args, lambda path: load_table(
+        path, args.data_dir, image_column=args.image_column, **_columns(args))),
+           "--data_file (CSV/JSONL, image paths relative to --data_dir) [--validation_file]"),
+    Source("hub", _hub_splits, "--dataset_name [--dataset_revision --split_column] and the column options",
+           streamable=True),
+    Source("webdataset", lambda args, counter: _eager(load_shards(args.data_dir)),
+           "--data_dir (train-*.tar, validation-*.tar)", streamable=True),
+    Source("coco", lambda args, counter: _files(args, lambda path: load_coco_captions(path, args.data_dir)),
+           "--data_file captions_train2017.json [--validation_file captions_val2017.json] --data_dir train2017/"),
+    Source("karpathy", lambda args, counter: {
+        name: (lambda name=name: load_karpathy(args.data_file, args.data_dir, name))
+        for name in ("train", "validation", "test")},
+           "--data_file dataset_coco.json or dataset_flickr30k.json --data_dir (the images)"),
+    Source("karpathy_hub", lambda args, counter: {
+        name: (lambda name=name: load_karpathy_hub(hub_name(args), name, args.image_root, hub_revision(args)))
+        for name in ("train", "validation", "test")},
+           "--image_root (COCO's train2014/ and val2014/)", hub=("yerevann/coco-karpathy", None)),
+    Source("flickr30k_hub", _flickr30k_hub_splits, "nothing else: the images are in the parquet files",
+           hub=("nlphuji/flickr30k", "refs/convert/parquet")),
+    Source("vqa", lambda args, counter: {
+        name: (lambda name=name: load_vqa(args.data_dir, name, counter)) for name in ("train", "validation")},
+           "--data_dir (the official questions, annotations, train2014/ and val2014/)"),
+    Source("vqa_hub", _vqa_hub_splits, "nothing else: the images are in the parquet files",
+           hub=("lmms-lab/VQAv2", None)),
+    Source("mvsa", lambda args, counter: _eager(load_mvsa(args.data_dir, seed=args.data_seed, counter=counter)),
+           "--data_dir (MVSA-Single or MVSA-Multiple: data/ and labelResultAll.txt)"),
+)}
+STREAMABLE = tuple(name for name, source in SOURCES.items() if source.streamable)
+
+
 def _source_name(args) -> str:
-    if args.dataset == "hub":
-        return f"Hub dataset {args.dataset_name}"
-    if args.dataset == "synthetic":
-        return "the embedded dataset"
-    return f"{args.dataset} source {args.data_dir or args.data_file}"
+    return SOURCES[args.dataset].describe(args)
 
 
 def source_splits(args, counter) -> dict:
     """The splits the source itself has, each as a function that loads it (nothing is read before it is needed)."""
-    columns = dict(caption_column=args.caption_column, text_column=args.text_column, label_column=args.label_column)
-    if args.dataset == "synthetic":
-        knobs = dict(objects=args.synthetic_objects, num_colours=args.synthetic_colours,
-                     num_shapes=args.synthetic_shapes, min_objects=args.synthetic_min_objects)
-        return {"train": lambda: synthetic_dataset(args.synthetic_samples, seed=args.data_seed, **knobs),
-                "test": lambda: synthetic_dataset(args.synthetic_test_samples, seed=args.data_seed + 1, **knobs)}
-    if args.dataset == "mvsa":
-        splits = load_mvsa(args.data_dir, seed=args.data_seed, counter=counter)
-        return {name: (lambda part=part: part) for name, part in splits.items()}
-    if args.dataset == "imagefolder":
-        splits = load_imagefolder(args.data_dir, split=None, counter=counter, **columns)
-        return {name: (lambda part=part: part) for name, part in splits.items()}
-    if args.dataset == "karpathy":
-        return {name: (lambda name=name: load_karpathy(args.data_file, args.data_dir, name))
-                for name in ("train", "validation", "test")}
-    if args.dataset == "hub":
-        import datasets
-
-        mapping = dict(image_column=args.image_column, answers_column=args.answers_column, **columns)
-        names = datasets.get_dataset_split_names(args.dataset_name, args.dataset_config_name,
-                                                 revision=args.dataset_revision)
-        canonical = {SPLIT_FOLDERS.get(name, name): name for name in names}
-        return {split: (lambda name=name: load_hub_dataset(args.dataset_name, name, args.dataset_config_name,
-                                                           revision=args.dataset_revision, **mapping))
-                for split, name in canonical.items()}
-    if args.dataset == "webdataset":
-        splits = load_shards(args.data_dir)
-        return {name: (lambda part=part: part) for name, part in splits.items()}
-    if args.dataset == "coco":
-        files = {"train": args.data_file, "validation": args.validation_file}
-        return {name: (lambda path=path: load_coco_captions(path, args.data_dir)) for name, path in files.items() if path}
-    if args.dataset == "table":
-        files = {"train": args.data_file, "validation": args.validation_file}
-        return {name: (lambda path=path: load_table(path, args.data_dir, image_column=args.image_column, **columns))
-                for name, path in files.items() if path}
-    raise ValueError(f"--dataset {args.dataset!r} is not a known source")
+    if args.dataset not in SOURCES:
+        raise ValueError(f"--dataset {args.dataset!r} is not a known source; choose one of {sorted(SOURCES)}")
+    return SOURCES[args.dataset].splits(args, counter)
 
 
 def undecoded(dataset):
