@@ -15,7 +15,7 @@ HUB_FILES = ("configuration_xattn", "modeling_xattn", "processing_xattn", "pipel
 # Each module's layer: a module may import from its own layer or a lower one, never a higher one.
 LAYERS = {
     0: ["modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES)],  # what ships next to the weights
-    1: ["modeling_xattn.training.data.schema", "modeling_xattn.training.data.synthetic",
+    1: ["modeling_xattn.training.data.vqa", "modeling_xattn.training.data.schema", "modeling_xattn.training.data.synthetic",
         "modeling_xattn.training.distributed", "modeling_xattn.training.options", "modeling_xattn.training.compilation",
         "modeling_xattn.training.sharding", "modeling_xattn.training.towers"],
     2: ["modeling_xattn.training.data.shards", "modeling_xattn.training.data.sources",
@@ -159,7 +159,7 @@ def test_every_task_is_declared_once_and_matches_the_model():
         assert any(task.target in targets for targets in TASK_TARGETS.values()), name
     assert set(HEAD_PREFIXES) == {task.head for task in REGISTRY.values()}  # every head serves a task
     assert set(LOSS_KEYS) == {field for field in outputs if field.startswith("loss_")}  # every loss has its task
-    assert evaluation.TASKS == EVALUATED_TASKS == ("classification", "retrieval", "captioning")
+    assert evaluation.TASKS == EVALUATED_TASKS == ("classification", "retrieval", "captioning", "vqa")
 
 
 def test_a_run_weighs_only_the_losses_of_its_tasks():

@@ -19,7 +19,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 README = "\n".join(path.read_text(encoding="utf-8") for path in PAGES)
 BIN = Path(sys.executable).parent  # the virtual environment's scripts
 PYTHONS = {"python", "python3", ".venv/bin/python"}
-SYSTEM = {"git", "cd", "export"}  # shell built-ins and tools any clone already used
+SYSTEM = {"git", "cd", "export", "bash"}  # shell built-ins and tools any clone already used
 
 
 def fenced_commands() -> list[list[str]]:

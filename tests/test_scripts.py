@@ -224,7 +224,7 @@ def test_ablation_passes_every_data_option_to_training():
 def test_a_missing_card_template_is_a_clear_error(trained, tmp_path):
     from modeling_xattn.training.publishing import build_card
 
-    with pytest.raises(FileNotFoundError, match="model_card.md of the source checkout"):
+    with pytest.raises(FileNotFoundError, match="model card template .* not found"):
         build_card(trained, "user/x", template=tmp_path / "absent.md")
 
 

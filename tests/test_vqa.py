@@ -75,3 +75,29 @@ def test_evaluate_vqa_on_the_official_files_writes_the_official_results_file(tmp
     assert payload["results"]["vqa"]["vqa_accuracy"] == expected
     assert payload["results"]["vqa"]["vqa_accuracy_other"] == expected  # every fixture question is of type "other"
     assert "| vqa | vqa_accuracy |" in (model / "eval_results.md").read_text()
+
+
+def test_the_best_checkpoint_by_the_tasks_own_metric(tmp_path):
+    """--metric_for_best_model cider captions --caption_eval_samples validation photos at each evaluation (the COCO
+    toolkit scores them); vqa_accuracy is the official accuracy; a name the run does not report stops it at once."""
+    common = ["--synthetic_samples", "60", "--batch_size", "8", "--vocab_size", "150", "--report_to", "none",
+              "--no_progress", "--max_steps", "4", "--eval_steps", "2"]
+    out = tmp_path / "cider"
+    train.main([*common, "--metric_for_best_model", "cider", "--caption_eval_samples", "4", "--output_dir", str(out)])
+    evaluations = [row for row in json.loads((out / "history.json").read_text()) if "val_loss" in row]
+    assert len(evaluations) == 2 and all("val_CIDEr" in row and "val_BLEU-4" in row for row in evaluations)
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert best["val_CIDEr"] == max(row["val_CIDEr"] for row in evaluations)
+    assert json.loads((out / "train_results.json").read_text())["best_metric"] == best["val_CIDEr"]
+
+    vqa_files(tmp_path / "vqa", "train2014", 40, [9, 25, 31, 47])
+    vqa_files(tmp_path / "vqa", "val2014", 12, [42, 73])
+    out = tmp_path / "vqa_model"
+    train.main(["--dataset", "vqa", "--data_dir", str(tmp_path / "vqa"), "--tasks", "vqa", "--batch_size", "4",
+                "--vocab_size", "120", "--report_to", "none", "--no_progress", "--max_steps", "4", "--eval_steps", "2",
+                "--metric_for_best_model", "vqa_accuracy", "--output_dir", str(out)])
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert 0 <= best["val_vqa_accuracy"] <= 100
+
+    with pytest.raises(SystemExit, match="--metric_for_best_model bleu_9: this run's validation .* reports val_loss"):
+        train.main([*common, "--metric_for_best_model", "bleu_9", "--output_dir", str(tmp_path / "bad")])

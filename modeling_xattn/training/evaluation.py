@@ -24,7 +24,13 @@ from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.data.vqa import overall_accuracy, vqa_accuracy
 from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
-from modeling_xattn.training.metrics import caption_metrics, classification_metrics, recall_at_k, retrieval_metrics
+from modeling_xattn.training.metrics import (
+    CAPTION_METRICS,
+    caption_metrics,
+    classification_metrics,
+    recall_at_k,
+    retrieval_metrics,
+)
 from modeling_xattn.training.plots import plot_caption_samples
 from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, usable_rows
 
@@ -151,6 +157,31 @@ def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=None
         outputs["captions"] = [{"image_id": i, "caption": c} for i, c in zip(ids, predictions)]
         outputs["references"] = coco_references(ids, references)
     return caption_metrics(predictions, references, tokenize=java, progress=progress), predictions
+
+
+def validation_caption_metrics(model, processor, dataset, count: int, accelerator) -> dict:
+    """The COCO toolkit's scores (`val_CIDEr`, `val_BLEU-4`, ...) of greedy captions for the first `count` captioned
+    photos of `dataset`, what `--metric_for_best_model cider` compares (as BLIP and LAVIS select captioning
+    checkpoints). The main process captions and scores (Java's PTB tokenizer and METEOR where Java is present) and
+    shares the figures, so that every process takes the same decision about the best model."""
+    import shutil
+
+    from accelerate.utils import broadcast_object_list
+
+    shared = [None]
+    if accelerator.is_main_process:
+        plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+        rows = usable_rows(dataset, "captioning", BadRowCounter())
+        rows = rows.select(range(min(count, len(rows))))
+        plain.eval()
+        with accelerator.autocast():
+            metrics, _ = evaluate_captioning(plain, processor, rows, num_beams=1, progress=False,
+                                             java=shutil.which("java") is not None)
+        plain.train()
+        shared = [{f"val_{key}": value for key, value in metrics.items()}]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(shared)
+    return shared[0] or {}
 
 
 def coco_references(ids: list[str], references: list[list[str]]) -> dict:
@@ -461,7 +492,7 @@ def caption_samples(model, processor, dataset, count: int, path, num_beams=None,
 
 # The paper's names for the standard figures (its Top-1/Top-5 are recall at 1 and 5, as ALBEF and BLIP report them).
 PAPER_NAMES = {"i2t_R@1": "Top-1 (image->text)", "i2t_R@5": "Top-5 (image->text)", "t2i_R@1": "Top-1 (text->image)",
-               "t2i_R@5": "Top-5 (text->image)", "Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "CIDEr": "CIDEr",
+               "t2i_R@5": "Top-5 (text->image)", "BLEU-1": "BLEU-1", "BLEU-2": "BLEU-2", "CIDEr": "CIDEr",
                "METEOR": "METEOR", "accuracy": "accuracy", "vqa_accuracy": "VQA accuracy"}
 
 

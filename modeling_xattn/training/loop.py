@@ -50,15 +50,20 @@ from modeling_xattn.training.collate import (
 )
 from modeling_xattn.training.compilation import compiled_graphs, is_compiled
 from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary, class_names
-from modeling_xattn.training.data.sources import load_split, undecoded
+from modeling_xattn.training.data.sources import dataset_identity, load_split, undecoded
 from modeling_xattn.training.data.streaming import StreamingData
 from modeling_xattn.training.distributed import any_process, slowest_clock
-from modeling_xattn.training.evaluation import EVALUATION_FILES, evaluate_multitask
+from modeling_xattn.training.evaluation import (
+    EVALUATION_FILES,
+    evaluate_multitask,
+    validation_caption_metrics,
+)
 from modeling_xattn.training.logs import RunningLosses
+from modeling_xattn.training.metrics import CAPTION_METRICS
 from modeling_xattn.training.optimization import PreviousLossDecay, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import TrainingOptions, parse_training_options
 from modeling_xattn.training.plots import plot_training_curves
-from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, metrics_table, push_folder, render_model_card
+from modeling_xattn.training.publishing import build_card, push_folder
 from modeling_xattn.training.sharding import (
     MODEL_FILE as SHARDED_MODEL_FILE,
     full_weights,
@@ -72,13 +77,20 @@ from modeling_xattn.training.sharding import (
 )
 from modeling_xattn.training.tasks import (
     LOSS_WEIGHTS,
+    REGISTRY,
     TASK_TARGETS,
     collator_task,
     loss_weights,
     select_tasks,
     usable_rows,
 )
-from modeling_xattn.training.towers import check_towers, describe_towers, lock_towers, suppressed_caption_ids
+from modeling_xattn.training.towers import (
+    check_towers,
+    describe_towers,
+    hub_base_models,
+    lock_towers,
+    suppressed_caption_ids,
+)
 
 STREAM_EVALUATION_PERIOD = 1000  # with --streaming, --eval_steps 0 / --save_steps 0 mean every this many steps
 
@@ -404,6 +416,12 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     args.tasks = ",".join(sorted(tasks))  # what was resolved ("auto") is what the card and the tracker record
+    if best_metric_key(args.metric_for_best_model) not in validation_metrics(tasks):
+        raise SystemExit(f"--metric_for_best_model {args.metric_for_best_model}: this run's validation (tasks "
+                         f"{args.tasks}) reports {', '.join(validation_metrics(tasks))}; choose one of them")
+    if args.fsdp and best_metric_key(args.metric_for_best_model)[len("val_"):] in CAPTION_METRICS:
+        raise SystemExit("--metric_for_best_model with a caption metric captions on the main process alone, which a "
+                         "sharded (--fsdp) model cannot: choose val_loss or another validation metric")
     task = collator_task(tasks)
     train_data, val_data = usable_rows(train_data, task, counter), usable_rows(val_data, task, counter)
     if len(val_data) == 0:
@@ -635,6 +653,9 @@ def after_step(run: Run) -> bool:
     run.progress.set_postfix(loss=f"{logs['train_loss']:.3f}", samples_per_s=f"{logs['train_samples_per_s']:.1f}")
     if due[1] or last:
         metrics = evaluate_multitask(run.model, run.val_loader, accelerator)
+        if best_metric_key(args.metric_for_best_model)[len("val_"):] in CAPTION_METRICS:
+            metrics.update(validation_caption_metrics(run.model, run.processor, run.val_data,
+                                                      args.caption_eval_samples, accelerator))
         logs.update(metrics)
         if step >= args.warmup_steps:
             run.plateau.step(metrics.get("val_loss", logs["train_loss"]))
@@ -745,10 +766,35 @@ def _minutes(state, started: float) -> float:
     return (state.train_seconds + time.time() - started) / 60
 
 
+def validation_metrics(tasks) -> list[str]:
+    """The metrics the loop's validation reports for `tasks` (what `--metric_for_best_model` may name)."""
+    names = ["val_loss", *(f"val_{key}" for task in sorted(tasks) for key in REGISTRY[task].losses)]
+    if "classification" in tasks:
+        names.append("val_accuracy")
+    if "vqa" in tasks:
+        names.append("val_vqa_accuracy")
+    if "retrieval" in tasks:
+        names += [f"val_i2t_{name}" for name in ("R@1", "R@5", "R@10", "mean_rank", "median_rank")]
+    if "captioning" in tasks:
+        names += [f"val_{name}" for name in CAPTION_METRICS]
+    return list(dict.fromkeys(names))
+
+
+def best_metric_key(name: str) -> str:
+    """`--metric_for_best_model` as the validation metric it names: "cider" -> "val_CIDEr", "bleu_4" ->
+    "val_BLEU-4", "vqa_accuracy" -> "val_vqa_accuracy"; a name that starts with "val_" is that metric."""
+    bare = name[len("val_"):] if name.lower().startswith("val_") else name
+    def plain(text):
+        return text.lower().replace("-", "").replace("_", "")
+
+    caption = {plain(metric): metric for metric in CAPTION_METRICS}.get(plain(bare))
+    return f"val_{caption or bare}"
+
+
 def _keep_best(args, accelerator, model, processor, state, metrics):
     """Save the model as `best/` when the chosen validation metric improves (lower is better for losses)."""
-    key = args.metric_for_best_model
-    if key not in metrics:
+    key = best_metric_key(args.metric_for_best_model)
+    if key not in metrics:  # (a validation batch without the metric's rows; the name itself was checked up front)
         return
     value, lower_is_better = metrics[key], "loss" in key or "rank" in key
     better = state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric)
@@ -786,11 +832,11 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
         results["compiled_graphs"] = graphs
     write_json(os.path.join(out, "history.json"), state.history)
     plot_training_curves(state.history, os.path.join(out, "training_curves.png"))
-    base_models = [m for m in (args.text_backbone, args.vision_backbone and "torchvision/densenet121") if m]
+    identity = dataset_identity(args)
     values = {
-        "model_id": Path(out).name,
-        "base_models": "\n".join(f"  - {m}" for m in base_models) if base_models else "  []",
-        "datasets": args.dataset_name or args.dataset,
+        "hub_base_models": hub_base_models(args),
+        "hub_datasets": [identity["dataset_hub_id"]] if identity["dataset_hub_id"] else [],
+        "dataset": identity["dataset_title"],
         "model_size": args.model_size,
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "fusion_type": model.config.fusion_type,
@@ -810,15 +856,10 @@ def _write_outputs(args, accelerator, model, processor, state, metrics, counter,
                      + f"seed {args.seed}, {seconds / 60:.1f} minutes"),
         "command": launch_command(accelerator) + " " + " ".join(sys.argv[1:]) if argv_is_cli()
         else "scripts/train.py main(...)",
-        "metrics_table": metrics_table(scalar_metrics),
-        "model_index": "",
     }
-    results["card"] = {k: v for k, v in values.items() if k not in ("model_index", "metrics_table", "model_id")}
+    results["card"] = values
     write_json(os.path.join(out, "train_results.json"), results)
-    if MODEL_CARD_TEMPLATE.exists():
-        Path(out, "README.md").write_text(render_model_card(values), encoding="utf-8")
-    else:
-        accelerator.print(f"no model card written: the template {MODEL_CARD_TEMPLATE} is part of the source checkout")
+    Path(out, "README.md").write_text(build_card(out, Path(out).name), encoding="utf-8")
 
 
 def set_aside_evaluation(folder: str, accelerator) -> None:

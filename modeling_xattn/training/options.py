@@ -301,7 +301,14 @@ class RunArguments:
     save_total_limit: int = option(2)
     metric_for_best_model: str = option(
         "val_loss",
-        "validation metric that picks the best checkpoint (val_loss, val_accuracy, val_i2t_R@1, ...)")
+        "validation metric that picks the best checkpoint (best/): val_loss (lower is better), val_accuracy, "
+        "val_i2t_R@1, vqa_accuracy (the official VQA accuracy), cider or another caption metric (bleu_4, meteor, "
+        "rouge_l: the COCO toolkit's, on --caption_eval_samples validation photos captioned at each evaluation); "
+        "without 'val_', the validation metric of that name")
+    caption_eval_samples: int = option(
+        500,
+        "validation photos captioned (greedy) at each evaluation when --metric_for_best_model is a caption metric: "
+        "the first N with captions")
     resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder")
     report_to: str = option("tensorboard", "Accelerate tracker, or 'none'")
     logging_dir: str | None = option(

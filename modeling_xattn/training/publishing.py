@@ -1,5 +1,6 @@
-"""Publishing: the model card (rendered from `model_card.md`), its `model-index`, and pushing a trained folder to the
-Hub after checking that what is pushed reproduces the trained model.
+"""Publishing: the model card (huggingface_hub's `ModelCard`: metadata from `ModelCardData` with the `model-index`
+as `EvalResult`s, the text rendered from the template that ships in the package, `templates/model_card.md`), and
+pushing a trained folder to the Hub after checking that what is pushed reproduces the trained model.
 
     push_folder("outputs/xattn", "user/xattn-tiny")   # prints the commit and the line that loads exactly it
 """
@@ -16,44 +17,60 @@ import torch
 
 from modeling_xattn.training.evaluation import markdown_table
 from modeling_xattn.training.hub import load_pretrained, load_processor
+from modeling_xattn.training.tasks import REGISTRY, pipeline_tag
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"  # the checkout's top level
+# package data, so that an installed wheel writes the same card (the checkout's top-level model_card.md links to it)
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
+TAGS = ["visual-language-fusion", "cross-attention", "cbam", "densenet", "albert", "image-captioning",
+        "image-text-retrieval", "custom_code"]
 UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.png"]
 CARD_FIELDS = ("training", "command", "metrics_table", "model_size", "parameters", "fusion_type", "modalities",
-               "use_cbam", "tasks")
+               "use_cbam", "tasks", "dataset")
 EXTRA_FILES = ("training_curves.png", "train_results.json", "eval_results.json", "eval_results.md")
-# The Hub task type and name of each task in the card's model-index.
-TASK_TYPES = {
-    "classification": ("text-classification", "Image-text classification"),
-    "captioning": ("image-to-text", "Image captioning"),
-    "retrieval": ("image-text-retrieval", "Image-text retrieval"),
-}
+def eval_result_list(eval_results: dict | None) -> list:
+    """The card's `model-index` entries (`EvalResult`s) from scripts/evaluate.py's JSON: each numeric metric of each
+    task, with the registry's Hub task type and the dataset (its Hub id where it came from the Hub)."""
+    from huggingface_hub import EvalResult
 
-
-def model_index(model_name: str, eval_results: dict | None) -> str:
-    """The `model-index` YAML block of a model card, from scripts/evaluate.py's JSON."""
     if not eval_results or not eval_results.get("results"):
-        return ""
-    dataset = eval_results.get("dataset", "unknown")
-    lines = ["model-index:", f"- name: {model_name}", "  results:"]
+        return []
+    dataset_type = eval_results.get("dataset_id") or eval_results.get("dataset") or "unknown"
+    dataset_name = eval_results.get("dataset_title") or dataset_type
+    entries = []
     for task, metrics in eval_results["results"].items():
-        task_type, task_name = TASK_TYPES.get(task, (task, task))
-        lines += ["  - task:", f"      type: {task_type}", f"      name: {task_name}",
-                  "    dataset:", f"      name: {dataset}", f"      type: {dataset}",
-                  f"      split: {eval_results.get('split', 'validation')}", "    metrics:"]
+        known = REGISTRY.get(task)
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metric_type = key.lower().replace("@", "_at_").replace("-", "_")
-                lines += [f"    - type: {metric_type}", f"      value: {round(float(value), 4)}", f"      name: {key}"]
-    return "\n".join(lines)
+                entries.append(EvalResult(
+                    task_type=known.hub_task if known else task, task_name=known.hub_name if known else task,
+                    dataset_type=dataset_type, dataset_name=dataset_name,
+                    dataset_split=eval_results.get("split", "validation"),
+                    metric_type=key.lower().replace("@", "_at_").replace("-", "_"), metric_name=key,
+                    metric_value=round(float(value), 4)))
+    return entries
+
+
+def card_metadata(card: dict, model_name: str, eval_results: dict | None = None):
+    """The card's YAML metadata (`ModelCardData`): Hub ids of the pretrained towers (`base_model`) and of the data
+    where it came from the Hub (`datasets`), the pipeline tag of the trained tasks, the model-index."""
+    from huggingface_hub import ModelCardData
+
+    datasets = list(card.get("hub_datasets") or [])
+    if eval_results and eval_results.get("dataset_hub_id") and eval_results["dataset_hub_id"] not in datasets:
+        datasets.append(eval_results["dataset_hub_id"])
+    results = eval_result_list(eval_results)
+    return ModelCardData(library_name="transformers", license="apache-2.0", tags=list(TAGS),
+                         pipeline_tag=pipeline_tag(card.get("tasks") or "captioning"),
+                         base_model=list(card.get("hub_base_models") or []) or None, datasets=datasets or None,
+                         model_name=model_name if results else None, eval_results=results or None)
 
 
 def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
-    """Fill the template's `$placeholders`; unknown placeholders stay visible rather than vanish. The template is
-    the source checkout's `model_card.md`; an installed copy of the package without the checkout passes its own."""
+    """Fill the template's `$placeholders` (the card's text, without its metadata); unknown placeholders stay
+    visible rather than vanish."""
     if not Path(template).is_file():
-        raise FileNotFoundError(f"model card template {template} not found: it is model_card.md of the source "
-                                "checkout; pass template= (or --model_card_template) to render a card")
+        raise FileNotFoundError(f"model card template {template} not found (the package ships "
+                                "templates/model_card.md; pass template= to render another)")
     return string.Template(Path(template).read_text(encoding="utf-8")).safe_substitute(values)
 
 
@@ -66,23 +83,29 @@ def metrics_table(metrics: dict) -> str:
 
 def build_card(folder: str | Path, repo_id: str, eval_results: dict | None = None,
                template: str | Path = MODEL_CARD_TEMPLATE) -> str:
-    """The card of a trained folder: what training recorded (`train_results.json`'s `card`), the evaluation
-    results (`eval_results.json`, as `model-index` and a table) and the repository name."""
+    """The card of a trained folder, as huggingface_hub's `ModelCard` writes it: the metadata (`card_metadata`),
+    then the template filled with what training recorded (`train_results.json`'s `card`), the evaluation results
+    (`eval_results.json`, a table and the model-index) and the repository name. The one card builder: training's
+    final folder and the push both write it."""
+    from huggingface_hub import ModelCard
+
     folder = Path(folder)
     train_results = json.loads((folder / "train_results.json").read_text()) if (folder / "train_results.json").exists() else {}
-    values = dict(train_results.get("card", {}))
-    values.setdefault("datasets", eval_results.get("dataset", "unknown") if eval_results else "unknown")
-    values.setdefault("base_models", "  []")
+    card = dict(train_results.get("card", {}))
+    values = {key: value for key, value in card.items() if isinstance(value, str)}
     values["model_id"] = repo_id
-    values["model_index"] = model_index(repo_id.split("/")[-1], eval_results)
     if eval_results:
         flat = {f"{task}/{k}": v for task, metrics in eval_results["results"].items() for k, v in metrics.items()}
-        values["metrics_table"] = metrics_table(flat) + f"\n\n(split: {eval_results.get('split')})"
+        values["metrics_table"] = (metrics_table(flat) + f"\n\n(the {eval_results.get('split')} split of "
+                                   f"{eval_results.get('dataset_title') or eval_results.get('dataset')})")
     elif "metrics" in train_results:
-        values.setdefault("metrics_table", metrics_table(train_results["metrics"]))
+        values["metrics_table"] = (metrics_table(train_results["metrics"])
+                                   + "\n\n(the training run's last validation)")
     for key in CARD_FIELDS:
         values.setdefault(key, "not recorded")
-    return render_model_card(values, template).replace("<repo>", repo_id)
+    metadata = card_metadata(card, repo_id.split("/")[-1], eval_results)
+    text = render_model_card(values, template).replace("<repo>", repo_id)
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{text}"))
 
 
 def probe_inputs(model, processor):
@@ -145,5 +168,5 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
     return {"commit": commit, "repo_id": repo_id, "pr_url": info.pr_url}
 
 
-__all__ = ["MODEL_CARD_TEMPLATE", "assert_parity", "build_card", "metrics_table", "model_index", "probe_inputs",
-           "push_folder", "render_model_card"]
+__all__ = ["MODEL_CARD_TEMPLATE", "assert_parity", "build_card", "card_metadata", "eval_result_list",
+           "metrics_table", "probe_inputs", "push_folder", "render_model_card"]

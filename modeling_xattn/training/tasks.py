@@ -17,7 +17,8 @@ from modeling_xattn.training.data.schema import NO_TARGET, BadRowCounter, as_lab
 class Task:
     """One task: `target` is what a row must carry ("statement": a text with a class label, "caption", "question"),
     `head` the module of `XAttnForMultiTask` that serves it, `losses` its fields of the model output and `weights`
-    the config fields that weigh them in Formula 4, `metrics` the keys evaluation reports, `auto` whether `--tasks
+    the config fields that weigh them in Formula 4, `metrics` the keys evaluation reports, `hub_task` and
+    `hub_name` its Hub task type and name (the model card's pipeline tag and model-index), `auto` whether `--tasks
     auto` trains it where the data has its target, `evaluated` whether `evaluate_model` scores it."""
 
     name: str
@@ -26,19 +27,34 @@ class Task:
     losses: tuple[str, ...]
     weights: tuple[str, ...]
     metrics: tuple[str, ...]
+    hub_task: str
+    hub_name: str
     auto: bool = True
     evaluated: bool = True
 
 
 REGISTRY = {task.name: task for task in (
-    Task("classification", "statement", "classifier", ("loss_ce",), ("lambda_ce",), ("accuracy", "macro_f1")),
+    # an image and a statement in, a class out: the Hub's visual-question-answering is the task of that shape
+    Task("classification", "statement", "classifier", ("loss_ce",), ("lambda_ce",), ("accuracy", "macro_f1"),
+         "visual-question-answering", "Image-text classification"),
+    # ranking captions for a photo is what the zero-shot-image-classification pipeline serves
     Task("retrieval", "caption", "retrieval", ("loss_cl", "loss_itm"), ("lambda_cl", "lambda_itm"),
-         ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")),
+         ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"),
+         "zero-shot-image-classification", "Image-text retrieval"),
     Task("captioning", "caption", "captioner", ("loss_seq",), ("lambda_seq",),
-         ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")),
+         ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"), "image-to-text", "Image captioning"),
     # VQA: answers as classes on the classifier (soft scores), trained only when asked for
-    Task("vqa", "question", "classifier", ("loss_ce",), ("lambda_ce",), ("vqa_accuracy",), auto=False),
+    Task("vqa", "question", "classifier", ("loss_ce",), ("lambda_ce",), ("vqa_accuracy",),
+         "visual-question-answering", "Visual question answering", auto=False),
 )}
+# The pipeline tag of a model that trained several tasks: the first of these it trained.
+PIPELINE_PRECEDENCE = ("captioning", "vqa", "retrieval", "classification")
+
+
+def pipeline_tag(tasks) -> str:
+    """The Hub pipeline tag of a model trained on `tasks` (names, or a comma-separated string)."""
+    tasks = {t.strip() for t in tasks.split(",")} if isinstance(tasks, str) else set(tasks)
+    return next((REGISTRY[task].hub_task for task in PIPELINE_PRECEDENCE if task in tasks), "image-to-text")
 TASKS = tuple(REGISTRY)
 EVALUATED_TASKS = tuple(name for name, task in REGISTRY.items() if task.evaluated)
 LOSS_KEYS = tuple(dict.fromkeys(key for task in REGISTRY.values() for key in task.losses))

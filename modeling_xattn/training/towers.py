@@ -154,6 +154,31 @@ def lock_towers(model, args) -> None:
                          "tower, or change --modalities") from None
 
 
+# torchvision's DenseNet121 ImageNet weights as the Hub hosts them (timm's copy of IMAGENET1K_V1)
+DENSENET121_HUB_ID = "timm/densenet121.tv_in1k"
+
+
+def hub_base_models(args) -> list[str]:
+    """The Hub ids of the pretrained towers, for the card's `base_model`: `--text_backbone` when it is a Hub id
+    (a local folder names none), DenseNet121's for `--vision_backbone imagenet` or a file scripts/export_densenet.py
+    wrote from those weights."""
+    import os
+
+    ids = []
+    if args.text_backbone and not os.path.isdir(args.text_backbone):
+        ids.append(args.text_backbone)
+    if args.vision_backbone == "imagenet":
+        ids.append(DENSENET121_HUB_ID)
+    elif args.vision_backbone and os.path.isfile(args.vision_backbone):
+        from safetensors import safe_open
+
+        with safe_open(args.vision_backbone, "pt") as handle:
+            source = (handle.metadata() or {}).get("source", "")
+        if source.startswith("torchvision DenseNet121_Weights.IMAGENET1K_V1"):
+            ids.append(DENSENET121_HUB_ID)
+    return ids
+
+
 def describe_towers(args) -> str:
     """Where the towers came from and how they trained, for the model card: "ALBERT from albert/albert-base-v2
     (locked), DenseNet121 from imagenet (at lr 1e-05, BatchNorm statistics frozen)", or that both started from

@@ -705,6 +705,34 @@ def machine_description(device, precision: str) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, fp32, {versions()}"
 
 
+def _precision_and_finetune_rows(r: dict) -> list[tuple]:
+    """The table rows of the precision, finetune and rerank_batch sections."""
+    rows = []
+    if "precision" in r:
+        for key, value in r["precision"].items():
+            if not isinstance(value, dict) or "preset" not in value:
+                continue
+            steps = ", ".join(f"{name.replace('_', ' ')} {1000 * value[name]['median_s']:.0f} ms"
+                              for name in ("fp32_contiguous", "fp32_channels_last", "bf16_contiguous",
+                                           "bf16_channels_last"))
+            rows.append((f"training step, {value['preset']} preset ({value['image_size']} px), batch "
+                         f"{value['batch_size']}: fp32 vs bf16 autocast", steps,
+                         f"bf16 {value['bf16_vs_fp32']:.2f}x, bf16+channels-last "
+                         f"{value['bf16_channels_last_vs_fp32']:.2f}x, fp32+channels-last "
+                         f"{value['fp32_channels_last_vs_fp32']:.2f}x of fp32's time", "use bf16 where < 1x"))
+    if "finetune" in r:
+        f = r["finetune"]
+        memory = f", allocator peak {f['peak_bytes'] / 2**30:.2f} GiB" if "peak_bytes" in f else ""
+        rows.append((f"fine-tuning step ({f['config']})", f"{f['samples_per_s']:.2f} samples/s "
+                     f"({f['mixed_precision']}){memory}", "", ""))
+    if "rerank_batch" in r:
+        b = r["rerank_batch"]
+        rows.append(("re-ranking pairs/s by batch", ", ".join(f"{size}: {rate:,.0f}" for size, rate in
+                                                           b["pairs_per_s"].items()),
+                     f"fastest {b['fastest']} (default {b['default']})", TARGETS["rerank_batch"]))
+    return rows
+
+
 def markdown(report: dict) -> str:
     r = report["results"]
     rows = []
@@ -760,28 +788,7 @@ def markdown(report: dict) -> str:
                      f"{m['saving']['peak_bytes'] / gib:.2f} GiB (training part {m['default']['training_bytes'] / gib:.2f}"
                      f" vs {m['saving']['training_bytes'] / gib:.2f} GiB)", f"-{100 * t['peak_memory_reduction']:.0f}% "
                      f"(-{100 * t['training_memory_reduction']:.0f}%)", TARGETS["memory"]))
-    if "precision" in r:
-        for key, value in r["precision"].items():
-            if not isinstance(value, dict) or "preset" not in value:
-                continue
-            steps = ", ".join(f"{name.replace('_', ' ')} {1000 * value[name]['median_s']:.0f} ms"
-                              for name in ("fp32_contiguous", "fp32_channels_last", "bf16_contiguous",
-                                           "bf16_channels_last"))
-            rows.append((f"training step, {value['preset']} preset ({value['image_size']} px), batch "
-                         f"{value['batch_size']}: fp32 vs bf16 autocast", steps,
-                         f"bf16 {value['bf16_vs_fp32']:.2f}x, bf16+channels-last "
-                         f"{value['bf16_channels_last_vs_fp32']:.2f}x, fp32+channels-last "
-                         f"{value['fp32_channels_last_vs_fp32']:.2f}x of fp32's time", "use bf16 where < 1x"))
-    if "finetune" in r:
-        f = r["finetune"]
-        memory = f", allocator peak {f['peak_bytes'] / 2**30:.2f} GiB" if "peak_bytes" in f else ""
-        rows.append((f"fine-tuning step ({f['config']})", f"{f['samples_per_s']:.2f} samples/s "
-                     f"({f['mixed_precision']}){memory}", "", ""))
-    if "rerank_batch" in r:
-        b = r["rerank_batch"]
-        rows.append(("re-ranking pairs/s by batch", ", ".join(f"{size}: {rate:,.0f}" for size, rate in
-                                                           b["pairs_per_s"].items()),
-                     f"fastest {b['fastest']} (default {b['default']})", TARGETS["rerank_batch"]))
+    rows += _precision_and_finetune_rows(r)
     if "inference" in r:
         i = r["inference"]
         for key, value in i.items():

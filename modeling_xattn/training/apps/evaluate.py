@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from modeling_xattn.training.data.schema import BadRowCounter
-from modeling_xattn.training.data.sources import load_split, undecoded
+from modeling_xattn.training.data.sources import dataset_identity, load_split, undecoded
 from modeling_xattn.training.evaluation import (
     CAPTIONS_PER_IMAGE,
     RERANK_BUDGET_SECONDS,
@@ -83,6 +83,7 @@ def main(argv=None, description: str | None = None) -> dict:
     output_dir = args.output_dir or (args.model if os.path.isdir(args.model) else "eval_output")
     source = {"model": args.model, "revision": args.revision, "dataset": args.dataset_name or args.dataset,
               "data": args.dataset_name or args.data_dir or args.data_file, "split": args.split}
+    identity = dataset_identity(args)
     refuse_other_results(output_dir, source, args.overwrite_output_dir)
     model, processor = load_model(args.model, args.revision, args.device)
     counter = BadRowCounter()
@@ -109,7 +110,7 @@ def main(argv=None, description: str | None = None) -> dict:
         captioned = usable_rows(dataset, "captioning", BadRowCounter())
         caption_samples(model, processor, captioned, args.caption_samples, Path(output_dir) / "caption_samples.png",
                         args.num_beams, args.max_new_tokens)
-    payload = {**source, "results": results,
+    payload = {**source, **identity, "results": results,
                "bad_rows": dict(counter.counts), "converted": dict(counter.converted)}
     Path(output_dir, "eval_results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     table = markdown_table(results)

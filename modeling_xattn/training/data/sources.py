@@ -623,6 +623,20 @@ SOURCES = {source.name: source for source in (
 STREAMABLE = tuple(name for name, source in SOURCES.items() if source.streamable)
 
 
+def dataset_identity(args) -> dict:
+    """What the data is, for results files and the model card: `dataset_id` (the Hub id where it came from the Hub,
+    else the source's name), `dataset_hub_id` (that Hub id, or None), `dataset_title` (the benchmark's name)."""
+    source = SOURCES[args.dataset]
+    hub = hub_name(args) if (source.hub or args.dataset == "hub") else None
+    hub = hub if hub and not Path(hub).is_dir() else None
+    file = Path(args.data_file or "").name
+    titles = {"karpathy": "Flickr30k Karpathy" if "flickr30k" in file else "COCO Karpathy" if "coco" in file else None,
+              "karpathy_hub": "COCO Karpathy", "flickr30k_hub": "Flickr30k Karpathy", "vqa": "VQAv2",
+              "vqa_hub": "VQAv2", "mvsa": "MVSA", "synthetic": "the embedded dataset", "coco": "COCO captions"}
+    return {"dataset_id": hub or args.dataset, "dataset_hub_id": hub,
+            "dataset_title": titles.get(args.dataset) or hub or source.describe(args)}
+
+
 def _source_name(args) -> str:
     return SOURCES[args.dataset].describe(args)
 

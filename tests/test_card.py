@@ -1,0 +1,88 @@
+"""The model card as the Hub reads it (huggingface_hub's `ModelCard`): valid Hub ids for the towers and the data, a
+real pipeline tag, the model-index of the evaluation; the template ships in the wheel, which writes the same card."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import load_script
+from huggingface_hub import ModelCard
+
+from modeling_xattn.training.data.sources import dataset_identity
+from modeling_xattn.training.options import data_options, parse_training_options
+from modeling_xattn.training.publishing import MODEL_CARD_TEMPLATE, build_card, card_metadata
+from modeling_xattn.training.tasks import pipeline_tag
+from modeling_xattn.training.towers import DENSENET121_HUB_ID, hub_base_models
+
+REPO = Path(__file__).resolve().parents[1]
+train = load_script("train")
+evaluate = load_script("evaluate")
+export_densenet = load_script("export_densenet")
+DATA = ["--synthetic_samples", "60", "--synthetic_test_samples", "12"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("card")
+    train.main([*DATA, "--batch_size", "8", "--vocab_size", "150", "--max_steps", "2", "--report_to", "none",
+                "--no_progress", "--output_dir", str(folder)])
+    evaluate.main(["--model", str(folder), *DATA, "--split", "test", "--no_progress", "--no_java", "--top_k", "0",
+                   "--num_beams", "1", "--max_new_tokens", "4"])
+    return folder
+
+
+def test_the_card_of_an_evaluated_model_loads_with_its_model_index(evaluated):
+    results = json.loads((evaluated / "eval_results.json").read_text())
+    (evaluated / "card.md").write_text(build_card(evaluated, "user/xattn-tiny", results))
+    card = ModelCard.load(evaluated / "card.md")
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "image-to-text" and data.license == "apache-2.0"
+    assert data.base_model is None and data.datasets is None  # towers from scratch, the embedded dataset
+    entries = {(entry.task_type, entry.metric_name): entry for entry in data.eval_results}
+    assert entries[("image-to-text", "CIDEr")].metric_value == round(results["results"]["captioning"]["CIDEr"], 4)
+    assert ("visual-question-answering", "accuracy") in entries  # the image-statement classifier
+    assert entries[("zero-shot-image-classification", "i2t_R@1")].dataset_split == "test"
+    assert all(entry.dataset_type == "synthetic" for entry in data.eval_results)
+    assert "user/xattn-tiny" in card.text and "$" not in card.text.split("```")[0]
+
+
+def test_hub_ids_for_the_towers_and_the_data(tmp_path):
+    export_densenet.main(["--weights", "random", "--output", str(tmp_path / "random.safetensors")])
+    (tmp_path / "albert").mkdir()
+    options = parse_training_options(["--recipe", "finetune"])
+    assert hub_base_models(options) == ["albert/albert-base-v2", DENSENET121_HUB_ID]
+    local = parse_training_options(["--text_backbone", str(tmp_path / "albert"), "--vision_backbone",
+                                    str(tmp_path / "random.safetensors")])
+    assert hub_base_models(local) == []  # a local folder and random weights name no Hub model
+    karpathy_hub = dataset_identity(data_options(dataset="karpathy_hub"))
+    assert karpathy_hub == {"dataset_id": "yerevann/coco-karpathy", "dataset_hub_id": "yerevann/coco-karpathy",
+                            "dataset_title": "COCO Karpathy"}
+    local_json = dataset_identity(data_options(dataset="karpathy", data_file="dataset_flickr30k.json"))
+    assert local_json["dataset_hub_id"] is None and local_json["dataset_title"] == "Flickr30k Karpathy"
+    metadata = card_metadata({"hub_base_models": hub_base_models(options), "hub_datasets": ["yerevann/coco-karpathy"],
+                              "tasks": "retrieval,captioning"}, "x")
+    assert metadata.base_model == ["albert/albert-base-v2", DENSENET121_HUB_ID]
+    assert metadata.datasets == ["yerevann/coco-karpathy"] and metadata.pipeline_tag == "image-to-text"
+    assert pipeline_tag("vqa") == "visual-question-answering" and pipeline_tag("retrieval") == \
+        "zero-shot-image-classification"
+
+
+def test_an_installed_wheel_writes_the_same_card(evaluated, tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "wheel"), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((tmp_path / "wheel").glob("*.whl"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                              str(tmp_path / "site"), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    code = ("import sys; from modeling_xattn.training import publishing as p; "
+            "assert p.__file__.startswith(sys.argv[2]), p.__file__; print(p.build_card(sys.argv[1], 'user/x'), end='')")
+    child = subprocess.run([sys.executable, "-c", code, str(evaluated), str(tmp_path / "site")], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout == build_card(evaluated, "user/x")
+    assert (REPO / "model_card.md").resolve() == MODEL_CARD_TEMPLATE  # the checkout's top-level file is the template
