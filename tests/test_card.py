@@ -3,6 +3,7 @@ real pipeline tag, the model-index of the evaluation; the template ships in the 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,23 @@ def test_the_card_of_an_evaluated_model_loads_with_its_model_index(evaluated):
     assert ("visual-question-answering", "accuracy") in entries  # the image-statement classifier
     assert entries[("zero-shot-image-classification", "i2t_R@1")].dataset_split == "test"
     assert all(entry.dataset_type == "synthetic" for entry in data.eval_results)
+    names = {entry.metric_name for entry in data.eval_results}
+    assert names <= {"accuracy", "macro_f1", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
+                     "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}  # no timings, k or counts
+    assert all(re.fullmatch(r"[a-z0-9_]+", entry.metric_type) for entry in data.eval_results)
     assert "user/xattn-tiny" in card.text and "$" not in card.text.split("```")[0]
+
+
+def test_the_cards_code_runs_as_written(evaluated, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (80, 60), (30, 120, 200)).save(tmp_path / "photo.jpg")
+    text = build_card(evaluated, str(evaluated))
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2 and "generate" in blocks[0] and "image-text-classification" in blocks[1]
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block.replace('revision="<commit>"', "revision=None"), "card", "exec"), {})
 
 
 def test_hub_ids_for_the_towers_and_the_data(tmp_path):
@@ -61,13 +78,33 @@ def test_hub_ids_for_the_towers_and_the_data(tmp_path):
     assert karpathy_hub == {"dataset_id": "yerevann/coco-karpathy", "dataset_hub_id": "yerevann/coco-karpathy",
                             "dataset_title": "COCO Karpathy"}
     local_json = dataset_identity(data_options(dataset="karpathy", data_file="dataset_flickr30k.json"))
-    assert local_json["dataset_hub_id"] is None and local_json["dataset_title"] == "Flickr30k Karpathy"
+    assert local_json["dataset_hub_id"] == "nlphuji/flickr30k" and local_json["dataset_title"] == "Flickr30k Karpathy"
+    assert dataset_identity(data_options(dataset="vqa"))["dataset_hub_id"] == "HuggingFaceM4/VQAv2"
+    assert dataset_identity(data_options(dataset="imagefolder", data_dir="photos"))["dataset_hub_id"] is None
     metadata = card_metadata({"hub_base_models": hub_base_models(options), "hub_datasets": ["yerevann/coco-karpathy"],
                               "tasks": "retrieval,captioning"}, "x")
     assert metadata.base_model == ["albert/albert-base-v2", DENSENET121_HUB_ID]
     assert metadata.datasets == ["yerevann/coco-karpathy"] and metadata.pipeline_tag == "image-to-text"
     assert pipeline_tag("vqa") == "visual-question-answering" and pipeline_tag("retrieval") == \
         "zero-shot-image-classification"
+
+
+def test_a_local_albert_base_v2_folder_is_named_by_its_hub_id(tmp_path):
+    """The folder `hf download albert/albert-base-v2 --local-dir` writes records no Hub id: its published
+    configuration and 30,000-piece vocabulary name it; another folder (a trained tokenizer, another shape) is not."""
+    from test_finetune import ALBERT_BASE_V2
+    from transformers import AlbertTokenizer
+
+    folder = tmp_path / "albert-base-v2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(ALBERT_BASE_V2))
+    vocab = [(token, 0.0) for token in ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")]
+    vocab += [(f"\u2581w{i}", -float(i)) for i in range(30000 - len(vocab))]
+    AlbertTokenizer(vocab=vocab).save_pretrained(folder)
+    options = parse_training_options(["--text_backbone", str(folder)])
+    assert hub_base_models(options) == ["albert/albert-base-v2"]
+    (folder / "config.json").write_text(json.dumps({**ALBERT_BASE_V2, "hidden_size": 1024}))
+    assert hub_base_models(options) == []
 
 
 def test_an_installed_wheel_writes_the_same_card(evaluated, tmp_path):

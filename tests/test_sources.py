@@ -68,24 +68,27 @@ def test_flickr30k_karpathy_json(tmp_path):
 
 
 def test_coco_karpathy_hub_metadata_joined_with_local_images(tmp_path):
-    """yerevann/coco-karpathy: parquet of filepath, sentids, filename, imgid, split, sentences (the raw captions),
-    cocoid, url; no image column. The images come from --image_root."""
+    """yerevann/coco-karpathy (its parquet conversion, refs/convert/parquet: default/{train,restval,validation,test}/
+    0000.parquet): filepath, sentids, filename, imgid, split, sentences (the raw captions), cocoid, url; no image
+    column. The images come from --image_root; training reads train and restval."""
     repo = tmp_path / "coco-karpathy"
-    for hub_split, split_values in (("train", ["train", "restval"]), ("validation", ["val"]), ("test", ["test"])):
+    for hub_split, count in (("train", 2), ("restval", 1), ("validation", 1), ("test", 1)):
         rows = []
-        for n, value in enumerate(split_values):
-            index = len(rows) + {"train": 0, "validation": 10, "test": 20}[hub_split]
-            folder = "train2014" if value == "train" else "val2014"
+        for n in range(count):
+            index = n + {"train": 0, "restval": 5, "validation": 10, "test": 20}[hub_split]
+            folder = "train2014" if hub_split == "train" else "val2014"
             name = f"COCO_{folder}_{index:012d}.jpg"
             write_jpeg(tmp_path / "coco" / folder / name)
             rows.append({"filepath": folder, "sentids": [5 * index + k for k in range(5)], "filename": name,
-                         "imgid": index, "split": value, "sentences": [f"photo {index} caption {k}" for k in range(5)],
-                         "cocoid": index, "url": f"http://images.cocodataset.org/{folder}/{name}"})
-        (repo / "data").mkdir(parents=True, exist_ok=True)
-        datasets.Dataset.from_list(rows).to_parquet(str(repo / "data" / f"{hub_split}-00000-of-00001.parquet"))
+                         "imgid": index, "split": {"validation": "val"}.get(hub_split, hub_split),
+                         "sentences": [f"photo {index} caption {k}" for k in range(5)], "cocoid": index,
+                         "url": f"http://images.cocodataset.org/{folder}/{name}"})
+        (repo / "default" / hub_split).mkdir(parents=True)
+        datasets.Dataset.from_list(rows).to_parquet(str(repo / "default" / hub_split / "0000.parquet"))
     options = data_options(dataset="karpathy_hub", dataset_name=str(repo), image_root=str(tmp_path / "coco"))
     train, validation = load_split(options, "train"), load_split(options, "validation")
-    assert len(train) == 2 and len(validation) == 1
+    assert len(train) == 3 and set(train["image_id"]) == {"0", "1", "5"}  # train + restval
+    assert len(validation) == 1
     assert validation[0]["image"] == str(tmp_path / "coco" / "val2014" / "COCO_val2014_000000000010.jpg")
     assert validation[0]["captions"] == [f"photo 10 caption {k}" for k in range(5)]
     assert Image.open(validation[0]["image"]).size == (48, 40)
@@ -143,18 +146,23 @@ def vqa_files(root, subtype, count, image_ids):
 def test_vqav2_official_files(tmp_path):
     vqa_files(tmp_path, "train2014", 6, [9, 25])
     vqa_files(tmp_path, "val2014", 4, [42, 73])
-    (tmp_path / "val2014" / "COCO_val2014_000000000073.jpg").unlink()  # a missing image: skipped and counted
     options = data_options(dataset="vqa", data_dir=str(tmp_path))
-    train = load_split(options, "train")
-    counter = BadRowCounter()
-    validation = load_split(options, "validation", counter)
-    assert len(train) == 6 and len(validation) == 2 and counter.counts["image file missing"] == 2
+    train, validation = load_split(options, "train"), load_split(options, "validation")
+    assert len(train) == 6 and len(validation) == 4  # every question (a missing image is the collator's to count)
     row = validation[0]
     assert row["image"].endswith("val2014/COCO_val2014_000000000042.jpg") and row["question_id"] == "42000"
     assert len(row["answers"]) == 10 and row["question"] == "what colour is thing 0?"
     assert row["answer_type"] == "other"
     with pytest.raises(ValueError, match=r"has no 'test' split; it has \['train', 'validation'\]"):
         load_split(options, "test")
+    # the test-dev questions (no annotations), their photos in test2015/
+    questions = [{"image_id": 7, "question": "is it red?", "question_id": 7001}]
+    (tmp_path / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(
+        {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {}, "data_subtype": "test-dev2015",
+         "questions": questions}))
+    test = load_split(options, "test")
+    assert len(test) == 1 and test[0]["answers"] == [] and test[0]["image"].endswith(
+        "test2015/COCO_test2015_000000000007.jpg")
 
 
 def test_vqav2_hub_parquet_copy(tmp_path):

@@ -2,10 +2,11 @@
 cases, and `evaluate.py --tasks vqa` on VQAv2's official files: the accuracy and the official results file."""
 
 import json
+import sys
 
 import pytest
 from conftest import load_script
-from test_sources import vqa_files
+from test_sources import vqa_files, write_jpeg
 
 from modeling_xattn.training.data.vqa import (
     accuracy_of_matches,
@@ -54,6 +55,10 @@ def test_human_answers_get_punctuation_only_and_only_when_they_disagree():
     assert answer_accuracies(answers) == {"red": 1.0, "Red": pytest.approx(0.6), "dark red": pytest.approx(0.3),
                                           "two": pytest.approx(0.3)}
     assert overall_accuracy([1.0, 0.3, 0.9]) == 73.33
+    # the human answers as given: not stripped (a trailing space or newline is another answer), not lower-cased
+    assert vqa_accuracy("2", ["2", "2", "2 ", "two"] + ["3"] * 6) == pytest.approx(0.6)
+    assert vqa_accuracy("red", ["red\n"] * 3 + ["blue"] * 7) == 0.0
+    assert vqa_accuracy("yes", ["yes", "yes", " yes"] + ["no"] * 7) == pytest.approx(0.6)
 
 
 def test_evaluate_vqa_on_the_official_files_writes_the_official_results_file(tmp_path):
@@ -99,5 +104,44 @@ def test_the_best_checkpoint_by_the_tasks_own_metric(tmp_path):
     best = json.loads((out / "best" / "metrics.json").read_text())
     assert 0 <= best["val_vqa_accuracy"] <= 100
 
-    with pytest.raises(SystemExit, match="--metric_for_best_model bleu_9: this run's validation .* reports val_loss"):
+    with pytest.raises(SystemExit, match="--metric_for_best_model bleu_9: no validation reports it"):
         train.main([*common, "--metric_for_best_model", "bleu_9", "--output_dir", str(tmp_path / "bad")])
+
+
+def test_test_dev_questions_get_a_results_file_every_question_answered(tmp_path):
+    """The test-dev questions have no answers: evaluate.py writes the official results file (every question, a
+    missing photo's answered with the most frequent training answer) and no accuracy."""
+    vqa_files(tmp_path / "vqa", "train2014", 40, [9, 25, 31, 47])
+    vqa_files(tmp_path / "vqa", "val2014", 4, [42])
+    questions = [{"image_id": image, "question": f"what colour is thing {n}?", "question_id": image * 1000 + n}
+                 for n, image in enumerate([5, 5, 6, 8])]
+    (tmp_path / "vqa" / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(
+        {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {}, "data_subtype": "test-dev2015",
+         "questions": questions}))
+    for image in (5, 6):  # photo 8 is missing
+        write_jpeg(tmp_path / "vqa" / "test2015" / f"COCO_test2015_{image:012d}.jpg")
+    data = ["--dataset", "vqa", "--data_dir", str(tmp_path / "vqa")]
+    model = tmp_path / "model"
+    train.main([*data, "--tasks", "vqa", "--max_steps", "2", "--batch_size", "4", "--vocab_size", "120",
+                "--report_to", "none", "--no_progress", "--output_dir", str(model)])
+    payload = evaluate.main(["--model", str(model), *data, "--split", "test", "--tasks", "vqa", "--no_progress",
+                             "--output_dir", str(tmp_path / "test-dev")])
+    results = json.loads((tmp_path / "test-dev" / "vqa_results.json").read_text())
+    assert [r["question_id"] for r in results] == [q["question_id"] for q in questions]
+    assert payload["results"]["vqa"] == {"questions": 4, "questions_with_answers": 0, "questions_without_image": 1}
+    vocabulary = json.loads((model / "config.json").read_text())["id2label"]
+    assert results[-1]["answer"] == vocabulary["0"]  # the most frequent training answer, for the missing photo
+
+
+def test_what_a_best_metric_needs_is_checked_before_the_data(tmp_path, monkeypatch):
+    common = ["--report_to", "none", "--no_progress", "--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="--caption_eval_samples validation photos: give 1 or more"):
+        train.main([*common, "--metric_for_best_model", "cider", "--caption_eval_samples", "0"])
+    monkeypatch.setattr(sys.modules["modeling_xattn.training.loop"].shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="meteor needs Java"):
+        train.main([*common, "--metric_for_best_model", "meteor"])
+    with pytest.raises(SystemExit, match="--metric_for_best_model nonsense: no validation reports it"):
+        train.main([*common, "--metric_for_best_model", "nonsense"])
+    with pytest.raises(SystemExit, match=r"val_accuracy: this run's validation \(tasks captioning\) reports"):
+        train.main([*common, "--synthetic_samples", "40", "--tasks", "captioning", "--metric_for_best_model",
+                    "val_accuracy"])

@@ -104,32 +104,41 @@ def evaluate_vqa(model, processor, dataset, batch_size=32, progress=True, counte
     """The official VQA accuracy (data/vqa.py: normalised answers, the 10-choose-9 average) of the model's top answer
     for every question that has human answers, overall and per answer type, as percentages rounded to 2 places. A
     model whose classifier is not a VQA one (trained on answers as soft scores) gives nothing. `outputs`, when given,
-    receives `vqa_results`, the official results file: `[{"question_id", "answer"}]`, every question (with or
-    without human answers)."""
+    receives `vqa_results`, the official results file `[{"question_id", "answer"}]`, answering every question of
+    `dataset` (with or without human answers, as the evaluation server requires): a question whose image could not
+    be read gets the most frequent training answer, counted in `questions_without_image`."""
     if getattr(model.config, "problem_type", None) != "multi_label_classification":
         return {}
     answers = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     collate = XAttnCollator(processor, task="vqa", answer_vocab=answers, counter=counter, head="classification",
                             with_row_index=True)
-    accuracies, by_type, results = [], {}, []
+    predicted = {}
     for rows, batch in batches(dataset, collate, batch_size, progress, "vqa"):
         logits = model(pixel_values=batch["pixel_values"].to(model.device),
                        input_ids=batch["input_ids"].to(model.device),
                        attention_mask=batch["attention_mask"].to(model.device)).logits
         for row, top in zip(rows, logits.argmax(-1).tolist()):
-            results.append({"question_id": image_id(row, len(results), "question_id"), "answer": answers[top]})
-            if row.get("answers"):
-                accuracy = vqa_accuracy(answers[top], list(row["answers"]))
-                accuracies.append(accuracy)
-                by_type.setdefault(row.get("answer_type") or "", []).append(accuracy)
+            predicted[image_id(row, len(predicted), "question_id")] = answers[top]
+    columns = [c for c in ("question_id", "answers", "answer_type") if c in dataset.column_names]
+    accuracies, by_type, results, without_image = [], {}, [], 0
+    for position, row in enumerate(dataset.select_columns(columns)):
+        question = image_id(row, position, "question_id")
+        if question not in predicted:
+            without_image += 1
+        answer = predicted.get(question, answers[0])  # (the vocabulary is ordered by training frequency)
+        results.append({"question_id": question, "answer": answer})
+        if row.get("answers"):
+            accuracies.append(vqa_accuracy(answer, list(row["answers"])))
+            by_type.setdefault(row.get("answer_type") or "", []).append(accuracies[-1])
     if outputs is not None and results:
         outputs["vqa_results"] = results
-    if not accuracies:
-        return {}
-    metrics = {"vqa_accuracy": overall_accuracy(accuracies), "questions": len(accuracies)}
-    metrics.update({f"vqa_accuracy_{kind}": overall_accuracy(values) for kind, values in sorted(by_type.items())
-                    if kind})
-    return metrics
+    metrics = {"questions": len(results), "questions_with_answers": len(accuracies),
+               "questions_without_image": without_image}
+    if accuracies:
+        metrics["vqa_accuracy"] = overall_accuracy(accuracies)
+        metrics.update({f"vqa_accuracy_{kind.replace('/', '_')}": overall_accuracy(values)
+                        for kind, values in sorted(by_type.items()) if kind})
+    return metrics if results else {}
 
 
 @torch.inference_mode()

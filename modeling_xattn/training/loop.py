@@ -221,6 +221,7 @@ def train(args) -> dict:
                             "an Accelerate FSDP config already: leave out one of the two"))
     if args.logging_steps < 1:
         raise SystemExit(f"--logging_steps {args.logging_steps}: give 1 or more (the losses are read every N steps)")
+    check_best_metric(args)
     claim_output_dir(args, accelerator)
     tokenizer, notes = check_towers(args)  # before the data: a tower that does not fit stops the run at once
     for note in notes:
@@ -419,9 +420,6 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     if best_metric_key(args.metric_for_best_model) not in validation_metrics(tasks):
         raise SystemExit(f"--metric_for_best_model {args.metric_for_best_model}: this run's validation (tasks "
                          f"{args.tasks}) reports {', '.join(validation_metrics(tasks))}; choose one of them")
-    if args.fsdp and best_metric_key(args.metric_for_best_model)[len("val_"):] in CAPTION_METRICS:
-        raise SystemExit("--metric_for_best_model with a caption metric captions on the main process alone, which a "
-                         "sharded (--fsdp) model cannot: choose val_loss or another validation metric")
     task = collator_task(tasks)
     train_data, val_data = usable_rows(train_data, task, counter), usable_rows(val_data, task, counter)
     if len(val_data) == 0:
@@ -780,6 +778,27 @@ def validation_metrics(tasks) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_best_metric(args) -> None:
+    """What `--metric_for_best_model` needs, checked before any data is read: a metric some task reports (the run's
+    own tasks are checked once known), a caption metric's validation captions, Java for METEOR, one process per
+    model copy (the main process captions alone: a sharded model cannot)."""
+    key = best_metric_key(args.metric_for_best_model)
+    if key not in validation_metrics(REGISTRY):
+        raise SystemExit(f"--metric_for_best_model {args.metric_for_best_model}: no validation reports it; choose one "
+                         f"of {', '.join(validation_metrics(REGISTRY))}")
+    if key[len("val_"):] not in CAPTION_METRICS:
+        return
+    if args.caption_eval_samples < 1:
+        raise SystemExit(f"--metric_for_best_model {args.metric_for_best_model} compares captions of "
+                         f"--caption_eval_samples validation photos: give 1 or more (not {args.caption_eval_samples})")
+    if key == "val_METEOR" and shutil.which("java") is None:
+        raise SystemExit("--metric_for_best_model meteor needs Java (the COCO toolkit's METEOR runs on it), which "
+                         "this machine lacks: install a JRE or choose cider")
+    if args.fsdp:
+        raise SystemExit("--metric_for_best_model with a caption metric captions on the main process alone, which a "
+                         "sharded (--fsdp) model cannot: choose val_loss or another validation metric")
+
+
 def best_metric_key(name: str) -> str:
     """`--metric_for_best_model` as the validation metric it names: "cider" -> "val_CIDEr", "bleu_4" ->
     "val_BLEU-4", "vqa_accuracy" -> "val_vqa_accuracy"; a name that starts with "val_" is that metric."""
@@ -794,7 +813,9 @@ def best_metric_key(name: str) -> str:
 def _keep_best(args, accelerator, model, processor, state, metrics):
     """Save the model as `best/` when the chosen validation metric improves (lower is better for losses)."""
     key = best_metric_key(args.metric_for_best_model)
-    if key not in metrics:  # (a validation batch without the metric's rows; the name itself was checked up front)
+    if key not in metrics:  # the name was checked up front: the validation rows lacked the metric's target
+        accelerator.print(f"warning: no {key} at step {state.global_step} (the validation split has no row for it): "
+                          "best/ is not updated")
         return
     value, lower_is_better = metrics[key], "loss" in key or "rank" in key
     better = state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric)

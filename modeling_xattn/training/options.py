@@ -67,6 +67,10 @@ class DataArguments:
     synthetic_shapes: int = option(SyntheticSpec.num_shapes, "shape kinds in use")
     data_seed: int = option(0, "seed of the embedded dataset and of held-out splits")
     validation_fraction: float = option(0.1)
+    validation_from_train: bool = option(
+        False,
+        "validate on --validation_fraction of the train split, held out, even where the source has a validation split:"
+        " checkpoints are then chosen without seeing the split you report (VQAv2's val2014, say)")
     caption_matching: bool = option(
         False,
         "turn a captioned source into a labelled two-way task (train with --tasks classification, or "

@@ -8,6 +8,7 @@ pushing a trained folder to the Hub after checking that what is pushed reproduce
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import string
 import tempfile
@@ -39,15 +40,51 @@ def eval_result_list(eval_results: dict | None) -> list:
     entries = []
     for task, metrics in eval_results["results"].items():
         known = REGISTRY.get(task)
+        if known is None:
+            continue
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # the task's own metrics (and VQA's per answer type), not the run's bookkeeping (k, timings, counts)
+            reported = key in known.metrics or (task == "vqa" and key.startswith("vqa_accuracy"))
+            if reported and isinstance(value, (int, float)) and not isinstance(value, bool):
                 entries.append(EvalResult(
-                    task_type=known.hub_task if known else task, task_name=known.hub_name if known else task,
-                    dataset_type=dataset_type, dataset_name=dataset_name,
-                    dataset_split=eval_results.get("split", "validation"),
-                    metric_type=key.lower().replace("@", "_at_").replace("-", "_"), metric_name=key,
-                    metric_value=round(float(value), 4)))
+                    task_type=known.hub_task, task_name=known.hub_name, dataset_type=dataset_type,
+                    dataset_name=dataset_name, dataset_split=eval_results.get("split", "validation"),
+                    metric_type=re.sub(r"[^a-z0-9]+", "_", key.lower().replace("@", "_at_")).strip("_"),
+                    metric_name=key, metric_value=round(float(value), 4)))
     return entries
+
+
+# What the card shows of each task: the lines that use the loaded model, the pipeline that serves it.
+USAGE = {
+    "captioning": ('ids = model.generate(processor(images=image)["pixel_values"])  # generation_config.json\n'
+                   "print(processor.batch_decode(ids, skip_special_tokens=True))",
+                   'captioner = pipeline("image-to-text", model="<repo>", revision="<commit>", trust_remote_code=True)\n'
+                   'print(captioner("photo.jpg"))'),
+    "classification": ('inputs = processor(images=image, text="a statement about the photo")\n'
+                       "print(dict(zip(model.config.id2label.values(), model(**inputs).logits.softmax(-1)[0].tolist())))",
+                       'classifier = pipeline("image-text-classification", model="<repo>", revision="<commit>", '
+                       'trust_remote_code=True)\nprint(classifier("photo.jpg", text="a statement about the photo"))'),
+    "vqa": ('inputs = processor(images=image, text="what is the man holding?")\n'
+            "print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])",
+            'answerer = pipeline("image-text-classification", model="<repo>", revision="<commit>", '
+            'trust_remote_code=True)  # (transformers 5 has no VQA pipeline)\n'
+            'print(answerer("photo.jpg", text="what is the man holding?"))'),
+    "retrieval": ('captions = processor(captions=["a dog on the beach", "a red bus"])\n'
+                  "images = model.get_image_features(processor(images=image)[\"pixel_values\"])\n"
+                  'print(images @ model.get_text_features(captions["caption_input_ids"], '
+                  'captions["caption_attention_mask"]).T)',
+                  'ranker = pipeline("zero-shot-image-classification", model="<repo>", revision="<commit>", '
+                  'trust_remote_code=True)\nprint(ranker("photo.jpg", candidate_labels=["a dog on the beach", '
+                  '"a red bus"]))'),
+}
+
+
+def usage_lines(tasks) -> tuple[str, str]:
+    """The card's code for the trained `tasks`: using the loaded model, and the pipelines that serve it."""
+    tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    chosen = [task for task in ("captioning", "classification", "vqa", "retrieval") if task in tasks]
+    return ("\n".join(USAGE[task][0] for task in chosen) or "print(model(**processor(images=image, text=\"...\")))",
+            "\n".join(USAGE[task][1] for task in chosen))
 
 
 def card_metadata(card: dict, model_name: str, eval_results: dict | None = None):
@@ -94,6 +131,7 @@ def build_card(folder: str | Path, repo_id: str, eval_results: dict | None = Non
     card = dict(train_results.get("card", {}))
     values = {key: value for key, value in card.items() if isinstance(value, str)}
     values["model_id"] = repo_id
+    values["usage"], values["pipelines"] = usage_lines(card.get("tasks") or "captioning")
     if eval_results:
         flat = {f"{task}/{k}": v for task, metrics in eval_results["results"].items() for k, v in metrics.items()}
         values["metrics_table"] = (metrics_table(flat) + f"\n\n(the {eval_results.get('split')} split of "

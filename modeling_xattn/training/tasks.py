@@ -143,8 +143,10 @@ def select_tasks(requested: str, dataset) -> set[str]:
     if requested == "auto":
         tasks = {name for name, task in REGISTRY.items() if task.auto and have[task.target]}
         if not tasks:
+            questions = sum(bool(r.get("question")) for r in _text_rows(dataset))
+            hint = f"; {questions} rows carry a VQA question: train them with --tasks vqa" if questions else ""
             raise ValueError(f"no row of the {len(dataset)} training rows has a caption or a labelled text: nothing "
-                             "to train (check --caption_column, --text_column and --label_column)")
+                             f"to train (check --caption_column, --text_column and --label_column{hint})")
         return tasks
     tasks = {task.strip() for task in requested.split(",") if task.strip()}
     unknown = tasks - set(TASKS)

@@ -167,6 +167,8 @@ def hub_base_models(args) -> list[str]:
     ids = []
     if args.text_backbone and not os.path.isdir(args.text_backbone):
         ids.append(args.text_backbone)
+    elif args.text_backbone and is_albert_base_v2(args.text_backbone):
+        ids.append("albert/albert-base-v2")
     if args.vision_backbone == "imagenet":
         ids.append(DENSENET121_HUB_ID)
     elif args.vision_backbone and os.path.isfile(args.vision_backbone):
@@ -177,6 +179,32 @@ def hub_base_models(args) -> list[str]:
         if source.startswith("torchvision DenseNet121_Weights.IMAGENET1K_V1"):
             ids.append(DENSENET121_HUB_ID)
     return ids
+
+
+# albert-base-v2's published configuration, the fields that define the model
+ALBERT_BASE_V2 = dict(model_type="albert", vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
+                      num_attention_heads=12, intermediate_size=3072, num_hidden_groups=1, inner_group_num=1,
+                      hidden_act="gelu_new")
+
+
+def is_albert_base_v2(folder: str) -> bool:
+    """A local folder holds albert-base-v2 (as `hf download albert/albert-base-v2 --local-dir` writes it, or a copy
+    fine-tuned from it) when its configuration is the published one and its tokenizer has the published 30,000
+    pieces: then the card can name its Hub id, which the folder itself does not record."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    if any(config.get(key) != value for key, value in ALBERT_BASE_V2.items()):
+        return False
+    try:
+        return len(AutoTokenizer.from_pretrained(folder)) == ALBERT_BASE_V2["vocab_size"]
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def describe_towers(args) -> str:

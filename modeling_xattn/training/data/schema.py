@@ -150,7 +150,8 @@ def vqa_answer_accuracy(answers: list[list[str]], vocab: dict[str, int]) -> torc
     10-choose-9 average against the row's human answers): evaluation reads it at the predicted answer."""
     table = torch.zeros(len(answers), len(vocab))
     for row, given in enumerate(answers):
-        for answer, accuracy in answer_accuracies([clean_text(a) for a in given]).items():
+        # the human answers as given (the official evaluation neither strips nor collapses their spaces)
+        for answer, accuracy in answer_accuracies([a if isinstance(a, str) else clean_text(a) for a in given]).items():
             if answer in vocab:
                 table[row, vocab[answer]] = accuracy
     return table

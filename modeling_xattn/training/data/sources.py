@@ -37,7 +37,7 @@ from modeling_xattn.training.data.schema import (
 )
 from modeling_xattn.training.data.shards import load_shards
 from modeling_xattn.training.data.synthetic import synthetic_dataset
-from modeling_xattn.training.data.vqa import official_vqa_rows
+from modeling_xattn.training.data.vqa import official_splits, official_vqa_rows
 from modeling_xattn.training.options import data_options
 
 logger = logging.getLogger(__name__)
@@ -241,16 +241,19 @@ def load_hub_dataset(name: str, split: str = "train", config_name: str | None = 
 
 
 def load_karpathy_hub(name: str, split: str, image_root: str, revision: str | None = None):
-    """The Hub's metadata copy of COCO's Karpathy splits (yerevann/coco-karpathy: one row per photo with `filepath`
-    ("val2014"), `filename`, `sentences` (the raw captions), `cocoid`, `split`, `url`; no image column) joined with
-    the COCO images in `image_root` (`image_root/filepath/filename`, as the official zips unpack them). Its `train`
-    split holds Karpathy's train and restval photos, as `dataset_coco.json` read with `--dataset karpathy` does."""
+    """The Hub's metadata copy of COCO's Karpathy splits (yerevann/coco-karpathy: splits train, restval, validation,
+    test; one row per photo with `filepath` ("val2014"), `filename`, `sentences` (the raw captions), `cocoid`,
+    `split`, `url`; no image column) joined with the COCO images in `image_root` (`image_root/filepath/filename`, as
+    the official zips unpack them). Training reads its `train` and `restval` splits (113,287 photos), as
+    `dataset_coco.json` read with `--dataset karpathy` does."""
     import datasets
 
     if not image_root:
         raise ValueError("--dataset karpathy_hub joins the Hub's metadata with local images: give --image_root (the "
                          "folder holding train2014/ and val2014/)")
     data = datasets.load_dataset(name, split=split, revision=revision)
+    if split == "train":
+        data = datasets.concatenate_datasets([data, _karpathy_restval(name, revision)])
     rows = []
     for row in data:
         sentences = row["sentences"]
@@ -400,19 +403,32 @@ def load_mvsa(root: str, seed: int = 0, counter: BadRowCounter | None = None):
     return datasets.DatasetDict({name: to_schema([rows[i] for i in idx]) for name, idx in splits.items()})
 
 
+# Where a copy of the Karpathy metadata keeps its restval split: the Hub's parquet conversion, then the usual layouts.
+RESTVAL_FILES = ("default/restval/*.parquet", "data/restval-*.parquet", "**/restval/*.parquet", "**/*restval*.parquet")
+
+
+def _karpathy_restval(name: str, revision: str | None):
+    """Karpathy's restval photos (30,504 of COCO's val2014, trained on with train), read by file pattern: `datasets`
+    infers only train / validation / test from a folder layout. A copy without them is said."""
+    import datasets
+
+    for pattern in RESTVAL_FILES:
+        try:
+            return datasets.load_dataset(name, data_files={"restval": pattern}, split="restval", revision=revision)
+        except (FileNotFoundError, ValueError):
+            continue
+    logger.warning(f"{name} has no restval split: training on Karpathy's train photos alone (82,783 of 113,287)")
+    return datasets.load_dataset(name, split="train", revision=revision).select([])
+
+
 def load_vqa(root: str, split: str, counter: BadRowCounter | None = None):
     """VQAv2 from its official files under `root` (questions, annotations, `train2014/` and `val2014/` images, as the
-    download unpacks them; `data/vqa.py`): one row per question with its ten human answers; a question whose image
-    file is missing is skipped and counted."""
-    counter = counter if counter is not None else BadRowCounter()
-    rows = []
-    for row in official_vqa_rows(root, split):
-        if not Path(row["image"]).is_file():
-            counter.add("image file missing", f"question {row['question_id']} ({Path(row['image']).name})")
-            continue
-        rows.append(row)
+    download unpacks them; the test-dev or test questions for `split="test"`; `data/vqa.py`): one row per question
+    with its ten human answers. Every question stays a row, its image read later: a missing image is skipped and
+    counted where the batch is made, and evaluation still answers its question."""
+    rows = official_vqa_rows(root, split)
     if not rows:
-        raise ValueError(f"--data_dir {root}: no question of the {split} split has its image file ({counter.summary()})")
+        raise ValueError(f"--data_dir {root}: the {split} questions file holds no question")
     return to_schema(rows)
 
 
@@ -435,6 +451,9 @@ def load_split(args, split: str, counter: BadRowCounter | None = None, hold_out_
         args = data_options(**args)
     splits = source_splits(args, counter if counter is not None else BadRowCounter())
     source = _source_name(args)
+    if getattr(args, "validation_from_train", False) and "validation" in splits:
+        # the source's validation split stays unseen, for reporting; checkpoints are chosen on rows held out of train
+        splits = {name: load for name, load in splits.items() if name != "validation"}
     if split == "train" and hold_out_validation and "validation" not in splits and "train" in splits:
         data = _held_out(splits["train"](), "train", args)
         logger.warning(f"{source} has no validation split: holding out {args.validation_fraction:.0%} of its train "
@@ -609,11 +628,12 @@ SOURCES = {source.name: source for source in (
     Source("karpathy_hub", lambda args, counter: {
         name: (lambda name=name: load_karpathy_hub(hub_name(args), name, args.image_root, hub_revision(args)))
         for name in ("train", "validation", "test")},
-           "--image_root (COCO's train2014/ and val2014/)", hub=("yerevann/coco-karpathy", None)),
+           "--image_root (COCO's train2014/ and val2014/)",
+           hub=("yerevann/coco-karpathy", "refs/convert/parquet")),
     Source("flickr30k_hub", _flickr30k_hub_splits, "nothing else: the images are in the parquet files",
            hub=("nlphuji/flickr30k", "refs/convert/parquet")),
     Source("vqa", lambda args, counter: {
-        name: (lambda name=name: load_vqa(args.data_dir, name, counter)) for name in ("train", "validation")},
+        name: (lambda name=name: load_vqa(args.data_dir, name, counter)) for name in official_splits(args.data_dir)},
            "--data_dir (the official questions, annotations, train2014/ and val2014/)"),
     Source("vqa_hub", _vqa_hub_splits, "nothing else: the images are in the parquet files",
            hub=("lmms-lab/VQAv2", None)),
@@ -624,12 +644,16 @@ STREAMABLE = tuple(name for name, source in SOURCES.items() if source.streamable
 
 
 def dataset_identity(args) -> dict:
-    """What the data is, for results files and the model card: `dataset_id` (the Hub id where it came from the Hub,
-    else the source's name), `dataset_hub_id` (that Hub id, or None), `dataset_title` (the benchmark's name)."""
+    """What the data is, for results files and the model card: `dataset_id` (its Hub id, else the source's name),
+    `dataset_hub_id` (the Hub id of the data: the copy it was read from, or for the official files of a benchmark
+    the Hub hosts, that benchmark's; None for other local data), `dataset_title` (the benchmark's name)."""
     source = SOURCES[args.dataset]
     hub = hub_name(args) if (source.hub or args.dataset == "hub") else None
     hub = hub if hub and not Path(hub).is_dir() else None
     file = Path(args.data_file or "").name
+    if hub is None and args.dataset in ("karpathy", "vqa"):
+        hub = {"dataset_coco.json": "yerevann/coco-karpathy", "dataset_flickr30k.json": "nlphuji/flickr30k"}.get(
+            file) if args.dataset == "karpathy" else "HuggingFaceM4/VQAv2"
     titles = {"karpathy": "Flickr30k Karpathy" if "flickr30k" in file else "COCO Karpathy" if "coco" in file else None,
               "karpathy_hub": "COCO Karpathy", "flickr30k_hub": "Flickr30k Karpathy", "vqa": "VQAv2",
               "vqa_hub": "VQAv2", "mvsa": "MVSA", "synthetic": "the embedded dataset", "coco": "COCO captions"}

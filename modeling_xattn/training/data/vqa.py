@@ -5,8 +5,8 @@ answers (averaged over the 10-choose-9 subsets of the annotators), and the offic
 The official rules, followed here to the letter:
 - a predicted answer: newlines and tabs become spaces, it is stripped, then `process_punctuation` and
   `process_digit_article` (lower case, number words to digits, articles dropped, contractions restored);
-- the human answers: stripped of newlines and tabs; `process_punctuation` only, and only when the annotators did not
-  all give the same answer;
+- the human answers: as given (no stripping, no lower case); `process_punctuation` only, and only when the
+  annotators did not all give the same answer;
 - accuracy = mean over each annotator left out of min(1, #other annotators who gave the predicted answer / 3);
   the overall figure is the mean over questions, as a percentage rounded to 2 places.
 """
@@ -83,7 +83,7 @@ def normalize_answer(answer: str) -> str:
 def human_answers(answers: list[str]) -> list[str]:
     """The annotators' answers as the official evaluation compares them: punctuation processed only where they
     disagree."""
-    answers = [str(a).replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    answers = [str(a) for a in answers]
     if len(set(answers)) > 1:
         answers = [process_punctuation(a) for a in answers]
     return answers
@@ -118,41 +118,66 @@ def overall_accuracy(accuracies: list[float]) -> float:
 
 
 # The official download unpacks to these names: v2_OpenEnded_mscoco_train2014_questions.json,
-# v2_mscoco_train2014_annotations.json, train2014/COCO_train2014_000000000009.jpg (and the same for val2014).
+# v2_mscoco_train2014_annotations.json, train2014/COCO_train2014_000000000009.jpg (and the same for val2014); the test
+# questions (v2_OpenEnded_mscoco_test-dev2015_questions.json, ..._test2015_...) come without annotations and their
+# images are test2015/COCO_test2015_<id>.jpg.
 OFFICIAL_SUBTYPES = {"train": "train2014", "validation": "val2014"}
+TEST_SUBTYPES = ("test-dev2015", "test2015")  # `--split test`: test-dev where its questions are present
 
 
-def find_official_file(root: Path, name: str) -> Path:
-    """`name` in `root` or one folder below it (the zips unpack either way); a clear error when it is missing."""
-    for candidate in (root / name, *sorted(root.glob(f"*/{name}"))):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"--data_dir {root}: no {name} (in it or one folder below); the official VQAv2 download "
-                            "unpacks the questions, annotations and images of each split there")
+def find_official_file(root: Path, name: str) -> Path | None:
+    """`name` in `root` or one folder below it (the zips unpack either way), or None."""
+    return next((p for p in (root / name, *sorted(root.glob(f"*/{name}"))) if p.is_file()), None)
+
+
+def _required(root: Path, name: str) -> Path:
+    path = find_official_file(root, name)
+    if path is None:
+        raise FileNotFoundError(f"--data_dir {root}: no {name} (in it or one folder below); the official VQAv2 "
+                                "download unpacks the questions, annotations and images of each split there")
+    return path
+
+
+def official_splits(root: str) -> list[str]:
+    """The splits whose questions file is under `root`: train, validation (val2014), test (test-dev2015 or
+    test2015, questions only)."""
+    root = Path(root)
+    found = [split for split, sub in OFFICIAL_SUBTYPES.items()
+             if find_official_file(root, f"v2_OpenEnded_mscoco_{sub}_questions.json")]
+    if any(find_official_file(root, f"v2_OpenEnded_mscoco_{sub}_questions.json") for sub in TEST_SUBTYPES):
+        found.append("test")
+    return found
 
 
 def official_vqa_rows(root: str, split: str) -> list[dict]:
-    """The rows of an official VQAv2 split (`train` or `validation`, i.e. val2014): one per question, with its image
-    path, question, the ten human answers and the question's ids and types."""
-    if split not in OFFICIAL_SUBTYPES:
-        raise ValueError(f"VQAv2's official files have annotated splits {sorted(OFFICIAL_SUBTYPES)}; the test-dev and "
-                         f"test questions are scored by the evaluation server, not here (asked: {split!r})")
-    subtype, root = OFFICIAL_SUBTYPES[split], Path(root)
-    with open(find_official_file(root, f"v2_OpenEnded_mscoco_{subtype}_questions.json"), encoding="utf-8") as f:
-        questions = {q["question_id"]: q for q in json.load(f)["questions"]}
-    with open(find_official_file(root, f"v2_mscoco_{subtype}_annotations.json"), encoding="utf-8") as f:
-        annotations = json.load(f)["annotations"]
-    images = next((p for p in (root / subtype, *sorted(root.glob(f"*/{subtype}"))) if p.is_dir()), root / subtype)
+    """The rows of an official VQAv2 split, one per question: its image path, the question, the ten human answers
+    (none for the test questions, which the evaluation server scores from `vqa_results.json`) and its ids and types.
+    Every question of the file is a row, so a results file answers all of them (the server checks)."""
+    root = Path(root)
+    if split == "test":
+        subtype = next((sub for sub in TEST_SUBTYPES
+                        if find_official_file(root, f"v2_OpenEnded_mscoco_{sub}_questions.json")), TEST_SUBTYPES[0])
+        images_subtype = "test2015"  # test-dev's photos are a subset of test2015's
+    elif split in OFFICIAL_SUBTYPES:
+        subtype = images_subtype = OFFICIAL_SUBTYPES[split]
+    else:
+        raise ValueError(f"VQAv2's splits are train, validation and test (asked: {split!r})")
+    with open(_required(root, f"v2_OpenEnded_mscoco_{subtype}_questions.json"), encoding="utf-8") as f:
+        questions = json.load(f)["questions"]
+    annotations = {}
+    if split != "test":
+        with open(_required(root, f"v2_mscoco_{subtype}_annotations.json"), encoding="utf-8") as f:
+            annotations = {a["question_id"]: a for a in json.load(f)["annotations"]}
+    images = next((p for p in (root / images_subtype, *sorted(root.glob(f"*/{images_subtype}"))) if p.is_dir()),
+                  root / images_subtype)
     rows = []
-    for annotation in annotations:
-        question = questions.get(annotation["question_id"])
-        if question is None:
-            continue
+    for question in questions:
+        annotation = annotations.get(question["question_id"], {})
         rows.append({
-            "image": str(images / f"COCO_{subtype}_{annotation['image_id']:012d}.jpg"),
+            "image": str(images / f"COCO_{images_subtype}_{question['image_id']:012d}.jpg"),
             "question": question["question"], "text": question["question"],
-            "answers": [a["answer"] for a in annotation["answers"]],
-            "image_id": annotation["image_id"], "question_id": annotation["question_id"],
+            "answers": [a["answer"] for a in annotation.get("answers", [])],
+            "image_id": question["image_id"], "question_id": question["question_id"],
             "answer_type": annotation.get("answer_type", ""), "question_type": annotation.get("question_type", ""),
         })
     return rows
