@@ -49,6 +49,9 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 # Weights of the task heads. A checkpoint of one head loads into any other class: the other heads' weights are expected
 # to be absent or unused, so they are neither listed as missing nor as unexpected (see `from_pretrained`).
 HEAD_PREFIXES = ("classifier", "retrieval", "captioner")
+# How two-stage retrieval scores a shortlisted pair: the matching log-probability alone, or plus the embeddings'
+# cosine (BLIP's and LAVIS's re-ranking adds the cosine of the unimodal embeddings to the matching score).
+RERANK_SCORES = ("itm", "itm+similarity")
 # CLIP's clamp of the learned logit scale: exp(t) <= 100, i.e. a temperature of at least 0.01.
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -1238,7 +1241,11 @@ class _RetrievalMixin:
             negatives = negatives & rows[:, None] & rows[None, :]
         image_index, text_index, targets, counted = self.retrieval.matching_pairs(image_embeds, text_embeds, negatives,
                                                                                  rows)
-        fused = self.xattn.fuse(text_tokens[text_index], text_mask[text_index], image_tokens[image_index])
+        # index_select, not tensor[index]: the backward of advanced indexing accumulates the repeated rows with
+        # index_put_ across threads in no fixed order (a seeded multi-threaded CPU run then differs from run to
+        # run by ~1e-6), where index_select's backward (index_add_) sums them in order
+        fused = self.xattn.fuse(text_tokens.index_select(0, text_index), text_mask.index_select(0, text_index),
+                                image_tokens.index_select(0, image_index))
         loss_itm, itm_logits = self.retrieval.matching_loss(fused.pooler_output, targets, counted)
         return XAttnRetrievalOutput(
             loss_contrastive=self.retrieval.contrastive_loss(image_embeds, text_embeds, negatives, rows),
@@ -1340,18 +1347,23 @@ class _RetrievalMixin:
 
     @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
-             batch_size: int = 256, reuse: bool = False, progress: bool = False) -> tuple[torch.Tensor, int]:
+             batch_size: int = 256, reuse: bool = False, progress: bool = False,
+             score: str = "itm") -> tuple[torch.Tensor, int]:
         """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching
         score re-ranks the shortlist. `images` = `encode_gallery_images(...)`, `texts` = `encode_gallery_texts(...)`.
 
         Returns a `(num_images, num_texts)` score matrix, higher = better (rows are the queries for `"i2t"`,
-        columns for `"t2i"`): shortlisted pairs hold their matching log-probability, the others their embedding
-        similarity minus 1e4 (ranked after the shortlist, in embedding order); and the number of pairs scored by
-        cross-attention. `exhaustive=True` scores every pair; with `k >=` the gallery size both give the same matrix.
+        columns for `"t2i"`): shortlisted pairs hold their matching log-probability (`score="itm"`) or that plus the
+        cosine of the pair's embeddings (`score="itm+similarity"`, as BLIP and LAVIS score a shortlist), the others
+        their embedding similarity minus 1e4 (ranked after the shortlist, in embedding order); and the number of pairs
+        scored by cross-attention. `exhaustive=True` scores every pair; with `k >=` the gallery size both give the same
+        matrix.
         `reuse`: see `pair_scores`. `progress`: a bar over the pairs scored (pairs/s, time left).
         """
         if direction not in ("i2t", "t2i"):
             raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
+        if score not in RERANK_SCORES:
+            raise ValueError(f"score must be one of {RERANK_SCORES}, got {score!r}")
         image_tokens, image_embeds = images
         text_tokens, text_mask, text_embeds = texts
         similarity = self.retrieval.similarity(image_embeds, text_embeds).float()  # (N, M)
@@ -1365,9 +1377,11 @@ class _RetrievalMixin:
             shortlist = shortlist.T
         image_index, text_index = shortlist.nonzero(as_tuple=True)
         scores = similarity - 1e4
-        scores[image_index, text_index] = self.pair_scores(image_tokens, text_tokens, text_mask, image_index,
-                                                           text_index, batch_size, reuse,
-                                                           progress and f"re-ranking {direction}")
+        matching = self.pair_scores(image_tokens, text_tokens, text_mask, image_index, text_index, batch_size, reuse,
+                                    progress and f"re-ranking {direction}")
+        if score == "itm+similarity":  # the embeddings are L2-normalised: their dot product is the cosine
+            matching = matching + (image_embeds[image_index].float() * text_embeds[text_index].float()).sum(-1)
+        scores[image_index, text_index] = matching
         return scores, len(image_index)
 
 

@@ -281,3 +281,58 @@ def test_collator_applies_the_crop(processor):
     whole = collate([{"image": image, "captions": ["a photo"], "image_id": 0}])["pixel_values"]
     left = collate([{"image": image, "captions": ["a photo"], "image_id": 0, "crop_box": (0.0, 0.0, 0.5, 1.0)}])
     assert left["pixel_values"].mean() < whole.mean()  # only the black half is left
+
+
+def test_reranking_adds_the_embeddings_cosine_to_the_matching_score():
+    torch.manual_seed(0)
+    model = tiny(fusion_gate=True, fusion_gate_init=0.5).eval()
+    batch = make_batch(model.config, batch_size=4)
+    images = model.encode_gallery_images(batch["pixel_values"])
+    texts = model.encode_gallery_texts(batch["input_ids"], batch["attention_mask"])
+    cosine = images[1].float() @ texts[2].float().T
+    for direction in ("i2t", "t2i"):
+        alone, pairs = model.rank(images, texts, direction=direction, k=2)
+        summed, summed_pairs = model.rank(images, texts, direction=direction, k=2, score="itm+similarity")
+        assert pairs == summed_pairs == 8
+        shortlisted = alone > -5e3
+        torch.testing.assert_close(summed[shortlisted], alone[shortlisted] + cosine[shortlisted])
+        assert torch.equal(summed[~shortlisted], alone[~shortlisted])  # the rest keep the embeddings' order
+    with pytest.raises(ValueError, match="score must be one of"):
+        model.rank(images, texts, score="similarity")
+
+
+def test_gates_are_read_by_layer_and_direction():
+    from modeling_xattn.training.loop import gate_openings
+
+    model = tiny(fusion_gate=True, fusion_gate_init=0.5)
+    openings = gate_openings(model.config, model)
+    assert set(openings) == {f"gate_{name}_{layer}" for name in ("text_from_image", "image_from_text")
+                             for layer in range(model.config.num_fusion_layers)}
+    assert all(value == pytest.approx(math.tanh(0.5)) for value in openings.values())
+    assert gate_openings(tiny().config, tiny()) == {}  # the paper's ungated layers have no gate
+
+
+def test_matching_is_judged_against_each_photos_hardest_other_caption(monkeypatch):
+    from modeling_xattn.training.evaluation import matching_against_hardest
+
+    model = tiny(fusion_gate=True)
+    captions = ["a dog", "a cat", "a car", "a cup", "a dog", "a bus"]
+    owner = torch.tensor([0, 0, 1, 1, 2, 2])
+    similarity = torch.tensor([[5.0, 4.0, 1.0, 2.0, 9.0, 0.0],  # c4 says "a dog" like photo 0's own c0: not a negative
+                               [3.0, 1.0, 9.0, 9.0, 0.0, 0.0],
+                               [4.0, 3.0, 0.0, 0.0, 9.0, 9.0]])  # c0 is "a dog", photo 2's own first caption's text
+    probability = {(0, 0): 0.9, (1, 2): 0.4, (2, 4): 0.8, (0, 3): 0.2, (1, 0): 0.6, (2, 1): 0.1}
+    asked = []
+
+    def pair_scores(image_tokens, text_tokens, text_mask, images, texts, batch_size, *rest):
+        asked.extend(zip(images.tolist(), texts.tolist()))
+        return torch.tensor([probability[pair] for pair in zip(images.tolist(), texts.tolist())]).log()
+
+    monkeypatch.setattr(model, "pair_scores", pair_scores)
+    monkeypatch.setattr(model.retrieval, "similarity", lambda images, texts: similarity)
+    encoded = ((torch.zeros(3, 2, 4), torch.zeros(3, 4)), (torch.zeros(6, 2, 4), torch.ones(6, 2), torch.zeros(6, 4)))
+    result = matching_against_hardest(model, encoded, owner, captions, batch_size=4)
+    assert sorted(asked) == sorted(probability)  # each photo's first caption and its hardest real negative
+    assert result["itm_pairs"] == 6
+    assert result["itm_accuracy"] == pytest.approx(50.0 * (2 / 3 + 2 / 3))
+    assert result["itm_auc"] == pytest.approx(8 / 9)

@@ -46,11 +46,12 @@ def test_main_trains_evaluates_and_writes_a_loadable_folder(tmp_path):
     assert (out / "best" / "model.safetensors").exists()
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3, 4] and "lr" in history[0]
+    assert abs(history[0]["gate_text_from_image_0"]) < 1e-2  # the default recipe's gates (closed at 0), logged
 
 
 def run_script(args, env=None, cwd=REPO):
-    # One thread: multi-threaded CPU reductions are not bitwise reproducible even without an interruption
-    # (two uninterrupted 4-thread runs differed by 7e-7), so bitwise equality is only defined with one.
+    # One thread per process: the tests run several processes at once on few cores (tests/test_reproducibility.py
+    # checks that a multi-threaded step is bitwise repeatable).
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
 

@@ -215,14 +215,15 @@ def encode_gallery(model, processor, pixel_values, captions: list[str], batch_si
 
 @torch.inference_mode()
 def rank_gallery(model, processor, pixel_values, captions: list[str], direction="i2t", top_k=128, exhaustive=False,
-                 batch_size=64, encoded=None, progress=False, rerank_batch_size=None):
+                 batch_size=64, encoded=None, progress=False, rerank_batch_size=None, rerank_score="itm"):
     """Two-stage ranking of a gallery: images and captions are encoded once (pass `encoded` from an earlier call
     to reuse them), the embeddings shortlist `top_k` per query, the matching head re-ranks the shortlist.
     Returns `(scores (num_images, num_captions), pairs scored by cross-attention, encoded)`."""
     if encoded is None:
         encoded = encode_gallery(model, processor, pixel_values, captions, batch_size, progress=progress)
     scores, pairs = model.rank(*encoded, direction=direction, k=top_k, exhaustive=exhaustive,
-                               batch_size=rerank_batch_size or rerank_batch_size_for(model), progress=progress)
+                               batch_size=rerank_batch_size or rerank_batch_size_for(model), progress=progress,
+                               score=rerank_score)
     return scores, pairs, encoded
 
 
@@ -342,12 +343,15 @@ CAPTIONS_PER_IMAGE = 5
 @torch.inference_mode()
 def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exhaustive=False, progress=True,
                        counter=None, rerank_budget=RERANK_BUDGET_SECONDS, rerank_batch_size=None,
-                       outputs: dict | None = None, captions_per_image: int = CAPTIONS_PER_IMAGE) -> dict:
+                       outputs: dict | None = None, captions_per_image: int = CAPTIONS_PER_IMAGE,
+                       rerank_score: str = "itm") -> dict:
     """Gallery = the split's images and the first `captions_per_image` of each one's captions (0: all of them); any
     of an image's captions is a hit. `top_k`: one
     shortlist size, one per direction (`{"i2t": 64, "t2i": 16}`, as `scripts/benchmark.py` picks them from its
-    R@1-vs-k curve), or "auto" (`choose_shortlist` within `rerank_budget` seconds). `outputs`, when given, receives
-    `retrieval`: each query's top 10 (`ranked_lists`)."""
+    R@1-vs-k curve), or "auto" (`choose_shortlist` within `rerank_budget` seconds). `rerank_score`: how a
+    shortlisted pair is scored (`RERANK_SCORES`). `outputs`, when given, receives `retrieval`: each query's top 10
+    (`ranked_lists`). With a matching head, also the head against each photo's hardest other caption
+    (`matching_against_hardest`)."""
     if getattr(model, "retrieval", None) is None:
         return {}
     if getattr(model.config, "lambda_itm", 1.0) == 0 and (top_k or exhaustive):
@@ -379,10 +383,12 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
         k = top_k[direction] if isinstance(top_k, dict) else top_k
         ranking_started = time.perf_counter()
         scores, pairs, _ = rank_gallery(model, processor, pixels, captions, direction, k, exhaustive, batch_size,
-                                        encoded, progress, rerank_batch_size)
+                                        encoded, progress, rerank_batch_size, rerank_score)
         metrics = retrieval_metrics(scores, owner)
         results.update({k: v for k, v in metrics.items() if k.startswith(direction)})
         results[f"{direction}_pair_evaluations"] = pairs
+        if pairs:
+            results["rerank_score"] = rerank_score
         if pairs:
             results[f"{direction}_pairs_per_second"] = round(pairs / (time.perf_counter() - ranking_started), 1)
         scores_by_direction[direction] = scores
@@ -394,9 +400,38 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
         similarity = model.retrieval.similarity(image_embeds, text_embeds).float().cpu()
         results.update({f"embedding_{k}": v for k, v in retrieval_metrics(similarity, owner.cpu()).items()})
     results.update(embedding_spread(image_embeds, text_embeds, owner))
+    if getattr(model.config, "lambda_itm", 1.0) != 0:
+        results.update(matching_against_hardest(model, encoded, owner, captions, rerank_batch_size))
     if outputs is not None:
         outputs["retrieval"] = ranked_lists(scores_by_direction, ids, captions, owner.tolist())
     return results
+
+
+def matching_against_hardest(model, encoded, owner, captions: list[str], batch_size=None) -> dict:
+    """The matching (ITM) head on the decision it exists for: each photo with its own first caption and with its
+    hardest other caption (the most similar by the embeddings, of another photo and another text). Returns the
+    accuracy of p(match) > 0.5 over the 2N pairs, the ROC AUC (the chance that a photo's own caption scores above a
+    hardest other one, ties half), and the base rate of a head that says "no" to everything (50%)."""
+    (image_tokens, image_embeds), (text_tokens, text_mask, text_embeds) = encoded
+    photos = len(image_embeds)
+    first = torch.full((photos,), -1, dtype=torch.long)
+    for caption, photo in enumerate(owner.tolist()):
+        if first[photo] < 0:
+            first[photo] = caption
+    similarity = model.retrieval.similarity(image_embeds, text_embeds).float().cpu()
+    text_ids = {text: index for index, text in enumerate(dict.fromkeys(captions))}
+    text_id = torch.tensor([text_ids[text] for text in captions])
+    excluded = ((owner.cpu()[None, :] == torch.arange(photos)[:, None])  # the photo's own captions
+                | (text_id[None, :] == text_id[first][:, None]))  # and any caption with its first caption's text
+    hardest = similarity.masked_fill(excluded, float("-inf")).argmax(1)
+    images = torch.cat([torch.arange(photos), torch.arange(photos)]).to(image_tokens.device)
+    texts = torch.cat([first, hardest]).to(image_tokens.device)
+    scores = model.pair_scores(image_tokens, text_tokens, text_mask, images, texts,
+                               batch_size or rerank_batch_size_for(model)).exp().float().cpu()
+    own, other = scores[:photos], scores[photos:]
+    accuracy = 50.0 * float((own > 0.5).float().mean() + (other <= 0.5).float().mean())
+    greater = (own[:, None] > other[None, :]).float().mean() + 0.5 * (own[:, None] == other[None, :]).float().mean()
+    return {"itm_accuracy": accuracy, "itm_auc": float(greater), "itm_pairs": 2 * photos}
 
 
 def ranked_lists(scores: dict, ids: list[str], captions: list[str], owner: list[int], depth: int = 10) -> dict:
@@ -437,7 +472,7 @@ def embedding_spread(image_embeds, text_embeds, owner) -> dict:
 def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_beams=None, max_new_tokens=None,
                    top_k="auto", exhaustive=False, java=True, progress=True, counter=None,
                    rerank_budget=RERANK_BUDGET_SECONDS, outputs: dict | None = None,
-                   captions_per_image: int = CAPTIONS_PER_IMAGE) -> dict:
+                   captions_per_image: int = CAPTIONS_PER_IMAGE, rerank_score: str = "itm") -> dict:
     """Every task of `tasks` the model has a head for, each on the rows that carry its target (a row without one is
     not a bad row). Returns `{task: metrics}` for the tasks that gave a result. `outputs`, when given, receives what
     the evaluation made besides its metrics (the captions, their references, the ranked lists), for
@@ -462,7 +497,7 @@ def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_be
     if "retrieval" in tasks and len(captioned):
         results["retrieval"] = evaluate_retrieval(model, processor, captioned, batch_size, top_k, exhaustive,
                                                   progress, counter, rerank_budget, outputs=outputs,
-                                                  captions_per_image=captions_per_image)
+                                                  captions_per_image=captions_per_image, rerank_score=rerank_score)
     return {task: metrics for task, metrics in results.items() if metrics}
 
 

@@ -648,6 +648,8 @@ def after_step(run: Run) -> bool:
     began, first = run.interval
     samples = (step - first) * args.batch_size * accelerator.gradient_accumulation_steps * accelerator.num_processes
     logs["train_samples_per_s"] = samples / max(time.perf_counter() - began, 1e-9)
+    if not is_sharded(run.model):  # (a sharded gate is a slice on each process)
+        logs.update(gate_openings(run.model_config, accelerator.unwrap_model(run.model, keep_torch_compile=False)))
     run.progress.set_postfix(loss=f"{logs['train_loss']:.3f}", samples_per_s=f"{logs['train_samples_per_s']:.1f}")
     if due[1] or last:
         metrics = evaluate_multitask(run.model, run.val_loader, accelerator)
@@ -669,6 +671,20 @@ def after_step(run: Run) -> bool:
                                    _sharded_saver(run))
     run.interval = (time.perf_counter(), step)
     return last
+
+
+def gate_openings(config, model) -> dict:
+    """tanh(g) of every gated cross-attention (the share of the attention's output added to the stream), by layer
+    and direction: `gate_text_from_image_0`, `gate_image_from_text_0`, ... Read at each log, as the losses are."""
+    if not getattr(config, "fusion_gate", False) or getattr(model, "xattn", None) is None:
+        return {}
+    openings = {}
+    for index, layer in enumerate(model.xattn.layers):
+        for name, block in (("text_from_image", layer.text_block), ("image_from_text", layer.image_block)):
+            gate = getattr(getattr(block, "cross_attention", None), "gate", None)
+            if gate is not None:
+                openings[f"gate_{name}_{index}"] = float(torch.tanh(gate.detach().float()).reshape(-1)[0])
+    return openings
 
 
 def _read_losses(run: Run) -> dict:

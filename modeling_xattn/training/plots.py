@@ -24,9 +24,14 @@ def curve_panels(history: list[dict]) -> list[tuple[list[str], str]]:
     losses = [k for k in keys if "loss" in k]
     ranks = [k for k in keys if "rank" in k]
     speed = [k for k in keys if k.endswith("samples_per_s")]
-    metrics = [k for k in keys if k not in losses and k not in ranks and k not in speed and k != "lr"]
-    return [(losses, "losses"), (metrics, "validation metrics"), (ranks, "validation ranks (lower is better)"),
-            (speed, "training samples/s"), (["lr"], "learning rate")]
+    gates = [k for k in keys if k.startswith("gate_")]
+    metrics = [k for k in keys if k not in losses and k not in ranks and k not in speed and k not in gates
+               and k != "lr"]
+    panels = [(losses, "losses"), (metrics, "validation metrics"), (ranks, "validation ranks (lower is better)"),
+              (speed, "training samples/s")]
+    if gates:
+        panels.append((gates, "cross-attention gates, tanh(g)"))
+    return panels + [(["lr"], "learning rate")]
 
 
 def plot_training_curves(history: list[dict], path: str) -> None:

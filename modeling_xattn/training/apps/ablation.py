@@ -50,6 +50,7 @@ class AblationArguments:
     tasks: str = option("auto", "as train.py's --tasks (auto: every task the data has)")
     split: Literal["validation", "test"] = option("test", "the split to evaluate on")
     top_k: int = option(128, "retrieval shortlist re-ranked by the matching score (0: rank by the embeddings alone)")
+    rerank_score: Literal["itm", "itm+similarity"] = option("itm", "as evaluate.py's --rerank_score")
     max_train_minutes: float = option(3.5, "training budget of each configuration")
     max_steps: int | None = option(None, "step budget of each configuration (instead of minutes)")
     test_samples: int = option(500, "rows of the embedded dataset's test split")
@@ -106,7 +107,8 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
     model, processor = load_model(str(folder))
     tasks = set(json.loads((folder / "train_results.json").read_text())["card"]["tasks"].split(","))
     result = evaluate_model(model, processor, test_data, tasks, 64, args.num_beams, 30, args.top_k,
-                            java=not args.no_java, progress=not args.no_progress, counter=BadRowCounter())
+                            java=not args.no_java, progress=not args.no_progress, counter=BadRowCounter(),
+                            rerank_score=args.rerank_score)
     result["train_steps"] = json.loads((folder / "train_results.json").read_text())["global_step"]
     (folder / "test_results.json").write_text(json.dumps(result, indent=2))
     return result

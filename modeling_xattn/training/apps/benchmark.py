@@ -44,7 +44,8 @@ from modeling_xattn.training.hub import load_pretrained, load_processor
 from modeling_xattn.training.metrics import retrieval_metrics
 from modeling_xattn.training.options import option, parse_options
 
-SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision", "finetune", "rerank_batch")
+SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision", "finetune", "rerank_batch",
+            "step_profile")
 TARGETS = {
     "fusion": "<= 0.6x LXMERT's time",
     "generation": ">= 3x tokens/s with the cache",
@@ -97,6 +98,9 @@ class BenchmarkArguments:
     model_size: str = option("base", "preset of the generation, training and inference figures")
     finetune_steps: int = option(
         40, "optimiser steps of the finetune section (`train()` with --recipe finetune; every 5th step logged)")
+    profile_preset: str = option("small", "the step_profile section's preset (at its image size, --batch_size)")
+    profile_data: str | None = option(
+        None, "the step_profile section's photos: an imagefolder with metadata.jsonl (default: the embedded dataset)")
     precision_presets: str = option(
         "small:32,base:8",
         "the precision section's presets and batch sizes (preset:batch, comma-separated): each one's training step "
@@ -107,7 +111,7 @@ class BenchmarkArguments:
         if self.smoke:
             self.batch_size, self.fusion_hidden, self.gallery_images, self.top_k = 4, 64, 12, 4
             self.new_tokens, self.generation_batch, self.model_size = 6, 2, "tiny"
-            self.precision_presets, self.finetune_steps = "tiny:2", 4
+            self.precision_presets, self.finetune_steps, self.profile_preset = "tiny:2", 4, "tiny"
             self.repeats, self.warmup = 1, 0
 
 
@@ -674,9 +678,82 @@ def bench_rerank_batch(args, device) -> dict:
             "pairs_per_s": rates, "fastest": max(rates, key=rates.get), "default": default}
 
 
+def bench_step_profile(args, device) -> dict:
+    """Where a multi-task training step's time goes (the default recipe's model, --profile_preset at its image size,
+    --batch_size image-caption pairs): making the batch from the rows (reading and decoding the photos, resizing and
+    normalising, tokenising), then each part's forward and backward timed alone on that batch (the image tower, the
+    caption encoder, the 3B matching pairs through the fusion layers, the captioning memory's fusion and the decoder)
+    and the optimiser's step, beside the whole step. Shares are of the whole step plus the batch making."""
+    from modeling_xattn.modeling_xattn import caption_labels, default_prompt
+    from modeling_xattn.training.collate import CaptionPairs, XAttnCollator
+    from modeling_xattn.training.data.sources import load_imagefolder, undecoded
+    from modeling_xattn.training.options import RECIPES
+
+    rows = (undecoded(load_imagefolder(args.profile_data, "train")) if args.profile_data
+            else synthetic_dataset(4 * args.batch_size, seed=0))
+    corpus = [c for cs in rows["captions"] for c in cs]
+    tokenizer = train_albert_tokenizer(corpus, 1000)
+    recipe = RECIPES["default"]
+    config = XAttnConfig.from_preset(
+        args.profile_preset, text_config={"vocab_size": len(tokenizer)}, fusion_gate=True,
+        contrastive_loss=recipe["contrastive_loss"], learnable_temperature=True,
+        retrieval_pooling=recipe["retrieval_pooling"], lambda_ce=0.0)
+    processor = XAttnProcessor(make_image_processor(config.image_size), tokenizer)
+    collate = XAttnCollator(processor, task="captioning")
+    examples = CaptionPairs(rows)
+    take = [examples[i] for i in range(args.batch_size)]
+    make_batch = measure(lambda: collate(take), device, args.repeats, args.warmup)
+    batch = {k: v.to(device) for k, v in collate(take).items()}
+    torch.manual_seed(0)
+    model = XAttnForMultiTask(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    pixels, ids, mask = batch["pixel_values"], batch["caption_input_ids"], batch["caption_attention_mask"]
+
+    def backward(output):
+        output.float().sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def step():
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with torch.no_grad():
+        image_tokens = model.xattn.encode_image(pixels)[0]
+        text_tokens = model.xattn.encode_text(ids, mask)
+    size = len(pixels)
+    pairs = torch.arange(size, device=device).repeat(3)  # the 3B matching pairs' shapes
+    prompt, prompt_mask = default_prompt(config, size, device)
+
+    def decoder():
+        memory, memory_mask = model._caption_memory(image_tokens.detach())
+        return model.captioner(memory, memory_mask, ids, mask, caption_labels(ids, mask, config.pad_token_id)).loss
+
+    parts = {
+        "image tower (DenseNet + CBAM + projection)": lambda: backward(model.xattn.encode_image(pixels)[0]),
+        "caption encoder (ALBERT)": lambda: backward(model.xattn.encode_text(ids, mask)),
+        "matching pairs: 3B pairs through the fusion + ITM head": lambda: backward(model.retrieval.itm(model.xattn.fuse(
+            text_tokens[pairs].detach(), mask[pairs], image_tokens[pairs].detach()).pooler_output)),
+        "captioning memory (fusion with the empty prompt) + decoder": lambda: backward(decoder()),
+        "prompt encoder for the captioning memory": lambda: backward(model.xattn.encode_text(prompt, prompt_mask)),
+    }
+    timings = {name: measure(fn, device, args.repeats, args.warmup)["median_s"] for name, fn in parts.items()}
+    whole = measure(step, device, args.repeats, args.warmup)["median_s"]
+    model.zero_grad(set_to_none=True)
+    optimizer_step = measure(lambda: optimizer.step(), device, args.repeats, args.warmup)["median_s"]
+    timings["optimizer step (AdamW)"] = optimizer_step
+    total = whole + make_batch["median_s"]
+    return {"config": f"{args.profile_preset} preset, {config.image_size} px, batch {size}, captions only (retrieval + "
+                      f"matching + captioning), data: {args.profile_data or 'embedded'}",
+            "making the batch": make_batch["median_s"], "whole step": whole, "parts": timings,
+            "shares": {"making the batch": make_batch["median_s"] / total,
+                       **{name: value / total for name, value in timings.items()}},
+            "steps_per_minute": 60.0 / total}
+
+
 BENCHMARKS = {"fusion": bench_fusion, "generation": bench_generation, "retrieval": bench_retrieval,
               "training": bench_training, "inference": bench_inference, "precision": bench_precision,
-              "finetune": bench_finetune, "rerank_batch": bench_rerank_batch}
+              "finetune": bench_finetune, "rerank_batch": bench_rerank_batch, "step_profile": bench_step_profile}
 
 
 # ======================================================================================================= report
@@ -725,6 +802,13 @@ def _precision_and_finetune_rows(r: dict) -> list[tuple]:
         memory = f", allocator peak {f['peak_bytes'] / 2**30:.2f} GiB" if "peak_bytes" in f else ""
         rows.append((f"fine-tuning step ({f['config']})", f"{f['samples_per_s']:.2f} samples/s "
                      f"({f['mixed_precision']}){memory}", "", ""))
+    if "step_profile" in r:
+        profile = r["step_profile"]
+        rows.append((f"training step ({profile['config']})", f"whole step {1000 * profile['whole step']:.0f} ms, "
+                     f"making the batch {1000 * profile['making the batch']:.0f} ms: {profile['steps_per_minute']:.0f} "
+                     "steps/min", "", ""))
+        for name, value in profile["parts"].items():
+            rows.append((f"  {name}", f"{1000 * value:.0f} ms", f"{100 * profile['shares'][name]:.0f}%", ""))
     if "rerank_batch" in r:
         b = r["rerank_batch"]
         rows.append(("re-ranking pairs/s by batch", ", ".join(f"{size}: {rate:,.0f}" for size, rate in

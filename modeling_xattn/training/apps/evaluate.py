@@ -48,6 +48,9 @@ class EvaluateArguments:
         "re-ranking fits --rerank_budget at the pairs/s measured on this device), a number (0: rank by the "
         "embeddings alone), or one per direction: i2t=64,t2i=16 (scripts/benchmark.py measures R@1 against k)")
     rerank_budget: float = option(RERANK_BUDGET_SECONDS, "seconds --top_k auto may spend re-ranking, both directions")
+    rerank_score: Literal["itm", "itm+similarity"] = option(
+        "itm", "how a shortlisted pair is scored: itm (the matching head's log-probability) or itm+similarity (plus "
+        "the embeddings' cosine, as BLIP re-ranks)")
     caption_samples: int = option(
         0, "write caption_samples.png with this many photos and their generated and reference captions")
     exhaustive: bool = option(False, "score every image-text pair by cross-attention")
@@ -96,7 +99,7 @@ def main(argv=None, description: str | None = None) -> dict:
     results = evaluate_model(model, processor, dataset, tasks, args.batch_size, args.num_beams, args.max_new_tokens,
                              top_k, args.exhaustive, java=not args.no_java, progress=not args.no_progress,
                              counter=counter, rerank_budget=args.rerank_budget, outputs=outputs,
-                             captions_per_image=args.captions_per_image)
+                             captions_per_image=args.captions_per_image, rerank_score=args.rerank_score)
     if not results:  # nothing to report: leave any earlier eval_results.json as it was
         labelled = len(usable_rows(dataset, "classification", BadRowCounter()))
         captioned = len(usable_rows(dataset, "captioning", BadRowCounter()))
