@@ -52,13 +52,15 @@ def make_image_processor(image_size: int = 224) -> BlipImageProcessor:
     )
 
 
-def train_albert_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> AlbertTokenizer:
+def train_albert_tokenizer(texts: Iterable[str], vocab_size: int | None = 1000, min_word_count: int = 1) -> AlbertTokenizer:
     """Train an ALBERT-compatible Unigram tokenizer on `texts`, deterministically.
 
     The pipeline is `AlbertTokenizer`'s own (the `tokenizers` normaliser: lower-casing, accent stripping; whitespace +
     metaspace pre-tokenisation; the `[CLS] ... [SEP]` template); the special tokens keep ALBERT's ids 0-4. The
     vocabulary is a unigram language model over whole words: every character seen (so nothing is unknown), then the
-    most frequent words (`"▁word"`, ties broken alphabetically) up to `vocab_size`, each scored by its log-frequency.
+    most frequent words (`"▁word"`, ties broken alphabetically) seen at least `min_word_count` times, up to
+    `vocab_size` pieces in all (None: no cap), each scored by its log-frequency. Captioning vocabularies are built
+    this way (every word seen at least 5 times, Karpathy's splits): `vocab_size=None, min_word_count=5`.
     Unlike `tokenizers`' EM trainer, whose result changes from run to run, the same corpus always gives the same
     tokenizer, so separate processes and resumed runs agree.
     """
@@ -73,8 +75,9 @@ def train_albert_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> Albe
     vocab = [(token, 0.0) for token in ALBERT_SPECIAL_TOKENS]
     for char, count in sorted(chars.items(), key=lambda item: (-item[1], item[0])):
         vocab.append((char, math.log(count / total) - 10.0))  # characters: a costly fallback
-    room = max(vocab_size - len(vocab), 0)
-    for word, count in sorted(words.items(), key=lambda item: (-item[1], item[0]))[:room]:
+    room = len(words) if vocab_size is None else max(vocab_size - len(vocab), 0)
+    frequent = [(word, count) for word, count in words.items() if count >= min_word_count]
+    for word, count in sorted(frequent, key=lambda item: (-item[1], item[0]))[:room]:
         if len(word) > 1 and word not in chars:
             vocab.append((word, math.log(count / total)))
     return AlbertTokenizer(vocab=vocab)

@@ -28,6 +28,29 @@ def test_tokenizer_is_albert_compatible(tokenizer):
     assert len(bigger) > len(train_albert_tokenizer(CORPUS, vocab_size=60))
 
 
+def test_trained_tokenizer_keeps_the_words_seen_often_whole():
+    corpus = ["a dog runs on the grass"] * 5 + ["a dog sleeps"] * 4
+    by_count = train_albert_tokenizer(corpus, vocab_size=None, min_word_count=5)
+    pieces = by_count.tokenize("a dog runs sleeps")
+    assert pieces[:3] == ["▁a", "▁dog", "▁runs"] and "▁sleeps" not in pieces  # seen 4 times: spelled in pieces
+    assert by_count.decode(by_count("a dog sleeps")["input_ids"], skip_special_tokens=True) == "a dog sleeps"
+    assert "▁sleeps" in train_albert_tokenizer(corpus, vocab_size=None, min_word_count=4).tokenize("sleeps")
+    # on the embedded dataset every word is frequent: the default is the tokenizer a 1,000-piece cap gave
+    from modeling_xattn.training.data.synthetic import synthetic_dataset
+
+    rows = synthetic_dataset(200, seed=0)
+    texts = list(rows["text"]) + [c for captions in rows["captions"] for c in captions]
+    assert (train_albert_tokenizer(texts, vocab_size=None, min_word_count=5).get_vocab()
+            == train_albert_tokenizer(texts, vocab_size=1000).get_vocab())
+
+
+def test_train_py_trains_the_default_tokenizer_by_word_count():
+    from modeling_xattn.training.loop import parse_args
+
+    args = parse_args([])
+    assert args.vocab_size is None and args.min_word_count == 5
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "CMYK", "L", "LA", "P", "I;16", "I", "F"])
 def test_every_pil_mode_becomes_rgb(processor, mode):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))

@@ -109,7 +109,9 @@ def build_processor(args, train_data, accelerator, tokenizer=None):
     folder = Path(args.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
         corpus = list(train_data["text"]) + [c for captions in train_data["captions"] for c in captions]
-        train_albert_tokenizer(corpus, vocab_size=args.vocab_size).save_pretrained(folder)
+        words = dict(vocab_size=args.vocab_size) if args.vocab_size else dict(vocab_size=None,
+                                                                               min_word_count=args.min_word_count)
+        train_albert_tokenizer(corpus, **words).save_pretrained(folder)
     accelerator.wait_for_everyone()
     return XAttnProcessor.build(str(folder), image_size=_image_size(args))
 
@@ -221,6 +223,8 @@ def train(args) -> dict:
                             "an Accelerate FSDP config already: leave out one of the two"))
     if args.logging_steps < 1:
         raise SystemExit(f"--logging_steps {args.logging_steps}: give 1 or more (the losses are read every N steps)")
+    if args.min_word_count < 1 or (args.vocab_size is not None and args.vocab_size < 1):
+        raise SystemExit(f"--min_word_count {args.min_word_count} / --vocab_size {args.vocab_size}: give 1 or more")
     check_best_metric(args)
     claim_output_dir(args, accelerator)
     tokenizer, notes = check_towers(args)  # before the data: a tower that does not fit stops the run at once

@@ -105,7 +105,12 @@ class ModelArguments:
         None,
         "tokenizer folder or Hub id (albert/albert-base-v2); default: the --text_backbone's own, else one trained on "
         "the data")
-    vocab_size: int = option(1000, "size of a tokenizer trained on the data")
+    vocab_size: int | None = option(
+        None,
+        "pieces of a tokenizer trained on the data: the most frequent words up to this many (default: every word seen "
+        "at least --min_word_count times, as captioning vocabularies are built, so that words stay whole)")
+    min_word_count: int = option(
+        5, "without --vocab_size, the words the trained tokenizer keeps whole: those seen at least this many times")
     model_size: Literal["tiny", "small", "base"] | None = option(
         None,
         "preset: tiny, small, base (the paper's: DenseNet121, albert-base-v2's shape). Recipe default and paper: tiny; "
