@@ -200,6 +200,9 @@ class XAttnConfig(PretrainedConfig):
             to 1.0): the weights of Formula 4, L = λCE·LCE + λCL·LCL + λSEQ·LSEQ.
         lambda_itm (`float`, defaults to 1.0): weight of the image-text matching loss, a term this package adds to
             Formula 4 (L + λITM·LITM): the matching head re-ranks retrieval shortlists; 0 turns it off.
+        itm_negatives (`str`, defaults to `"hard"`): the matching loss's in-batch negatives: `"hard"` (drawn in
+            proportion to the contrastive similarity, ALBEF's and BLIP's) or `"random"` (uniform among the real
+            negatives).
         decoder_config (`BertConfig` or `dict`): the causal caption decoder (vocabulary = the text vocabulary).
         caption_label_smoothing (`float`, defaults to 0.0): label smoothing of Formula 3's cross-entropy (BLIP's
             decoder uses 0.1); 0 is Formula 3 as written.
@@ -250,6 +253,7 @@ class XAttnConfig(PretrainedConfig):
         lambda_cl: float = 1.0,
         lambda_seq: float = 1.0,
         lambda_itm: float = 1.0,
+        itm_negatives: str = "hard",
         decoder_config=None,
         caption_label_smoothing: float = 0.0,
         max_caption_length: int = 40,
@@ -299,6 +303,7 @@ class XAttnConfig(PretrainedConfig):
         self.lambda_cl = lambda_cl
         self.lambda_seq = lambda_seq
         self.lambda_itm = lambda_itm
+        self.itm_negatives = itm_negatives
         self.caption_label_smoothing = caption_label_smoothing
         self.max_caption_length = max_caption_length
         self.pad_token_id = pad_token_id
@@ -392,6 +397,8 @@ class XAttnConfig(PretrainedConfig):
                 fail(field, f"must be >= 0, got {getattr(self, field)!r}")
         if self.contrastive_temperature <= 0:
             fail("contrastive_temperature", f"must be > 0, got {self.contrastive_temperature!r}")
+        if self.itm_negatives not in ("hard", "random"):
+            fail("itm_negatives", f"must be 'hard' or 'random', got {self.itm_negatives!r}")
         vocab = self.text_config.vocab_size
         for field in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, field)

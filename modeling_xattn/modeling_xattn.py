@@ -1067,7 +1067,8 @@ class XAttnRetrievalHead(nn.Module):
         count (the rows in `rows`, the negatives of the rows that have a real one). Returns `(image_index,
         text_index, targets, counted)`, targets 1 = match."""
         text_for_image, image_for_text, valid = sample_negatives(
-            image_embeds, text_embeds, negatives_mask, self.config.contrastive_temperature, draw=self.training)
+            image_embeds, text_embeds, negatives_mask, self.config.contrastive_temperature, draw=self.training,
+            uniform=getattr(self.config, "itm_negatives", "hard") == "random")
         index = torch.arange(len(image_embeds), device=image_embeds.device)
         rows = torch.ones_like(valid) if rows is None else rows
         image_index = torch.cat([index, index, image_for_text])
@@ -1162,18 +1163,20 @@ def negative_pairs(image_ids=None, text_ids=None, text_mask=None, batch_size=Non
     return negatives
 
 
-def sample_negatives(image_embeds, text_embeds, negatives, temperature, draw: bool = True):
+def sample_negatives(image_embeds, text_embeds, negatives, temperature, draw: bool = True, uniform: bool = False):
     """ITM negatives drawn in proportion to similarity among each row's real negatives (ALBEF/BLIP): for image i a
     text from softmax(cos(i, .) / temperature), for text j an image likewise. Hard negatives are likely, but not always
     the single closest pair. The draw uses torch's global generator (the training loop seeds it every step, so a
     resumed run repeats it). With `draw=False` (evaluation) each row takes its most similar real negative, so an
     evaluation loss is the same every time it is computed. Returns `(text_for_image, image_for_text, valid)`: every
     row gets a draw (the shapes never depend on the data), but one with no real negative draws uniformly and is not
-    valid, so its pair must not count."""
+    valid, so its pair must not count. `uniform=True` draws among the real negatives alike (`itm_negatives="random"`)."""
     with torch.no_grad(), full_precision(image_embeds):
         cosine = (image_embeds.float() @ text_embeds.float().T) / temperature  # (B, B), fp32 under autocast
         logits = cosine.masked_fill(~negatives, float("-inf"))
         valid = negatives.any(dim=1) & negatives.any(dim=0)
+        if uniform and draw:  # `uniform`: every real negative alike (evaluation still takes the most similar)
+            logits = torch.zeros_like(logits).masked_fill(~negatives, float("-inf"))
         safe = torch.where(negatives, logits, torch.zeros_like(logits))
         weights_i2t = torch.where(negatives, (logits - safe.amax(1, keepdim=True)).exp(), torch.zeros_like(logits))
         weights_t2i = torch.where(negatives, (logits - safe.amax(0, keepdim=True)).exp(), torch.zeros_like(logits)).T

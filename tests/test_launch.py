@@ -45,13 +45,13 @@ def test_accelerate_launch_flags_apply_and_our_flags_override_them(tmp_path):
 def test_a_config_file_and_the_environment_apply_and_our_flags_override_them(tmp_path):
     config = tmp_path / "cpu_bf16.yaml"
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_processes: 1\nuse_cpu: true\n"
-                      "mixed_precision: bf16\ndynamo_config:\n  dynamo_backend: AOT_EAGER\n")
+                      "mixed_precision: bf16\ndynamo_config:\n  dynamo_backend: EAGER\n")
     env = {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}
     stdout, used, history = launch(["--config_file", str(config)], [], tmp_path / "file", env)
-    assert used["mixed_precision"] == "bf16" and used["torch_compile"] == "aot_eager"
+    assert used["mixed_precision"] == "bf16" and used["torch_compile"] == "eager"
     assert used["gradient_accumulation_steps"] == 2
     assert set(used["sources"].values()) == {"accelerate launch"}
-    assert "gradient accumulation: 2 (accelerate launch), torch.compile: aot_eager (accelerate launch)" in stdout
+    assert "gradient accumulation: 2 (accelerate launch), torch.compile: eager (accelerate launch)" in stdout
     stdout, used, _ = launch(["--config_file", str(config)],
                              ["--mixed_precision", "no", "--gradient_accumulation_steps", "1", "--no-torch_compile"],
                              tmp_path / "flags", env)

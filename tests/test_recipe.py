@@ -336,3 +336,65 @@ def test_matching_is_judged_against_each_photos_hardest_other_caption(monkeypatc
     assert result["itm_pairs"] == 6
     assert result["itm_accuracy"] == pytest.approx(50.0 * (2 / 3 + 2 / 3))
     assert result["itm_auc"] == pytest.approx(8 / 9)
+
+
+# --------------------------------------------------------------------------------------------- the photo cache
+
+
+def test_cached_photos_give_the_pixels_a_fresh_read_gives(processor, tmp_path):
+    import io
+
+    from modeling_xattn.training.collate import PhotoCache
+    from modeling_xattn.training.data.schema import BadRowCounter
+
+    photos = []
+    for index, mode in enumerate(["RGB", "L", "RGB"]):
+        image = Image.new("RGB", (48 + 8 * index, 40), (40 * index, 90, 200)).convert(mode)
+        image.putpixel((3, 4), 17 if mode == "L" else (250, 3, 9))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        photos.append(buffer.getvalue())
+    (tmp_path / "on_disk.png").write_bytes(photos[2])
+    rows = [{"image": {"bytes": photos[0], "path": None}, "image_id": "a", "captions": ["one"]},
+            {"image": {"bytes": photos[1], "path": None}, "image_id": "b", "captions": ["two"]},
+            {"image": "on_disk.png", "image_id": "c", "captions": ["three"]},
+            {"image": {"bytes": photos[0], "path": None}, "image_id": "a", "captions": ["one"],
+             "crop_box": (0.1, 0.1, 0.8, 0.9)}]
+    plain_counter, cached_counter = BadRowCounter(), BadRowCounter()
+    plain = XAttnCollator(processor, task="captioning", image_dir=str(tmp_path), counter=plain_counter)
+    cache = PhotoCache(max_bytes=2**30)
+    cached = XAttnCollator(processor, task="captioning", image_dir=str(tmp_path), counter=cached_counter,
+                           photo_cache=cache)
+    expected = plain(rows)
+    for _ in range(3):
+        batch = cached(rows)
+        assert batch.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(batch[key], expected[key]), key
+    assert len(cache.entries) == 3 and cache.hits == 6 and cache.misses == 3  # the cropped row is made every time
+    plain(rows), plain(rows)
+    assert cached_counter.summary() == plain_counter.summary()  # the L photo's conversion is noted every time
+    small = PhotoCache(max_bytes=expected["pixel_values"][0].numel() * 4)  # room for one photo's values
+    XAttnCollator(processor, task="captioning", image_dir=str(tmp_path), photo_cache=small)(rows)
+    assert len(small.entries) == 1 and small.used <= small.max_bytes
+
+
+def test_random_matching_negatives_are_drawn_alike_among_the_real_negatives():
+    from modeling_xattn.modeling_xattn import sample_negatives
+
+    embeds = torch.nn.functional.normalize(torch.eye(4) + 0.01, dim=-1)
+    images, texts = embeds, embeds.clone()
+    texts[1] = images[0]  # text 1 is image 0's twin: the hard draw for image 0
+    negatives = ~torch.eye(4, dtype=torch.bool)
+    negatives[0, 3] = False  # image 0 and text 3 are not a real negative
+    torch.manual_seed(0)
+    draws = torch.stack([sample_negatives(images, texts, negatives, 0.01, uniform=True)[0] for _ in range(600)])
+    counts = torch.bincount(draws[:, 0], minlength=4)
+    assert counts[0] == counts[3] == 0 and min(counts[1], counts[2]) > 200  # texts 1 and 2, about alike
+    hard = torch.stack([sample_negatives(images, texts, negatives, 0.01)[0] for _ in range(50)])
+    assert (hard[:, 0] == 1).all()  # by similarity: always the twin
+    assert torch.equal(sample_negatives(images, texts, negatives, 0.01, draw=False, uniform=True)[0],
+                       sample_negatives(images, texts, negatives, 0.01, draw=False)[0])  # evaluation: the hardest
+    with pytest.raises(ValueError, match="itm_negatives"):
+        XAttnConfig.from_preset("tiny", itm_negatives="easy")
+    assert parse_args(["--itm_negatives", "random"]).itm_negatives == "random"

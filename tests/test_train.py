@@ -56,11 +56,14 @@ def run_script(args, env=None, cwd=REPO):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    # the default recipe's warm-up and cosine schedule, with seeded random crops
+@pytest.mark.parametrize("augmentation", [["--random_crop_scale", "0.5"], []], ids=["seeded crops", "cached photos"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, augmentation):
+    # the default recipe's warm-up and cosine schedule; with seeded random crops, or without them, where the photos
+    # come from the photo cache after their first read: the uninterrupted run reads every photo afresh (no cache), the
+    # killed and resumed one caches them (and starts its cache empty again on resuming)
     common = FAST + ["--max_steps", "10", "--save_steps", "4", "--eval_steps", "5", "--synthetic_samples", "64",
-                     "--warmup_steps", "3", "--random_crop_scale", "0.5"]
-    straight = run_script(common + ["--output_dir", str(tmp_path / "straight")])
+                     "--warmup_steps", "3", *augmentation]
+    straight = run_script(common + ["--output_dir", str(tmp_path / "straight"), "--photo_cache_gb", "0"])
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     # Killed mid-epoch (7 steps an epoch), after the step-4 checkpoint and before step 8's.

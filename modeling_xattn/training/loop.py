@@ -45,6 +45,7 @@ from modeling_xattn.training.collate import (
     CaptionPairs,
     CaptionPerPhoto,
     EpochSeeded,
+    PhotoCache,
     RandomResizedCrops,
     XAttnCollator,
 )
@@ -138,6 +139,7 @@ def build_model(args, processor, tasks, label_names, answers=None):
         learnable_temperature=args.learnable_temperature,
         fusion_gate=args.fusion_gate,
         fusion_gate_init=args.fusion_gate_init,
+        itm_negatives=args.itm_negatives,
         retrieval_pooling=args.retrieval_pooling,
         caption_label_smoothing=args.caption_label_smoothing,
         **labels,
@@ -486,8 +488,10 @@ def build_model_and_loaders(run: Run) -> None:
     # a compiled model gets batches of one shape (texts and captions padded to their maximum length), so it is
     # traced once for training, not again for every new length
     pad = args.pad_to_max_length if args.pad_to_max_length is not None else is_compiled(accelerator)
+    cache = (PhotoCache(int(args.photo_cache_gb * 2**30))
+             if args.photo_cache_gb > 0 and not args.num_workers and not run.streaming else None)
     run.collate = XAttnCollator(run.processor, task=run.task, answer_vocab=answers, counter=run.counter,
-                                pad_to_max_length=pad)
+                                pad_to_max_length=pad, photo_cache=cache)
     if run.streaming:
         # read on this process, without workers: the stream's position is then exactly what the batches used
         run.stream = run.streaming.training_stream(run.task, args.batch_size, run.collate,

@@ -79,6 +79,11 @@ class DataArguments:
         "caption per photo; chance is 50%% (not with --streaming)")
     max_samples: int | None = option(None, "use at most this many rows of the split")
     num_workers: int = option(0)
+    photo_cache_gb: float = option(
+        2.0,
+        "keep each photo's processed pixel values after its first read, up to this many GB, so later epochs and "
+        "evaluations skip decoding and resizing it (0: off; off with --num_workers, whose workers read in parallel, "
+        "and with --streaming)")
 
 
 @dataclass
@@ -189,6 +194,10 @@ class OptimisationArguments:
         None,
         "weight of the image-text matching loss, which trains the head that re-ranks retrieval shortlists. Recipe "
         "default: 1; paper: 0 (the paper has no such loss)")
+    itm_negatives: Literal["hard", "random"] = option(
+        "hard",
+        "the matching loss's in-batch negatives: hard (drawn by contrastive similarity, ALBEF's and BLIP's) or random "
+        "(uniform among the real negatives)")
     caption_label_smoothing: float | None = option(
         None,
         "label smoothing of the caption loss. Recipe default and paper: 0 (Formula 3 as written); finetune: 0.1 "
