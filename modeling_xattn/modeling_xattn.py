@@ -1351,7 +1351,7 @@ class _RetrievalMixin:
     @torch.inference_mode()
     def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
              batch_size: int = 256, reuse: bool = False, progress: bool = False,
-             score: str = "itm") -> tuple[torch.Tensor, int]:
+             score: str = "itm+similarity") -> tuple[torch.Tensor, int]:
         """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching
         score re-ranks the shortlist. `images` = `encode_gallery_images(...)`, `texts` = `encode_gallery_texts(...)`.
 

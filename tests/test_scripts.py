@@ -44,7 +44,7 @@ def test_evaluate_writes_json_and_markdown(trained, tmp_path):
     assert {"BLEU-4", "CIDEr", "ROUGE-L"} <= set(results["captioning"])
     assert results["retrieval"]["i2t_pair_evaluations"] == 24 * 5  # k=5 shortlist per image
     assert results["retrieval"]["t2i_pair_evaluations"] == 24 * 5 * 5  # 5 captions per image, k=5
-    assert results["retrieval"]["rerank_score"] == "itm" and results["retrieval"]["itm_pairs"] == 2 * 24
+    assert results["retrieval"]["rerank_score"] == "itm+similarity" and results["retrieval"]["itm_pairs"] == 2 * 24
     assert 0.0 <= results["retrieval"]["itm_auc"] <= 1.0 and 0.0 <= results["retrieval"]["itm_accuracy"] <= 100.0
     saved = json.loads((tmp_path / "eval_results.json").read_text())
     assert saved["results"] == json.loads(json.dumps(results))

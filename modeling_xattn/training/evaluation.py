@@ -215,7 +215,8 @@ def encode_gallery(model, processor, pixel_values, captions: list[str], batch_si
 
 @torch.inference_mode()
 def rank_gallery(model, processor, pixel_values, captions: list[str], direction="i2t", top_k=128, exhaustive=False,
-                 batch_size=64, encoded=None, progress=False, rerank_batch_size=None, rerank_score="itm"):
+                 batch_size=64, encoded=None, progress=False, rerank_batch_size=None,
+                 rerank_score="itm+similarity"):
     """Two-stage ranking of a gallery: images and captions are encoded once (pass `encoded` from an earlier call
     to reuse them), the embeddings shortlist `top_k` per query, the matching head re-ranks the shortlist.
     Returns `(scores (num_images, num_captions), pairs scored by cross-attention, encoded)`."""
@@ -344,7 +345,7 @@ CAPTIONS_PER_IMAGE = 5
 def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exhaustive=False, progress=True,
                        counter=None, rerank_budget=RERANK_BUDGET_SECONDS, rerank_batch_size=None,
                        outputs: dict | None = None, captions_per_image: int = CAPTIONS_PER_IMAGE,
-                       rerank_score: str = "itm") -> dict:
+                       rerank_score: str = "itm+similarity") -> dict:
     """Gallery = the split's images and the first `captions_per_image` of each one's captions (0: all of them); any
     of an image's captions is a hit. `top_k`: one
     shortlist size, one per direction (`{"i2t": 64, "t2i": 16}`, as `scripts/benchmark.py` picks them from its
@@ -472,7 +473,7 @@ def embedding_spread(image_embeds, text_embeds, owner) -> dict:
 def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_beams=None, max_new_tokens=None,
                    top_k="auto", exhaustive=False, java=True, progress=True, counter=None,
                    rerank_budget=RERANK_BUDGET_SECONDS, outputs: dict | None = None,
-                   captions_per_image: int = CAPTIONS_PER_IMAGE, rerank_score: str = "itm") -> dict:
+                   captions_per_image: int = CAPTIONS_PER_IMAGE, rerank_score: str = "itm+similarity") -> dict:
     """Every task of `tasks` the model has a head for, each on the rows that carry its target (a row without one is
     not a bad row). Returns `{task: metrics}` for the tasks that gave a result. `outputs`, when given, receives what
     the evaluation made besides its metrics (the captions, their references, the ranked lists), for

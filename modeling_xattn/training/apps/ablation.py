@@ -50,7 +50,7 @@ class AblationArguments:
     tasks: str = option("auto", "as train.py's --tasks (auto: every task the data has)")
     split: Literal["validation", "test"] = option("test", "the split to evaluate on")
     top_k: int = option(128, "retrieval shortlist re-ranked by the matching score (0: rank by the embeddings alone)")
-    rerank_score: Literal["itm", "itm+similarity"] = option("itm", "as evaluate.py's --rerank_score")
+    rerank_score: Literal["itm", "itm+similarity"] = option("itm+similarity", "as evaluate.py's --rerank_score")
     max_train_minutes: float = option(3.5, "training budget of each configuration")
     max_steps: int | None = option(None, "step budget of each configuration (instead of minutes)")
     test_samples: int = option(500, "rows of the embedded dataset's test split")

@@ -45,7 +45,7 @@ from modeling_xattn.training.metrics import retrieval_metrics
 from modeling_xattn.training.options import option, parse_options
 
 SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision", "finetune", "rerank_batch",
-            "step_profile")
+            "step_profile", "photo_cache")
 TARGETS = {
     "fusion": "<= 0.6x LXMERT's time",
     "generation": ">= 3x tokens/s with the cache",
@@ -100,7 +100,8 @@ class BenchmarkArguments:
         40, "optimiser steps of the finetune section (`train()` with --recipe finetune; every 5th step logged)")
     profile_preset: str = option("small", "the step_profile section's preset (at its image size, --batch_size)")
     profile_data: str | None = option(
-        None, "the step_profile section's photos: an imagefolder with metadata.jsonl (default: the embedded dataset)")
+        None, "the step_profile and photo_cache sections' photos: an imagefolder with metadata.jsonl (default: the "
+        "embedded dataset)")
     precision_presets: str = option(
         "small:32,base:8",
         "the precision section's presets and batch sizes (preset:batch, comma-separated): each one's training step "
@@ -751,9 +752,35 @@ def bench_step_profile(args, device) -> dict:
             "steps_per_minute": 60.0 / total}
 
 
+def bench_photo_cache(args, device) -> dict:
+    """Making a batch of --batch_size image-caption pairs (one caption per photo) from --profile_data's photos
+    (default: the embedded dataset), with and without the photo cache (`PhotoCache`: every read after the first),
+    at 64 px and 224 px; the median of --repeats collations after one that fills the cache."""
+    from modeling_xattn.training.collate import CaptionPairs, PhotoCache, XAttnCollator
+    from modeling_xattn.training.data.sources import load_imagefolder, undecoded
+
+    rows = (undecoded(load_imagefolder(args.profile_data, "train")) if args.profile_data
+            else synthetic_dataset(args.batch_size, seed=0))
+    tokenizer = train_albert_tokenizer([c for cs in rows["captions"] for c in cs], 1000)
+    examples = CaptionPairs(rows)
+    first = {}
+    for index, (row, _) in enumerate(examples.pairs):
+        first.setdefault(row, index)
+    take = [examples[i] for i in list(first.values())[: args.batch_size]]
+    result = {"photos": len(take), "data": args.profile_data or "embedded"}
+    for size in (64, 224):
+        processor = XAttnProcessor(make_image_processor(size), tokenizer)
+        for name, cache in (("no_cache", None), ("cache", PhotoCache(2**31))):
+            collate = XAttnCollator(processor, task="captioning", photo_cache=cache)
+            collate(take)  # the first read, which fills the cache
+            result[f"{size}px_{name}_s"] = measure(lambda: collate(take), device, args.repeats, 0)["median_s"]
+    return result
+
+
 BENCHMARKS = {"fusion": bench_fusion, "generation": bench_generation, "retrieval": bench_retrieval,
               "training": bench_training, "inference": bench_inference, "precision": bench_precision,
-              "finetune": bench_finetune, "rerank_batch": bench_rerank_batch, "step_profile": bench_step_profile}
+              "finetune": bench_finetune, "rerank_batch": bench_rerank_batch, "step_profile": bench_step_profile,
+              "photo_cache": bench_photo_cache}
 
 
 # ======================================================================================================= report
@@ -809,6 +836,12 @@ def _precision_and_finetune_rows(r: dict) -> list[tuple]:
                      "steps/min", "", ""))
         for name, value in profile["parts"].items():
             rows.append((f"  {name}", f"{1000 * value:.0f} ms", f"{100 * profile['shares'][name]:.0f}%", ""))
+    if "photo_cache" in r:
+        c = r["photo_cache"]
+        for size in (64, 224):
+            rows.append((f"making a batch of {c['photos']} photos at {size} px ({c['data']}): without / with the photo "
+                         "cache", f"{1000 * c[f'{size}px_no_cache_s']:.1f} / {1000 * c[f'{size}px_cache_s']:.1f} ms",
+                         f"{c[f'{size}px_no_cache_s'] / c[f'{size}px_cache_s']:.0f}x", ""))
     if "rerank_batch" in r:
         b = r["rerank_batch"]
         rows.append(("re-ranking pairs/s by batch", ", ".join(f"{size}: {rate:,.0f}" for size, rate in
