@@ -50,7 +50,8 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 # to be absent or unused, so they are neither listed as missing nor as unexpected (see `from_pretrained`).
 HEAD_PREFIXES = ("classifier", "retrieval", "captioner")
 # How two-stage retrieval scores a shortlisted pair: the matching log-probability alone, or plus the embeddings'
-# cosine (BLIP's and LAVIS's re-ranking adds the cosine of the unimodal embeddings to the matching score).
+# cosine (BLIP's and LAVIS's re-ranking add the cosine of the unimodal embeddings to the matching head's logit; here
+# to its log-probability).
 RERANK_SCORES = ("itm", "itm+similarity")
 # CLIP's clamp of the learned logit scale: exp(t) <= 100, i.e. a temperature of at least 0.01.
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -1357,7 +1358,8 @@ class _RetrievalMixin:
 
         Returns a `(num_images, num_texts)` score matrix, higher = better (rows are the queries for `"i2t"`,
         columns for `"t2i"`): shortlisted pairs hold their matching log-probability (`score="itm"`) or that plus the
-        cosine of the pair's embeddings (`score="itm+similarity"`, as BLIP and LAVIS score a shortlist), the others
+        cosine of the pair's embeddings (`score="itm+similarity"`, the default; BLIP and LAVIS add the cosine to the
+        matching logit), the others
         their embedding similarity minus 1e4 (ranked after the shortlist, in embedding order); and the number of pairs
         scored by cross-attention. `exhaustive=True` scores every pair; with `k >=` the gallery size both give the same
         matrix.
@@ -1383,7 +1385,9 @@ class _RetrievalMixin:
         matching = self.pair_scores(image_tokens, text_tokens, text_mask, image_index, text_index, batch_size, reuse,
                                     progress and f"re-ranking {direction}")
         if score == "itm+similarity":  # the embeddings are L2-normalised: their dot product is the cosine
-            matching = matching + (image_embeds[image_index].float() * text_embeds[text_index].float()).sum(-1)
+            with full_precision(image_embeds):
+                cosine = image_embeds.float() @ text_embeds.float().T  # (N, M), as `similarity`
+            matching = matching + cosine[image_index, text_index]
         scores[image_index, text_index] = matching
         return scores, len(image_index)
 

@@ -316,10 +316,10 @@ def test_matching_is_judged_against_each_photos_hardest_other_caption(monkeypatc
     from modeling_xattn.training.evaluation import matching_against_hardest
 
     model = tiny(fusion_gate=True)
-    captions = ["a dog", "a cat", "a car", "a cup", "a dog", "a bus"]
+    captions = ["a dog", "a cat", "a car", "a cup", "a dog", "a cup"]
     owner = torch.tensor([0, 0, 1, 1, 2, 2])
     similarity = torch.tensor([[5.0, 4.0, 1.0, 2.0, 9.0, 0.0],  # c4 says "a dog" like photo 0's own c0: not a negative
-                               [3.0, 1.0, 9.0, 9.0, 0.0, 0.0],
+                               [3.0, 1.0, 9.0, 9.0, 0.0, 8.0],  # c5 repeats its own c3's text
                                [4.0, 3.0, 0.0, 0.0, 9.0, 9.0]])  # c0 is "a dog", photo 2's own first caption's text
     probability = {(0, 0): 0.9, (1, 2): 0.4, (2, 4): 0.8, (0, 3): 0.2, (1, 0): 0.6, (2, 1): 0.1}
     asked = []
@@ -336,6 +336,10 @@ def test_matching_is_judged_against_each_photos_hardest_other_caption(monkeypatc
     assert result["itm_pairs"] == 6
     assert result["itm_accuracy"] == pytest.approx(50.0 * (2 / 3 + 2 / 3))
     assert result["itm_auc"] == pytest.approx(8 / 9)
+    alone = matching_against_hardest(model, ((torch.zeros(1, 2, 4), torch.zeros(1, 4)),
+                                             (torch.zeros(2, 2, 4), torch.ones(2, 2), torch.zeros(2, 4))),
+                                     torch.tensor([0, 0]), ["a", "b"], batch_size=4)
+    assert alone == {}  # one photo: no other caption to be its negative
 
 
 # --------------------------------------------------------------------------------------------- the photo cache

@@ -410,11 +410,12 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
 
 def matching_against_hardest(model, encoded, owner, captions: list[str], batch_size=None) -> dict:
     """The matching (ITM) head on the decision it exists for: each photo with its own first caption and with its
-    hardest other caption (the most similar by the embeddings, of another photo and another text). Returns the
-    accuracy of p(match) > 0.5 over the 2N pairs, the ROC AUC (the chance that a photo's own caption scores above a
-    hardest other one, ties half), and the base rate of a head that says "no" to everything (50%)."""
+    hardest other caption (the most similar by the embeddings among the other photos' captions whose text is none of
+    the photo's own captions). Returns the accuracy of p(match) > 0.5 over the 2N pairs (a head that gives every
+    pair one answer: 50%), the ROC AUC (the chance that a photo's own caption scores above a hardest other one, ties
+    half) and the number of pairs; a photo without any other caption is left out."""
     (image_tokens, image_embeds), (text_tokens, text_mask, text_embeds) = encoded
-    photos = len(image_embeds)
+    photos, owner = len(image_embeds), owner.cpu()
     first = torch.full((photos,), -1, dtype=torch.long)
     for caption, photo in enumerate(owner.tolist()):
         if first[photo] < 0:
@@ -422,16 +423,24 @@ def matching_against_hardest(model, encoded, owner, captions: list[str], batch_s
     similarity = model.retrieval.similarity(image_embeds, text_embeds).float().cpu()
     text_ids = {text: index for index, text in enumerate(dict.fromkeys(captions))}
     text_id = torch.tensor([text_ids[text] for text in captions])
-    excluded = ((owner.cpu()[None, :] == torch.arange(photos)[:, None])  # the photo's own captions
-                | (text_id[None, :] == text_id[first][:, None]))  # and any caption with its first caption's text
-    hardest = similarity.masked_fill(excluded, float("-inf")).argmax(1)
-    images = torch.cat([torch.arange(photos), torch.arange(photos)]).to(image_tokens.device)
-    texts = torch.cat([first, hardest]).to(image_tokens.device)
+    own = owner[None, :] == torch.arange(photos)[:, None]  # (N, M): the photo's own captions
+    own_texts = torch.zeros(photos, len(text_ids), dtype=torch.bool)
+    own_texts[owner, text_id] = True  # (N, T): the texts of the photo's own captions
+    excluded = own | own_texts[:, text_id]  # its captions, and any caption that repeats one of their texts
+    kept = ~excluded.all(1) & (first >= 0)
+    if not kept.any():
+        return {}
+    hardest = similarity.masked_fill(excluded, float("-inf")).argmax(1)[kept]
+    index = torch.arange(photos)[kept]
+    images = torch.cat([index, index]).to(image_tokens.device)
+    texts = torch.cat([first[kept], hardest]).to(image_tokens.device)
+    photos = len(index)
     scores = model.pair_scores(image_tokens, text_tokens, text_mask, images, texts,
                                batch_size or rerank_batch_size_for(model)).exp().float().cpu()
-    own, other = scores[:photos], scores[photos:]
-    accuracy = 50.0 * float((own > 0.5).float().mean() + (other <= 0.5).float().mean())
-    greater = (own[:, None] > other[None, :]).float().mean() + 0.5 * (own[:, None] == other[None, :]).float().mean()
+    matched, other = scores[:photos], scores[photos:]
+    accuracy = 50.0 * float((matched > 0.5).float().mean() + (other <= 0.5).float().mean())
+    greater = ((matched[:, None] > other[None, :]).float().mean()
+               + 0.5 * (matched[:, None] == other[None, :]).float().mean())
     return {"itm_accuracy": accuracy, "itm_auc": float(greater), "itm_pairs": 2 * photos}
 
 

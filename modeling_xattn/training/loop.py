@@ -225,8 +225,11 @@ def train(args) -> dict:
                             "an Accelerate FSDP config already: leave out one of the two"))
     if args.logging_steps < 1:
         raise SystemExit(f"--logging_steps {args.logging_steps}: give 1 or more (the losses are read every N steps)")
-    if args.min_word_count < 1 or (args.vocab_size is not None and args.vocab_size < 1):
-        raise SystemExit(f"--min_word_count {args.min_word_count} / --vocab_size {args.vocab_size}: give 1 or more")
+    for name in ("min_word_count", "vocab_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"--{name} {getattr(args, name)}: give 1 or more")
+    if args.photo_cache_gb < 0:
+        raise SystemExit(f"--photo_cache_gb {args.photo_cache_gb}: give 0 (off) or more")
     check_best_metric(args)
     claim_output_dir(args, accelerator)
     tokenizer, notes = check_towers(args)  # before the data: a tower that does not fit stops the run at once
@@ -488,6 +491,7 @@ def build_model_and_loaders(run: Run) -> None:
     # a compiled model gets batches of one shape (texts and captions padded to their maximum length), so it is
     # traced once for training, not again for every new length
     pad = args.pad_to_max_length if args.pad_to_max_length is not None else is_compiled(accelerator)
+    # one cache per process (each holds its own shard's photos)
     cache = (PhotoCache(int(args.photo_cache_gb * 2**30))
              if args.photo_cache_gb > 0 and not args.num_workers and not run.streaming else None)
     run.collate = XAttnCollator(run.processor, task=run.task, answer_vocab=answers, counter=run.counter,

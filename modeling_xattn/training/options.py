@@ -81,9 +81,9 @@ class DataArguments:
     num_workers: int = option(0)
     photo_cache_gb: float = option(
         2.0,
-        "keep each photo's processed pixel values after its first read, up to this many GB, so later epochs and "
-        "evaluations skip decoding and resizing it (0: off; off with --num_workers, whose workers read in parallel, "
-        "and with --streaming)")
+        "keep each photo's processed pixel values after its first read, up to this many GiB per process, so later "
+        "epochs and evaluations skip decoding and resizing it (0: off; off with --num_workers, whose workers read in "
+        "parallel, and with --streaming)")
 
 
 @dataclass

@@ -693,7 +693,7 @@ def bench_step_profile(args, device) -> dict:
     rows = (undecoded(load_imagefolder(args.profile_data, "train")) if args.profile_data
             else synthetic_dataset(4 * args.batch_size, seed=0))
     corpus = [c for cs in rows["captions"] for c in cs]
-    tokenizer = train_albert_tokenizer(corpus, 1000)
+    tokenizer = train_albert_tokenizer(corpus, vocab_size=None, min_word_count=5)  # train.py's default
     recipe = RECIPES["default"]
     config = XAttnConfig.from_preset(
         args.profile_preset, text_config={"vocab_size": len(tokenizer)}, fusion_gate=True,
@@ -759,8 +759,8 @@ def bench_photo_cache(args, device) -> dict:
     from modeling_xattn.training.collate import CaptionPairs, PhotoCache, XAttnCollator
     from modeling_xattn.training.data.sources import load_imagefolder, undecoded
 
-    rows = (undecoded(load_imagefolder(args.profile_data, "train")) if args.profile_data
-            else synthetic_dataset(args.batch_size, seed=0))
+    rows = undecoded(load_imagefolder(args.profile_data, "train") if args.profile_data
+                     else synthetic_dataset(args.batch_size, seed=0))  # photos as stored, which the cache keys
     tokenizer = train_albert_tokenizer([c for cs in rows["captions"] for c in cs], 1000)
     examples = CaptionPairs(rows)
     first = {}
@@ -832,7 +832,8 @@ def _precision_and_finetune_rows(r: dict) -> list[tuple]:
     if "step_profile" in r:
         profile = r["step_profile"]
         rows.append((f"training step ({profile['config']})", f"whole step {1000 * profile['whole step']:.0f} ms, "
-                     f"making the batch {1000 * profile['making the batch']:.0f} ms: {profile['steps_per_minute']:.0f} "
+                     f"making the batch {1000 * profile['making the batch']:.0f} ms "
+                     f"({100 * profile['shares']['making the batch']:.0f}%): {profile['steps_per_minute']:.0f} "
                      "steps/min", "", ""))
         for name, value in profile["parts"].items():
             rows.append((f"  {name}", f"{1000 * value:.0f} ms", f"{100 * profile['shares'][name]:.0f}%", ""))

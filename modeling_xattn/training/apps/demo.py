@@ -3,7 +3,7 @@ with four tabs, each also an API endpoint that `gradio_client` calls by name:
 
     /caption    a photo -> its caption (greedy or beam search)
     /classify   a photo + a statement -> the classifier's labels with probabilities
-    /rank       uploaded photos + a caption -> the photos ranked by the matching score
+    /rank       uploaded photos + a caption -> the photos ranked by the matching score plus the embeddings' cosine
     /attention  a photo + a text -> each word's cross-attention over the image regions, per fusion layer
 
 An upload that is not a readable image is refused with a message in the page (`gr.Error`), never a traceback;
