@@ -6,8 +6,9 @@ same seed, data and budget, then evaluated on the test split for every task it s
     python scripts/ablation.py --seeds 0 1 2                     # mean ± std over seeds
     python scripts/ablation.py --dataset mvsa --data_dir MVSA_Single --tasks classification -- --model_size base
 
-Arguments after `--` go to scripts/train.py unchanged. Writes ablation.md (the table), ablation.json and
-ablation.png (a bar chart) to --output_dir.
+Arguments after `--` go to scripts/train.py unchanged. Writes ablation.md (the table), ablation.json,
+ablation.png (a bar chart) and ablation_curves.png (every run's validation metrics and gates against the step) to
+--output_dir.
 """
 
 from modeling_xattn.training.apps.ablation import CONFIGURATIONS  # noqa: F401  (the configurations' names)

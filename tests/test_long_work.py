@@ -18,7 +18,7 @@ from modeling_xattn.training.evaluation import (
     load_model,
     rerank_pairs,
 )
-from modeling_xattn.training.plots import curve_panels
+from modeling_xattn.training.plots import curve_panels, plot_ablation_curves
 
 train = load_script("train")
 evaluation = load_script("evaluate")
@@ -208,6 +208,17 @@ def test_curves_put_ranks_on_their_own_axis():
     assert set(ranks) == {"val_i2t_mean_rank", "val_i2t_median_rank"}
     assert set(metrics) == {"val_i2t_R@10", "val_accuracy"}
     assert panels["training samples/s"] == ["train_samples_per_s"]
+
+
+def test_ablation_curves_draw_validation_metrics_and_gates_of_every_run(tmp_path):
+    run = [{"step": 10, "train_loss": 2.0, "val_loss": 1.5, "gate_text_from_image_0": 0.0},
+           {"step": 20, "train_loss": 1.8, "val_loss": 1.2, "val_i2t_R@10": 5.0, "gate_text_from_image_0": 0.1}]
+    path = tmp_path / "curves.png"
+    drawn = plot_ablation_curves({"full model": [(0, run), (1, run)], "w/o CBAM": [(0, run[:1])]}, str(path))
+    assert drawn == ["gate_text_from_image_0", "val_i2t_R@10", "val_loss"]  # training losses are not compared
+    assert path.stat().st_size > 1000
+    assert plot_ablation_curves({"full model": [(0, [{"step": 1, "train_loss": 2.0}])]}, str(tmp_path / "no.png")) == []
+    assert not (tmp_path / "no.png").exists()
 
 
 def test_ablation_keeps_finished_configurations(tmp_path, capsys):

@@ -115,6 +115,7 @@ def test_ablation_runs_every_configuration(tmp_path):
     assert "i→t R@1" not in summary["visual features only"] and "t→i R@1" in summary["full model"] and "CIDEr" in summary["visual features only"]
     table = (tmp_path / "ablation.md").read_text()
     assert table.count("\n|") >= 6 and (tmp_path / "ablation.png").stat().st_size > 1000
+    assert (tmp_path / "ablation_curves.png").stat().st_size > 1000  # a panel per validation metric, a line per run
 
 
 def test_visualize_renders_a_grid(trained, images, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Figures written to files: training curves and photos with their generated and reference captions."""
+"""Figures written to files: training curves, an ablation's curves side by side, and photos with their generated and
+reference captions."""
 
 from __future__ import annotations
 
@@ -55,6 +56,42 @@ def plot_training_curves(history: list[dict], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_ablation_curves(histories: dict[str, list[tuple[int, list[dict]]]], path: str) -> list[str]:
+    """A PNG of every validation metric and gate against the step, one panel per metric, one colour per
+    configuration and one line style per seed: `histories` maps a configuration's name to its runs' `(seed,
+    history)`. Runs at equal time end at different steps; the curves compare them at equal steps too. Returns the
+    metrics drawn (none: no file is written)."""
+    plt = pyplot()
+
+    runs = [history for named in histories.values() for _, history in named]
+    keys = sorted({k for history in runs for row in history for k in row
+                   if (k.startswith("val_") or k.startswith("gate_")) and isinstance(row[k], (int, float))})
+    if not keys:
+        return keys
+    columns = min(4, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    for ax, key in zip(axes.flat, keys):
+        for colour, (name, named) in zip(colours * 4, histories.items()):
+            for number, (seed, history) in enumerate(named):
+                points = [(row["step"], row[key]) for row in history if key in row and math.isfinite(row[key])]
+                if points:
+                    ax.plot(*zip(*points), color=colour, linestyle=styles[number % len(styles)],
+                            marker="." if len(points) < 30 else None, label=f"{name}, seed {seed}")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    figure.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return keys
 
 
 def plot_caption_samples(images, predictions: list[str], references: list[list[str]], path: str, columns: int = 3):

@@ -1,6 +1,6 @@
 """The paper's ablation study behind `scripts/ablation.py` (its docstring has the commands): each configuration
 trained with the same seed, data and budget through `loop.train`, evaluated with `evaluation`, and
-summarised as a table (mean ± std over seeds) and a bar chart.
+summarised as a table (mean ± std over seeds), a bar chart and every run's validation curves against the step.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from modeling_xattn.training.evaluation import evaluate_model, load_model, markd
 from modeling_xattn.training.loop import parse_args as parse_train_args
 from modeling_xattn.training.loop import train
 from modeling_xattn.training.options import DataArguments, StreamingArguments, data_options, option, parse_merged
-from modeling_xattn.training.plots import pyplot
+from modeling_xattn.training.plots import plot_ablation_curves, pyplot
 
 CONFIGURATIONS = {
     "full model": [],
@@ -32,9 +32,12 @@ CONFIGURATIONS = {
 COLUMNS = [("captioning", "CIDEr"), ("captioning", "BLEU-4"), ("captioning", "METEOR"),
            ("retrieval", "i2t_R@1"), ("retrieval", "i2t_R@5"), ("retrieval", "i2t_R@10"),
            ("retrieval", "t2i_R@1"), ("retrieval", "t2i_R@5"), ("retrieval", "t2i_R@10"),
-           ("classification", "accuracy")]
+           ("retrieval", "embedding_i2t_R@10"), ("retrieval", "embedding_t2i_R@10"), ("retrieval", "itm_accuracy"),
+           ("retrieval", "itm_auc"), ("classification", "accuracy")]
+# With --top_k > 0 the recall columns are two-stage (re-ranked by the matching head) and the "embeddings" columns the
+# first stage alone; the ITM columns are the matching head against each photo's hardest other caption.
 HEADERS = ["CIDEr", "BLEU-4", "METEOR", "i→t R@1", "i→t R@5", "i→t R@10", "t→i R@1", "t→i R@5", "t→i R@10",
-           "accuracy"]
+           "embeddings i→t R@10", "embeddings t→i R@10", "ITM accuracy", "ITM AUC", "accuracy"]
 
 
 @dataclass
@@ -95,7 +98,7 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
     """Train and evaluate one configuration into its own folder. A folder whose evaluation finished is kept (its
     `test_results.json` is the result) and one whose training did not finish resumes from its latest checkpoint,
     so an interrupted study loses no finished work; `--overwrite_output_dir` retrains."""
-    folder = Path(args.output_dir) / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
+    folder = run_folder(args, name, seed)
     if (folder / "test_results.json").exists() and not args.overwrite_output_dir:
         print(f"{name}, seed {seed}: kept the finished run in {folder} (--overwrite_output_dir retrains it)")
         return json.loads((folder / "test_results.json").read_text())
@@ -114,6 +117,23 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
     return result
 
 
+def run_folder(args, name: str, seed: int) -> Path:
+    """The folder one configuration's run trains into: `{output_dir}/{name}-seed{seed}`."""
+    return Path(args.output_dir) / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
+
+
+def histories(args) -> dict[str, list[tuple[int, list[dict]]]]:
+    """Every run's training history (history.json: the losses, the validation metrics and the gates by step), by
+    configuration: what ablation_curves.png draws."""
+    found = {}
+    for name in args.configurations:
+        for seed in args.seeds:
+            path = run_folder(args, name, seed) / "history.json"
+            if path.exists():
+                found.setdefault(name, []).append((seed, json.loads(path.read_text())))
+    return found
+
+
 def summarise(runs: dict[str, list[dict]]) -> tuple[str, dict]:
     """Markdown table, rows = configurations, cells = mean (± std over seeds), '–' where a task does not apply."""
     rows, summary = [], {}
@@ -128,7 +148,8 @@ def summarise(runs: dict[str, list[dict]]) -> tuple[str, dict]:
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             summary[name][header] = {"mean": mean, "std": std, "values": values}
             scale = 100 if task == "captioning" else 1  # caption metrics shown x100, as papers print them
-            cells.append(f"{mean * scale:.1f}" + (f" ± {std * scale:.1f}" if len(values) > 1 else ""))
+            digits = 2 if metric == "itm_auc" else 1  # a ROC AUC in [0, 1]
+            cells.append(f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if len(values) > 1 else ""))
         rows.append(dict(zip(["configuration", *HEADERS], [name, *cells])))
     return markdown_table(rows, ["configuration", *HEADERS]), summary
 
@@ -168,6 +189,7 @@ def main(argv=None, description: str | None = None):
     Path(args.output_dir, "ablation.md").write_text(header + table + "\n", encoding="utf-8")
     Path(args.output_dir, "ablation.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
     bar_chart(summary, str(Path(args.output_dir, "ablation.png")))
+    plot_ablation_curves(histories(args), str(Path(args.output_dir, "ablation_curves.png")))
     print(header + table)
     return summary
 
