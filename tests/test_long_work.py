@@ -217,6 +217,7 @@ def test_ablation_curves_draw_validation_metrics_and_gates_of_every_run(tmp_path
     drawn = plot_ablation_curves({"full model": [(0, run), (1, run)], "w/o CBAM": [(0, run[:1])]}, str(path))
     assert drawn == ["gate_text_from_image_0", "val_i2t_R@10", "val_loss"]  # training losses are not compared
     assert path.stat().st_size > 1000
+    assert plot_ablation_curves({"full model": [(0, run)]}, str(path), metrics=["val_loss", "val_CIDEr"]) == ["val_loss"]
     assert plot_ablation_curves({"full model": [(0, [{"step": 1, "train_loss": 2.0}])]}, str(tmp_path / "no.png")) == []
     assert not (tmp_path / "no.png").exists()
 

@@ -58,16 +58,19 @@ def plot_training_curves(history: list[dict], path: str) -> None:
     plt.close(figure)
 
 
-def plot_ablation_curves(histories: dict[str, list[tuple[int, list[dict]]]], path: str) -> list[str]:
+def plot_ablation_curves(histories: dict[str, list[tuple[int, list[dict]]]], path: str,
+                         metrics: list[str] | None = None) -> list[str]:
     """A PNG of every validation metric and gate against the step, one panel per metric, one colour per
     configuration and one line style per seed: `histories` maps a configuration's name to its runs' `(seed,
-    history)`. Runs at equal time end at different steps; the curves compare them at equal steps too. Returns the
-    metrics drawn (none: no file is written)."""
+    history)`; `metrics` picks the panels (default: every validation metric and gate the runs logged). Runs at equal
+    time end at different steps; the curves compare them at equal steps too. Returns the metrics drawn (none: no
+    file is written)."""
     plt = pyplot()
 
     runs = [history for named in histories.values() for _, history in named]
     keys = sorted({k for history in runs for row in history for k in row
                    if (k.startswith("val_") or k.startswith("gate_")) and isinstance(row[k], (int, float))})
+    keys = [k for k in metrics if k in keys] if metrics is not None else keys
     if not keys:
         return keys
     columns = min(4, len(keys))
@@ -86,7 +89,10 @@ def plot_ablation_curves(histories: dict[str, list[tuple[int, list[dict]]]], pat
         ax.set_xlabel("step")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    legend = {}  # every run once, whichever panels it has (a model without cross-attention has no gates)
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    labels, handles = list(legend), list(legend.values())
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
     figure.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
     figure.savefig(path, dpi=100)

@@ -183,9 +183,9 @@ def main(argv=None, description: str | None = None):
             runs[name].append(run_configuration(name, seed, args, extra, test_data))
     table, summary = summarise(runs)
     budget = f"{args.max_steps} steps" if args.max_steps else f"{args.max_train_minutes} training minutes"
-    steps = ", ".join(f"{name} {run['train_steps']}" for name, results in runs.items() for run in results[:1])
+    steps = ", ".join(f"{name} " + " / ".join(str(run["train_steps"]) for run in results) for name, results in runs.items())
     header = (f"Ablation on {args.dataset_name or args.dataset} ({args.split} split, {len(test_data)} rows), seeds "
-              f"{args.seeds}, {budget} per configuration (steps: {steps}). Caption metrics x100, recall in %.\n\n")
+              f"{args.seeds}, {budget} per configuration (steps, by seed: {steps}). Caption metrics x100, recall in %.\n\n")
     Path(args.output_dir, "ablation.md").write_text(header + table + "\n", encoding="utf-8")
     Path(args.output_dir, "ablation.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
     bar_chart(summary, str(Path(args.output_dir, "ablation.png")))
