@@ -3,6 +3,7 @@ reference captions."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from modeling_xattn.training.data.schema import load_image
@@ -35,6 +36,11 @@ def curve_panels(history: list[dict]) -> list[tuple[list[str], str]]:
     return panels + [(["lr"], "learning rate")]
 
 
+def curve_points(history: list[dict], key: str) -> list[tuple[int, float]]:
+    """`(step, value)` of every row of `history` that logged `key` with a finite value."""
+    return [(row["step"], row[key]) for row in history if key in row and math.isfinite(row[key])]
+
+
 def plot_training_curves(history: list[dict], path: str) -> None:
     """A PNG of every loss and metric in `history` against the step: losses, the validation metrics (recall in %,
     accuracy), the ranks (mean and median, on their own axis: in the hundreds, they would flatten recall), the
@@ -45,7 +51,7 @@ def plot_training_curves(history: list[dict], path: str) -> None:
     figure, axes = plt.subplots(1, len(panels), figsize=(24, 4.5))
     for ax, (group, title) in zip(axes, panels):
         for key in group:
-            points = [(row["step"], row[key]) for row in history if key in row and math.isfinite(row[key])]
+            points = curve_points(history, key)
             if points:
                 ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
         ax.set_title(title)
@@ -79,9 +85,9 @@ def plot_ablation_curves(histories: dict[str, list[tuple[int, list[dict]]]], pat
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
     for ax, key in zip(axes.flat, keys):
-        for colour, (name, named) in zip(colours * 4, histories.items()):
+        for colour, (name, named) in zip(itertools.cycle(colours), histories.items()):
             for number, (seed, history) in enumerate(named):
-                points = [(row["step"], row[key]) for row in history if key in row and math.isfinite(row[key])]
+                points = curve_points(history, key)
                 if points:
                     ax.plot(*zip(*points), color=colour, linestyle=styles[number % len(styles)],
                             marker="." if len(points) < 30 else None, label=f"{name}, seed {seed}")
@@ -91,7 +97,8 @@ def plot_ablation_curves(histories: dict[str, list[tuple[int, list[dict]]]], pat
         ax.axis("off")
     legend = {}  # every run once, whichever panels it has (a model without cross-attention has no gates)
     for ax in axes.flat:
-        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update(zip(labels, handles))
     labels, handles = list(legend), list(legend.values())
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
     figure.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 1))
