@@ -16,7 +16,7 @@ HUB_FILES = ("configuration_xattn", "modeling_xattn", "processing_xattn", "pipel
 LAYERS = {
     0: ["modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES)],  # what ships next to the weights
     1: ["modeling_xattn.training.data.vqa", "modeling_xattn.training.data.schema", "modeling_xattn.training.data.synthetic",
-        "modeling_xattn.training.distributed", "modeling_xattn.training.options", "modeling_xattn.training.compilation",
+        "modeling_xattn.training.data.options", "modeling_xattn.training.distributed", "modeling_xattn.training.options", "modeling_xattn.training.compilation",
         "modeling_xattn.training.sharding", "modeling_xattn.training.towers"],
     2: ["modeling_xattn.training.data.shards", "modeling_xattn.training.data.sources",
         "modeling_xattn.training.data.streaming", "modeling_xattn.training.collate", "modeling_xattn.training.tasks"],
@@ -80,6 +80,19 @@ def test_dependencies_point_down_the_layers():
     upward = [(module, target) for module, targets in graph().items() for target in targets
               if module in RANK and target in RANK and RANK[target] > RANK[module]]
     assert not upward, f"imports from a higher layer: {upward}"
+
+
+# What the data layer (modeling_xattn/training/data/) may import besides itself: the Hub files and the collectives
+# helper (torch only). Its options and batch kinds are its own, so nothing above it is needed to read data.
+DATA_LAYER = "modeling_xattn.training.data"
+DATA_MAY_IMPORT = {"modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES),
+                   "modeling_xattn.training.distributed"}
+
+
+def test_the_data_layer_imports_nothing_above_it():
+    outside = sorted((module, target) for module, targets in graph().items() if module.startswith(DATA_LAYER)
+                     for target in targets if not target.startswith(DATA_LAYER) and target not in DATA_MAY_IMPORT)
+    assert not outside, f"the data layer imports from above it: {outside}"
 
 
 def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -147,7 +160,8 @@ def test_every_task_is_declared_once_and_matches_the_model():
     from modeling_xattn import XAttnConfig, XAttnForMultiTask
     from modeling_xattn.modeling_xattn import HEAD_PREFIXES, XAttnMultiTaskOutput
     from modeling_xattn.training import evaluation
-    from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, REGISTRY, TASK_TARGETS
+    from modeling_xattn.training.data.schema import BATCH_TARGETS
+    from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, REGISTRY
 
     config = XAttnConfig.from_preset("tiny")
     model = XAttnForMultiTask(config)
@@ -156,7 +170,7 @@ def test_every_task_is_declared_once_and_matches_the_model():
         assert task.head in HEAD_PREFIXES and isinstance(getattr(model, task.head), torch.nn.Module), name
         assert set(task.losses) <= outputs, name
         assert all(isinstance(getattr(config, weight), float) for weight in task.weights), name
-        assert any(task.target in targets for targets in TASK_TARGETS.values()), name
+        assert any(task.target in targets for targets in BATCH_TARGETS.values()), name
     assert set(HEAD_PREFIXES) == {task.head for task in REGISTRY.values()}  # every head serves a task
     assert set(LOSS_KEYS) == {field for field in outputs if field.startswith("loss_")}  # every loss has its task
     assert evaluation.TASKS == EVALUATED_TASKS == ("classification", "retrieval", "captioning", "vqa")

@@ -7,9 +7,10 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
     model  <-  data  <-  collate, tasks  <-  metrics, optimization, checkpoints, plots, hub  <-  evaluation,
     publishing  <-  loop  <-  apps  <-  scripts/
 
-    data/          schema (rows, targets, images, labels), sources (every loader, the data options, the split
-                   policy), shards (WebDataset tar files), streaming (iterable training streams), synthetic (the
-                   embedded dataset)
+    data/          the data layer, importing nothing above it: options (what to read, as a stream or whole),
+                   schema (rows, targets, the batch kinds and their targets, images, labels), sources (every
+                   loader, the split policy), shards (WebDataset tar files), streaming (iterable training streams),
+                   synthetic (the embedded dataset)
     collate        rows -> model batches; caption pairs, one caption per photo, seeded crops
     tasks          which tasks a run trains and the rows that carry their targets
     towers         pretrained towers in a run: the checks of their files against the options, the locks

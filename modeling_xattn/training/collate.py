@@ -12,23 +12,26 @@ from PIL import Image
 
 from modeling_xattn.modeling_xattn import caption_labels
 from modeling_xattn.training.data.schema import (
+    BATCH_TARGETS,
     NO_TARGET,
     BadRowCounter,
     as_label,
     load_image,
+    missing_target_reason,
     row_captions,
+    row_targets,
+    row_text,
     stable_id,
     vqa_answer_accuracy,
     vqa_soft_scores,
 )
-from modeling_xattn.training.tasks import TASK_TARGETS, missing_target_reason, row_targets, row_text
 
 
 class XAttnCollator:
     """Rows of the schema -> a model batch through `XAttnProcessor`.
 
     task: "multitask" (a labelled statement and/or a caption per row), "classification", "vqa" (question + soft
-    scores over `answer_vocab`), "vqa+captions", "retrieval" or "captioning" (`TASK_TARGETS` lists what each trains
+    scores over `answer_vocab`), "vqa+captions", "retrieval" or "captioning" (`BATCH_TARGETS` lists what each trains
     on). A row is kept when its image reads and it carries at least one of the task's targets; otherwise it is
     skipped and counted by reason, and the batch shrinks.
 
@@ -67,11 +70,11 @@ class XAttnCollator:
                  counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
                  head: str = "multitask", with_row_index: bool = False, pad_to_max_length: bool = False,
                  photo_cache: PhotoCache | None = None):
-        if task not in TASK_TARGETS:
-            raise ValueError(f"XAttnCollator: task must be one of {sorted(TASK_TARGETS)}, got {task!r}")
+        if task not in BATCH_TARGETS:
+            raise ValueError(f"XAttnCollator: task must be one of {sorted(BATCH_TARGETS)}, got {task!r}")
         if head not in self.HEADS:
             raise ValueError(f"XAttnCollator: head must be one of {self.HEADS}, got {head!r}")
-        if head in ("retrieval", "captioning") and "caption" not in TASK_TARGETS[task]:
+        if head in ("retrieval", "captioning") and "caption" not in BATCH_TARGETS[task]:
             raise ValueError(f"XAttnCollator: head={head!r} trains on captions, which task={task!r} does not read")
         self.head = head
         self.with_row_index = with_row_index

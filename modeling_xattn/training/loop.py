@@ -50,7 +50,7 @@ from modeling_xattn.training.collate import (
     XAttnCollator,
 )
 from modeling_xattn.training.compilation import compiled_graphs, is_compiled
-from modeling_xattn.training.data.schema import BadRowCounter, answer_vocabulary, class_names
+from modeling_xattn.training.data.schema import BATCH_TARGETS, BadRowCounter, answer_vocabulary, class_names
 from modeling_xattn.training.data.sources import dataset_identity, load_split, undecoded
 from modeling_xattn.training.data.streaming import StreamingData
 from modeling_xattn.training.distributed import any_process, slowest_clock
@@ -79,7 +79,6 @@ from modeling_xattn.training.sharding import (
 from modeling_xattn.training.tasks import (
     LOSS_WEIGHTS,
     REGISTRY,
-    TASK_TARGETS,
     collator_task,
     loss_weights,
     select_tasks,
@@ -441,7 +440,7 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     # One example per image-caption pair: every caption trains in every epoch (validation: the first caption); or
     # one example per photo with a caption drawn per epoch.
     train_examples = train_data
-    if "caption" in TASK_TARGETS[task]:
+    if "caption" in BATCH_TARGETS[task]:
         train_examples = (CaptionPairs(train_data) if args.caption_sampling == "pairs"
                           else CaptionPerPhoto(train_data, seed=args.seed))
     if args.random_crop_scale < 1.0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from modeling_xattn.training.data.schema import NO_TARGET, BadRowCounter, as_label, clean_text, row_captions
+from modeling_xattn.training.data.schema import BadRowCounter, missing_target_reason, row_targets
 
 
 @dataclass(frozen=True)
@@ -65,49 +65,6 @@ def loss_weights(tasks, weights: dict[str, float]) -> dict[str, float]:
     """Formula 4's weights for a run that trains `tasks`: each task's own weights as given, 0 for every other."""
     used = {weight for name in tasks for weight in REGISTRY[name].weights}
     return {weight: (weights[weight] if weight in used else 0.0) for weight in LOSS_WEIGHTS}
-
-
-# What each collator task (one per set of training tasks, `collator_task`) trains on: a row is usable when it has at
-# least one of these targets.
-TASK_TARGETS = {
-    "multitask": ("statement", "caption"),
-    "classification": ("statement",),
-    "vqa": ("question",),
-    "vqa+captions": ("question", "caption"),
-    "retrieval": ("caption",),
-    "captioning": ("caption",),
-}
-
-
-def row_text(row, task: str) -> str:
-    """The text the fused encoder reads for a row: the question for VQA, else the statement."""
-    return clean_text((row.get("question") or row.get("text")) if task.startswith("vqa") else row.get("text"))
-
-
-
-def row_targets(row, task: str) -> set[str]:
-    """The targets of `task` that `row` carries: "statement" (text + class label), "question" (VQA question),
-    "caption" (at least one non-empty caption). Reads no image."""
-    targets = set()
-    text = row_text(row, task)
-    if text and as_label(row.get("label")) != NO_TARGET:
-        targets.add("statement")
-    if text and task.startswith("vqa"):
-        targets.add("question")
-    if row_captions(row):
-        targets.add("caption")
-    return targets & set(TASK_TARGETS[task])
-
-
-def missing_target_reason(row, task: str) -> str:
-    """Why a row has no target for `task`, for the skipped-row summary."""
-    if task == "classification":
-        return "empty text" if not row_text(row, task) else "no label"
-    if task == "vqa":
-        return "empty question"
-    if task in ("retrieval", "captioning"):
-        return "no caption"
-    return "no caption and no labelled text" if task == "multitask" else "no caption and no question"
 
 
 def collator_task(tasks: set[str]) -> str:

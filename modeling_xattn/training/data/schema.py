@@ -1,4 +1,4 @@
-"""The common row schema every source produces, and what a row offers each task.
+"""The common row schema every source produces, and what a row offers each batch kind.
 
 Schema (every loader returns these columns; a task ignores what it does not use):
     image     - a PIL image (`datasets.Image()` feature) or a path string
@@ -123,6 +123,48 @@ def clean_text(value) -> str:
 
 def row_captions(row) -> list[str]:
     return [text for text in (clean_text(c) for c in row.get("captions") or []) if text]
+
+
+# The batch kinds a collator makes (one per set of training tasks: `tasks.collator_task` picks it) and the row
+# targets each trains on: a row is usable for a kind when it carries at least one of them.
+BATCH_TARGETS = {
+    "multitask": ("statement", "caption"),
+    "classification": ("statement",),
+    "vqa": ("question",),
+    "vqa+captions": ("question", "caption"),
+    "retrieval": ("caption",),
+    "captioning": ("caption",),
+}
+
+
+def row_text(row, kind: str) -> str:
+    """The text the fused encoder reads for a row in a batch of `kind`: the question for VQA, else the statement."""
+    return clean_text((row.get("question") or row.get("text")) if kind.startswith("vqa") else row.get("text"))
+
+
+def row_targets(row, kind: str) -> set[str]:
+    """The targets of the batch `kind` that `row` carries: "statement" (text + class label), "question" (VQA question),
+    "caption" (at least one non-empty caption). Reads no image."""
+    targets = set()
+    text = row_text(row, kind)
+    if text and as_label(row.get("label")) != NO_TARGET:
+        targets.add("statement")
+    if text and kind.startswith("vqa"):
+        targets.add("question")
+    if row_captions(row):
+        targets.add("caption")
+    return targets & set(BATCH_TARGETS[kind])
+
+
+def missing_target_reason(row, kind: str) -> str:
+    """Why a row has no target for the batch `kind`, for the skipped-row summary."""
+    if kind == "classification":
+        return "empty text" if not row_text(row, kind) else "no label"
+    if kind == "vqa":
+        return "empty question"
+    if kind in ("retrieval", "captioning"):
+        return "no caption"
+    return "no caption and no labelled text" if kind == "multitask" else "no caption and no question"
 
 
 def stable_id(value) -> int:

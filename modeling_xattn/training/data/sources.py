@@ -38,7 +38,7 @@ from modeling_xattn.training.data.schema import (
 from modeling_xattn.training.data.shards import load_shards
 from modeling_xattn.training.data.synthetic import synthetic_dataset
 from modeling_xattn.training.data.vqa import official_splits, official_vqa_rows
-from modeling_xattn.training.options import data_options
+from modeling_xattn.training.data.options import data_options
 
 logger = logging.getLogger(__name__)
 

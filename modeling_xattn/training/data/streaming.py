@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from modeling_xattn.training.data.schema import (
+    BATCH_TARGETS,
     SPLIT_FOLDERS,
     BadRowCounter,
     class_names_of,
@@ -36,7 +37,6 @@ from modeling_xattn.training.data.schema import (
 from modeling_xattn.training.data.shards import from_shard, shard_features, shard_files, write_shards
 from modeling_xattn.training.data.sources import held_out_by_id, map_columns, source_splits, undecoded
 from modeling_xattn.training.distributed import any_process
-from modeling_xattn.training.tasks import TASK_TARGETS
 
 
 def schema_stream(stream, args):
@@ -129,7 +129,7 @@ class StreamingData:
 
         def open_stream():
             stream = self._train_rows().map(lambda row: {"label": label_id(row["label"], names)})
-            if "caption" in TASK_TARGETS[task]:
+            if "caption" in BATCH_TARGETS[task]:
                 stream = stream.map(_caption_pairs, batched=True, batch_size=1)
             return stream
 
