@@ -13,7 +13,7 @@ Ranking scores are two-stage (`model.rank`): the `--top_k` candidates the embedd
 head's log-probability (0 is a sure match, higher is better); the others their embedding similarity minus 10,000.
 """
 
-from modeling_xattn.training.apps.prediction import main as run
+from modeling_xattn.training.apps.predict import main as run
 
 
 def main(argv=None):

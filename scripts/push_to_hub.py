@@ -9,7 +9,7 @@ from model_card.md with YAML metadata and `model-index` results from scripts/eva
 Prints the commit hash and the line that loads exactly that revision.
 """
 
-from modeling_xattn.training.apps.push import main as run
+from modeling_xattn.training.apps.push_to_hub import main as run
 
 
 def main(argv=None) -> dict:

@@ -4,7 +4,7 @@ averaged), drawn as heatmaps on the photo, next to CBAM's spatial attention map;
     python scripts/visualize.py --model outputs/xattn --image photo.jpg --text "a dog on the beach" --output attn.png
 """
 
-from modeling_xattn.training.apps.visualization import main as run
+from modeling_xattn.training.apps.visualize import main as run
 
 
 def main(argv=None) -> str:

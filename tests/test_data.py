@@ -90,7 +90,7 @@ def test_bad_rows_are_skipped_and_counted(processor, tmp_path):
         {"image": str(good), "text": b"caf\xe9 latin-1", "captions": ["ok"], "label": 2, "image_id": 6},
     ]
     counter = BadRowCounter()
-    batch = XAttnCollator(processor, task="classification", counter=counter)(rows)
+    batch = XAttnCollator(processor, targets="statement", counter=counter)(rows)
     assert batch["pixel_values"].shape[0] == 2 and batch["labels"].tolist() == [0, 2]
     assert counter.total == 4 and counter.counts["empty text"] == 1
     assert "bad image" in counter.summary() and "text bytes decoded" in counter.summary()
@@ -106,7 +106,7 @@ def test_decompression_bomb_is_skipped(processor, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100)
     big = write_image(tmp_path / "big.png", size=(20, 20))
     counter = BadRowCounter()
-    out = XAttnCollator(processor, task="captioning", counter=counter)([{"image": str(big), "captions": ["c"]}])
+    out = XAttnCollator(processor, targets="caption", counter=counter)([{"image": str(big), "captions": ["c"]}])
     assert out == {} and "DecompressionBombError" in counter.summary()
 
 
@@ -130,7 +130,7 @@ def test_vqa_soft_scores_follow_the_standard_formula():
 def test_vqa_collation(processor):
     data = synthetic_dataset(8)
     vocab = answer_vocabulary(data)
-    batch = XAttnCollator(processor, task="vqa", answer_vocab=vocab)([data[i] for i in range(4)])
+    batch = XAttnCollator(processor, targets="question", answer_vocab=vocab)([data[i] for i in range(4)])
     assert batch["labels"].shape == (4, len(vocab)) and (batch["labels"].sum(1) == 1).all()
 
 
@@ -172,7 +172,7 @@ def test_caption_matching_pairs_each_caption_with_its_photo_and_with_another(tmp
     one = caption_matching(load_imagefolder(str(tmp_path)), every_caption=False)
     assert len(one) == 12 and Counter(one["label"]) == {0: 6, 1: 6}  # one caption per photo, as evaluation takes
     assert one["captions"] == [[]] * 12
-    batch = XAttnCollator(processor, task="classification")([train[i] for i in range(4)])
+    batch = XAttnCollator(processor, targets="statement")([train[i] for i in range(4)])
     assert batch["labels"].tolist() == train["label"][:4] and "input_ids" in batch
     with pytest.raises(ValueError, match="at least two captioned photos"):
         caption_matching(load_imagefolder(str(tmp_path)).select([0]))
@@ -233,7 +233,7 @@ def test_mvsa_layout_single_and_multiple(tmp_path, processor):
     assert load_mvsa(str(root), seed=1)["train"]["image_id"] != splits["train"]["image_id"]
     texts = {row["image_id"]: row["text"] for split in splits.values() for row in split}
     assert texts["3"].startswith("tweet 3")
-    collate = XAttnCollator(processor, task="classification", counter=counter)
+    collate = XAttnCollator(processor, targets="statement", counter=counter)
     rows = [row for split in splits.values() for row in split]
     batch = collate(rows)
     assert batch["pixel_values"].shape[0] == 19 and "bad image" in counter.summary()
@@ -255,5 +255,5 @@ def test_mvsa_layout_single_and_multiple(tmp_path, processor):
 def test_real_coco_sample_through_imagefolder(processor):
     data = load_imagefolder(str(SHARED_SAMPLE))
     assert len(data) == 32 and all(len(c) == 5 for c in data["captions"])
-    batch = XAttnCollator(processor, task="captioning")([data[i] for i in range(4)])
+    batch = XAttnCollator(processor, targets="caption")([data[i] for i in range(4)])
     assert batch["pixel_values"].shape == (4, 3, 64, 64) and batch["caption_input_ids"].shape[0] == 4

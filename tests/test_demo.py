@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from modeling_xattn.training.apps.demo import MAX_UPLOAD_MB, XAttnDemo, build_demo, serve  # noqa: E402
 from modeling_xattn.training.data.synthetic import synthetic_dataset  # noqa: E402
-from modeling_xattn.training.evaluation import load_model, rank_gallery  # noqa: E402
+from modeling_xattn.training.inference import load_model, rank_gallery  # noqa: E402
 
 train = load_script("train")
 demo_script = load_script("demo")

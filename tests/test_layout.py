@@ -6,6 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,18 +17,20 @@ HUB_FILES = ("configuration_xattn", "modeling_xattn", "processing_xattn", "pipel
 LAYERS = {
     0: ["modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES)],  # what ships next to the weights
     1: ["modeling_xattn.training.data.vqa", "modeling_xattn.training.data.schema", "modeling_xattn.training.data.synthetic",
-        "modeling_xattn.training.data.options", "modeling_xattn.training.distributed", "modeling_xattn.training.options", "modeling_xattn.training.compilation",
-        "modeling_xattn.training.sharding", "modeling_xattn.training.towers"],
+        "modeling_xattn.training.data.options", "modeling_xattn.training.data.views", "modeling_xattn.training.distributed",
+        "modeling_xattn.training.options", "modeling_xattn.training.compilation", "modeling_xattn.training.sharding",
+        "modeling_xattn.training.towers"],
     2: ["modeling_xattn.training.data.shards", "modeling_xattn.training.data.sources",
         "modeling_xattn.training.data.streaming", "modeling_xattn.training.collate", "modeling_xattn.training.tasks"],
     3: ["modeling_xattn.training.metrics", "modeling_xattn.training.caption_metric", "modeling_xattn.training.hub",
+        "modeling_xattn.training.inference",
         "modeling_xattn.training.plots", "modeling_xattn.training.optimization", "modeling_xattn.training.checkpoints",
         "modeling_xattn.training.logs"],
     4: ["modeling_xattn.training.evaluation", "modeling_xattn.training.publishing"],
     5: ["modeling_xattn.training.loop"],
     6: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "evaluate",
-                                                              "export_densenet", "make_shards", "prediction", "push",
-                                                              "visualization")],
+                                                              "export_densenet", "make_shards", "predict",
+                                                              "push_to_hub", "visualize")],
 }
 RANK = {module: rank for rank, modules in LAYERS.items() for module in modules}
 
@@ -154,12 +157,19 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------- the task registry
 
 
+def test_each_script_calls_the_app_of_its_own_name():
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        apps = {module for module in imports_of(script) if module.startswith("modeling_xattn.training.apps.")}
+        expected = set() if script.stem == "train" else {f"modeling_xattn.training.apps.{script.stem}"}
+        assert apps == expected, script.name  # train.py calls the loop
+
+
 def test_every_task_is_declared_once_and_matches_the_model():
     import dataclasses
 
     from modeling_xattn import XAttnConfig, XAttnForMultiTask
     from modeling_xattn.modeling_xattn import HEAD_PREFIXES, XAttnMultiTaskOutput
-    from modeling_xattn.training import evaluation
+    from modeling_xattn.pipeline_xattn import PIPELINES
     from modeling_xattn.training.data.schema import BATCH_TARGETS
     from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, REGISTRY
 
@@ -171,9 +181,21 @@ def test_every_task_is_declared_once_and_matches_the_model():
         assert set(task.losses) <= outputs, name
         assert all(isinstance(getattr(config, weight), float) for weight in task.weights), name
         assert any(task.target in targets for targets in BATCH_TARGETS.values()), name
+        assert task.target in BATCH_TARGETS and task.pipeline in PIPELINES, name  # a batch of it alone; its pipeline
     assert set(HEAD_PREFIXES) == {task.head for task in REGISTRY.values()}  # every head serves a task
     assert set(LOSS_KEYS) == {field for field in outputs if field.startswith("loss_")}  # every loss has its task
-    assert evaluation.TASKS == EVALUATED_TASKS == ("classification", "retrieval", "captioning", "vqa")
+    assert EVALUATED_TASKS == ("classification", "retrieval", "captioning", "vqa")
+
+
+def test_the_batch_kind_of_a_run_is_the_targets_of_its_tasks():
+    from modeling_xattn.training.tasks import batch_kind
+
+    assert batch_kind({"classification"}) == "statement"
+    assert batch_kind({"retrieval"}) == batch_kind({"captioning", "retrieval"}) == "caption"
+    assert batch_kind({"classification", "captioning"}) == "statement+caption"
+    assert batch_kind({"vqa"}) == "question" and batch_kind({"vqa", "retrieval"}) == "question+caption"
+    with pytest.raises(ValueError, match="no batch serves"):
+        batch_kind({"classification", "vqa"})
 
 
 def test_a_run_weighs_only_the_losses_of_its_tasks():

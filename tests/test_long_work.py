@@ -9,15 +9,8 @@ import pytest
 from conftest import load_script
 
 from modeling_xattn.training.data.synthetic import synthetic_dataset
-from modeling_xattn.training.evaluation import (
-    PREDICTION_FILES,
-    SHORTLIST_SIZES,
-    choose_shortlist,
-    evaluate_model,
-    image_id,
-    load_model,
-    rerank_pairs,
-)
+from modeling_xattn.training.evaluation import PREDICTION_FILES, evaluate_model, image_id
+from modeling_xattn.training.inference import SHORTLIST_SIZES, choose_shortlist, load_model, rerank_pairs
 from modeling_xattn.training.plots import curve_panels, plot_ablation_curves
 
 train = load_script("train")
@@ -189,6 +182,21 @@ def test_a_run_ends_by_saying_what_it_made(tmp_path, capsys):
     assert f"python scripts/evaluate.py --model {folder}" in summary
     assert f'pipeline("image-to-text", model="{folder}"' in summary
     assert f"python scripts/demo.py --model {folder}" in summary
+
+
+def test_the_summary_names_the_pipeline_that_serves_the_trained_tasks():
+    from types import SimpleNamespace
+
+    from modeling_xattn.training.loop import run_summary
+
+    args = SimpleNamespace(output_dir="out", report_to="none", logging_dir=None)
+    done = {"global_step": 1, "metrics": {}}
+    expected = {("retrieval", "captioning"): "image-to-text", ("vqa",): "image-text-classification",
+                ("classification", "retrieval"): "image-text-classification",
+                ("retrieval",): "zero-shot-image-classification"}
+    for tasks, pipeline in expected.items():
+        assert f'pipeline("{pipeline}", model="out"' in run_summary(args, done, set(tasks)), tasks
+    assert "candidate_labels=" in run_summary(args, done, {"retrieval"})
 
 
 def test_tracker_logs_go_to_runs_beside_the_model(tmp_path):

@@ -14,10 +14,11 @@ from PIL import Image
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.modeling_xattn import negative_pairs, sample_negatives
-from modeling_xattn.training.collate import CaptionPairs, XAttnCollator
-from modeling_xattn.training.data.schema import NO_TARGET, as_label
-from modeling_xattn.training.data.sources import load_imagefolder, load_split, undecoded
+from modeling_xattn.training.collate import XAttnCollator
+from modeling_xattn.training.data.schema import NO_TARGET, as_label, undecoded
+from modeling_xattn.training.data.sources import load_imagefolder, load_split
 from modeling_xattn.training.data.synthetic import synthetic_dataset
+from modeling_xattn.training.data.views import CaptionPairs
 from modeling_xattn.training.options import data_options
 
 train = load_script("train")
@@ -147,7 +148,7 @@ def test_every_caption_reaches_the_loader_once_per_epoch(processor):
     expected = sorted((str(row["image_id"]), caption) for row in data for caption in row["captions"])
     assert len(pairs) == len(expected) == sum(1 + i % 5 for i in range(10))
     loader = torch.utils.data.DataLoader(pairs, batch_size=4, shuffle=True, collate_fn=lambda rows: rows)
-    collate, seen = XAttnCollator(processor, task="captioning"), []
+    collate, seen = XAttnCollator(processor, targets="caption"), []
     for rows in loader:
         chosen = [row["captions"][row["caption_index"]] for row in rows]
         seen += [(str(row["image_id"]), caption) for row, caption in zip(rows, chosen)]
@@ -351,7 +352,7 @@ def test_vqa_rows_without_a_question_keep_their_captions(processor):
     rows = [dict(data[i]) for i in range(4)]
     rows[1]["question"], rows[1]["text"] = "", ""  # no question: its caption still trains
     vocab = answer_vocabulary(data)
-    batch = XAttnCollator(processor, task="vqa+captions", answer_vocab=vocab)(rows)
+    batch = XAttnCollator(processor, targets="question+caption", answer_vocab=vocab)(rows)
     assert (batch["labels"][1] == NO_TARGET).all() and (batch["labels"][[0, 2, 3]] >= 0).all()
     config = XAttnConfig.from_preset("tiny", text_config={"vocab_size": len(processor.tokenizer)},
                                      id2label=dict(enumerate(vocab)), problem_type="multi_label_classification")

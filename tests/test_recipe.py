@@ -10,7 +10,8 @@ from PIL import Image
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
-from modeling_xattn.training.collate import CaptionPerPhoto, RandomResizedCrops, XAttnCollator, crop_fraction
+from modeling_xattn.training.collate import XAttnCollator
+from modeling_xattn.training.data.views import CaptionPerPhoto, RandomResizedCrops, crop_fraction
 from modeling_xattn.training.loop import build_model, parse_args
 from modeling_xattn.training.optimization import decay_excluded, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import RECIPES
@@ -277,7 +278,7 @@ def test_one_caption_per_photo_is_seeded_per_epoch_and_reaches_every_caption():
 def test_collator_applies_the_crop(processor):
     image = Image.new("RGB", (64, 64), (255, 255, 255))
     image.paste((0, 0, 0), (0, 0, 32, 64))  # left half black
-    collate = XAttnCollator(processor, task="captioning")
+    collate = XAttnCollator(processor, targets="caption")
     whole = collate([{"image": image, "captions": ["a photo"], "image_id": 0}])["pixel_values"]
     left = collate([{"image": image, "captions": ["a photo"], "image_id": 0, "crop_box": (0.0, 0.0, 0.5, 1.0)}])
     assert left["pixel_values"].mean() < whole.mean()  # only the black half is left
@@ -365,9 +366,9 @@ def test_cached_photos_give_the_pixels_a_fresh_read_gives(processor, tmp_path):
             {"image": {"bytes": photos[0], "path": None}, "image_id": "a", "captions": ["one"],
              "crop_box": (0.1, 0.1, 0.8, 0.9)}]
     plain_counter, cached_counter = BadRowCounter(), BadRowCounter()
-    plain = XAttnCollator(processor, task="captioning", image_dir=str(tmp_path), counter=plain_counter)
+    plain = XAttnCollator(processor, targets="caption", image_dir=str(tmp_path), counter=plain_counter)
     cache = PhotoCache(max_bytes=2**30)
-    cached = XAttnCollator(processor, task="captioning", image_dir=str(tmp_path), counter=cached_counter,
+    cached = XAttnCollator(processor, targets="caption", image_dir=str(tmp_path), counter=cached_counter,
                            photo_cache=cache)
     expected = plain(rows)
     for _ in range(3):
@@ -379,7 +380,7 @@ def test_cached_photos_give_the_pixels_a_fresh_read_gives(processor, tmp_path):
     plain(rows), plain(rows)
     assert cached_counter.summary() == plain_counter.summary()  # the L photo's conversion is noted every time
     small = PhotoCache(max_bytes=expected["pixel_values"][0].numel() * 4)  # room for one photo's values
-    XAttnCollator(processor, task="captioning", image_dir=str(tmp_path), photo_cache=small)(rows)
+    XAttnCollator(processor, targets="caption", image_dir=str(tmp_path), photo_cache=small)(rows)
     assert len(small.entries) == 1 and small.used <= small.max_bytes
 
 

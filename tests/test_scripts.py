@@ -61,7 +61,8 @@ def test_shortlist_size_per_direction(trained):
 
 
 def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
-    from modeling_xattn.training.evaluation import load_model, recall_at_1_by_k
+    from modeling_xattn.training.evaluation import recall_at_1_by_k
+    from modeling_xattn.training.inference import load_model
     from modeling_xattn.training.metrics import retrieval_metrics
 
     model, processor = load_model(str(trained))
@@ -131,7 +132,7 @@ def test_a_known_attention_map_is_drawn_where_it_attends(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from modeling_xattn.training.apps.visualization import overlay, render
+    from modeling_xattn.training.apps.visualize import overlay, render
 
     grid = torch.zeros(8, 8)
     grid[0, 0] = 1.0
@@ -206,8 +207,8 @@ def test_readme_evaluation_from_python_runs_as_written(trained, tmp_path, monkey
 def test_attention_maps_from_any_model_class(trained, images):
     from PIL import Image
 
-    from modeling_xattn.training.apps.visualization import attention_maps
-    from modeling_xattn.training.evaluation import load_model
+    from modeling_xattn.training.apps.visualize import attention_maps
+    from modeling_xattn.training.inference import load_model
 
     model, processor = load_model(str(trained))  # the multi-task model: its fused encoder gives the maps
     tokens, maps, cbam = attention_maps(model, processor, Image.open(images / "0.png"), "a red circle")

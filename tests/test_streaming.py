@@ -91,7 +91,7 @@ def test_shards_of_real_photos_copy_the_jpeg_bytes(tmp_path):
     data = StreamingData(args)
     held = set(data.validation["image_id"])
     assert held and len(held) + len(data.probe) == 32 and not held & set(data.probe["image_id"])
-    stream = data.training_stream("captioning", batch_size=4, collate=lambda rows: rows)
+    stream = data.training_stream("caption", batch_size=4, collate=lambda rows: rows)
     pairs = [(row["image_id"], row["caption_index"]) for batch in stream.batches() for row in batch]
     assert {image for image, _ in pairs} == set(data.probe["image_id"])
     captions = sum(len(c) for c in data.probe["captions"])
@@ -105,7 +105,7 @@ def caption_pairs(batch):
 def stream_of(folder, rank=0, world_size=1, buffer=8, batch_size=4):
     data = StreamingData(data_options(dataset="webdataset", data_dir=str(folder), streaming=True,
                                       shuffle_buffer_size=buffer))
-    return data.training_stream("captioning", batch_size, collate=caption_pairs, rank=rank, world_size=world_size,
+    return data.training_stream("caption", batch_size, collate=caption_pairs, rank=rank, world_size=world_size,
                                 seed=3)
 
 

@@ -12,7 +12,8 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
                    loader, the split policy), shards (WebDataset tar files), streaming (iterable training streams),
                    synthetic (the embedded dataset)
     collate        rows -> model batches; caption pairs, one caption per photo, seeded crops
-    tasks          which tasks a run trains and the rows that carry their targets
+    tasks          the task registry (every per-task fact), the tasks a run trains, its batch kind, the rows that
+                   carry their targets
     towers         pretrained towers in a run: the checks of their files against the options, the locks
     optimization   parameter groups, the warm-up/cosine schedule, Formula 5
     logs           the losses between two logs, summed on the device

@@ -1,11 +1,10 @@
-"""Rows of the schema -> model batches: the collator, one example per image-caption pair or one caption per
-photo per epoch, and seeded random-resized crops."""
+"""Rows of the schema -> model batches: the collator, and the cache of processed photos it can keep."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
+import warnings
 
 import torch
 from PIL import Image
@@ -25,15 +24,23 @@ from modeling_xattn.training.data.schema import (
     vqa_answer_accuracy,
     vqa_soft_scores,
 )
+from modeling_xattn.training.data.views import crop_fraction
+
+
+# The collator's former `task=` and `head=` values, and what they are now.
+FORMER_TASKS = {"multitask": "statement+caption", "classification": "statement", "vqa": "question",
+                "vqa+captions": "question+caption", "retrieval": "caption", "captioning": "caption"}
+FORMER_HEADS = {"multitask": "XAttnForMultiTask", "classification": "XAttnForSequenceClassification",
+                "retrieval": "XAttnForImageTextRetrieval", "captioning": "XAttnForConditionalGeneration"}
 
 
 class XAttnCollator:
     """Rows of the schema -> a model batch through `XAttnProcessor`.
 
-    task: "multitask" (a labelled statement and/or a caption per row), "classification", "vqa" (question + soft
-    scores over `answer_vocab`), "vqa+captions", "retrieval" or "captioning" (`BATCH_TARGETS` lists what each trains
-    on). A row is kept when its image reads and it carries at least one of the task's targets; otherwise it is
-    skipped and counted by reason, and the batch shrinks.
+    targets: the batch kind, the row targets it is made of joined by "+" (`BATCH_TARGETS`): "statement+caption" (a
+    labelled statement and/or a caption per row), "statement", "question" (question + soft scores over
+    `answer_vocab`), "question+caption" or "caption". A row is kept when its image reads and it carries at least one
+    of the targets; otherwise it is skipped and counted by reason, and the batch shrinks.
 
     Rows that lack one target keep the others: a row without a label gets `labels = -100` (its statement, if any,
     is still encoded), a row without a caption gets an all-zero `caption_attention_mask` (the model's "no caption"),
@@ -52,35 +59,47 @@ class XAttnCollator:
     photo_cache: a `PhotoCache` the collator keeps each photo's pixel values in (decoded, converted and resized
     once, read from the cache in later epochs and evaluations; a cropped example is always made afresh), or None.
 
-    head: the model the batch feeds, under this package's loop or `transformers.Trainer` (which needs
-    `remove_unused_columns=False`, since the collator reads the raw columns):
-        "multitask" (default; `XAttnForMultiTask`, also `XAttnForSequenceClassification`): the keys above, and
-            `labels` always (all -100 when no row has one), so that Trainer computes an evaluation loss on
-            caption-only sets too;
-        "classification": the statement/question and its labels only;
-        "retrieval" (`XAttnForImageTextRetrieval`): the caption as `input_ids`/`attention_mask`, the image ids as
-            `labels` (captions of one image are never each other's negatives);
-        "captioning" (`XAttnForConditionalGeneration`): the caption as `decoder_input_ids`/`decoder_attention_mask`
-            and as `labels` (padding -100).
+    model: the model class the batch feeds (the class or its name), under this package's loop or
+    `transformers.Trainer` (which needs `remove_unused_columns=False`, since the collator reads the raw columns):
+        `XAttnForMultiTask` (default): the keys above, and `labels` always (all -100 when no row has one), so that
+            Trainer computes an evaluation loss on caption-only sets too;
+        `XAttnForSequenceClassification`: the statement/question and its labels only;
+        `XAttnForImageTextRetrieval`: the caption as `input_ids`/`attention_mask`, the image ids as `labels`
+            (captions of one image are never each other's negatives);
+        `XAttnForConditionalGeneration`: the caption as `decoder_input_ids`/`decoder_attention_mask` and as
+            `labels` (padding -100).
+
+    `task=` and `head=` are the former names of `targets=` and `model=`, taken with a `FutureWarning`.
     """
 
-    HEADS = ("multitask", "classification", "retrieval", "captioning")
+    MODELS = ("XAttnForMultiTask", "XAttnForSequenceClassification", "XAttnForImageTextRetrieval",
+              "XAttnForConditionalGeneration")
+    CAPTION_MODELS = ("XAttnForImageTextRetrieval", "XAttnForConditionalGeneration")
 
-    def __init__(self, processor, task: str = "multitask", answer_vocab: list[str] | None = None,
+    def __init__(self, processor, targets: str = "statement+caption", answer_vocab: list[str] | None = None,
                  counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
-                 head: str = "multitask", with_row_index: bool = False, pad_to_max_length: bool = False,
-                 photo_cache: PhotoCache | None = None):
-        if task not in BATCH_TARGETS:
-            raise ValueError(f"XAttnCollator: task must be one of {sorted(BATCH_TARGETS)}, got {task!r}")
-        if head not in self.HEADS:
-            raise ValueError(f"XAttnCollator: head must be one of {self.HEADS}, got {head!r}")
-        if head in ("retrieval", "captioning") and "caption" not in BATCH_TARGETS[task]:
-            raise ValueError(f"XAttnCollator: head={head!r} trains on captions, which task={task!r} does not read")
-        self.head = head
+                 model: str | type = "XAttnForMultiTask", with_row_index: bool = False, pad_to_max_length: bool = False,
+                 photo_cache: PhotoCache | None = None, task: str | None = None, head: str | None = None):
+        if task is not None:
+            warnings.warn(f"XAttnCollator(task={task!r}) is now targets={FORMER_TASKS.get(task, task)!r}",
+                          FutureWarning, stacklevel=2)
+            targets = FORMER_TASKS.get(task, task)
+        if head is not None:
+            warnings.warn(f"XAttnCollator(head={head!r}) is now model={FORMER_HEADS.get(head, head)!r}",
+                          FutureWarning, stacklevel=2)
+            model = FORMER_HEADS.get(head, head)
+        model = getattr(model, "__name__", model)
+        if targets not in BATCH_TARGETS:
+            raise ValueError(f"XAttnCollator: targets must be one of {list(BATCH_TARGETS)}, got {targets!r}")
+        if model not in self.MODELS:
+            raise ValueError(f"XAttnCollator: model must be one of {self.MODELS}, got {model!r}")
+        if model in self.CAPTION_MODELS and "caption" not in BATCH_TARGETS[targets]:
+            raise ValueError(f"XAttnCollator: model={model!r} trains on captions, which targets={targets!r} lacks")
+        self.model = model
         self.with_row_index = with_row_index
         self.pad_to_max_length = pad_to_max_length
         self.processor = processor
-        self.task = task
+        self.targets = targets
         self.answer_vocab = {a: i for i, a in enumerate(answer_vocab or [])}
         self.counter = counter if counter is not None else BadRowCounter()
         self.caption_index = caption_index
@@ -88,12 +107,12 @@ class XAttnCollator:
         self.photo_cache = photo_cache
 
     def __call__(self, rows: list[dict]) -> dict:
-        task = self.task
+        kind = self.targets
         images, texts, captions, labels, answers, ids, kept, has = [], [], [], [], [], [], [], []
         for position, row in enumerate(rows):
             where = str(row.get("image_id", ""))
-            targets = row_targets(row, task)
-            reason = None if targets else missing_target_reason(row, task)
+            targets = row_targets(row, kind)
+            reason = None if targets else missing_target_reason(row, kind)
             key = cached = None
             if reason is None and self.photo_cache is not None and row.get("crop_box") is None:
                 key = self.photo_cache.key(row["image"], self.image_dir)
@@ -123,7 +142,7 @@ class XAttnCollator:
             images.append(image)
             kept.append(position)
             has.append(targets)
-            texts.append(row_text(row, task))
+            texts.append(row_text(row, kind))
             captions.append(references[min(index, len(references) - 1)] if references else "")
             labels.append(as_label(row.get("label")) if "statement" in targets else NO_TARGET)
             answers.append(row.get("answers") or [])
@@ -142,9 +161,9 @@ class XAttnCollator:
         batch["pixel_values"] = self._pixels(images)
         if any(with_caption) and not all(with_caption):
             batch["caption_attention_mask"][~torch.tensor(with_caption)] = 0  # all-zero mask: this row has no caption
-        if any(with_text) and task in ("multitask", "classification"):
+        if any(with_text) and "statement" in BATCH_TARGETS[kind]:
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
-        if any(with_text) and task.startswith("vqa"):
+        if any(with_text) and "question" in BATCH_TARGETS[kind]:
             scores = vqa_soft_scores(answers, self.answer_vocab)
             scores[~torch.tensor(with_text)] = NO_TARGET
             batch["labels"] = scores
@@ -153,7 +172,7 @@ class XAttnCollator:
             batch["vqa_answer_accuracy"] = vqa_answer_accuracy(answers, self.answer_vocab)
         batch["image_ids"] = torch.tensor([stable_id(i) for i in ids], dtype=torch.long)
         batch["row_index"] = torch.tensor(kept, dtype=torch.long)  # which of `rows` made it into the batch
-        batch = self._for_head(batch)
+        batch = self._for_model(batch)
         if not self.with_row_index:
             batch.pop("row_index", None)
         return batch
@@ -175,23 +194,23 @@ class XAttnCollator:
                     self.photo_cache.put(key, image.mode, values)
         return torch.stack(pixels)
 
-    def _for_head(self, batch: dict) -> dict:
-        """Rename the batch's keys to the arguments of the model `head` names."""
-        if self.head == "multitask":
+    def _for_model(self, batch: dict) -> dict:
+        """Rename the batch's keys to the arguments of the model class `model` names."""
+        if self.model == "XAttnForMultiTask":
             if "labels" not in batch:
                 shape = (len(batch["pixel_values"]),)
-                if self.task.startswith("vqa"):
+                if "question" in BATCH_TARGETS[self.targets]:
                     shape += (len(self.answer_vocab),)
                 batch["labels"] = torch.full(shape, NO_TARGET, dtype=torch.float if len(shape) == 2 else torch.long)
             return batch
-        if self.head == "classification":
+        if self.model == "XAttnForSequenceClassification":
             return {k: v for k, v in batch.items() if not k.startswith("caption_")}
-        if "caption_input_ids" not in batch:  # no row of this batch has a caption: nothing for this head
+        if "caption_input_ids" not in batch:  # no row of this batch has a caption: nothing for this model
             return {}
         has_caption = batch["caption_attention_mask"].bool().any(-1)
         ids, mask = batch["caption_input_ids"][has_caption], batch["caption_attention_mask"][has_caption]
         common = {"pixel_values": batch["pixel_values"][has_caption], "row_index": batch["row_index"][has_caption]}
-        if self.head == "retrieval":
+        if self.model == "XAttnForImageTextRetrieval":
             return {**common, "input_ids": ids, "attention_mask": mask, "labels": batch["image_ids"][has_caption]}
         return {**common, "decoder_input_ids": ids, "decoder_attention_mask": mask,
                 "labels": caption_labels(ids, mask, self.processor.tokenizer.pad_token_id)}
@@ -230,97 +249,3 @@ class PhotoCache:
         if key not in self.entries and self.used + size <= self.max_bytes:
             self.entries[key] = (mode, pixels.clone())
             self.used += size
-
-
-class CaptionPairs(torch.utils.data.Dataset):
-    """One example per image-caption pair (a row with five captions is five examples per epoch, as COCO captioning
-    and ALBEF/BLIP retrieval training iterate), so every caption trains in every epoch; rows without captions are
-    one example each. An example is the row with `caption_index` set, which `XAttnCollator` reads.
-
-    The pairs are a fixed list, so the DataLoader's seeded sampler shuffles them and a resumed run skips exactly
-    the batches it had done."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.pairs = [(row, caption) for row, captions in enumerate(dataset["captions"])
-                      for caption in range(max(len(row_captions({"captions": captions})), 1))]
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict:
-        row, caption = self.pairs[index]
-        return {**self.dataset[row], "caption_index": caption}
-
-
-class EpochSeeded(torch.utils.data.Dataset):
-    """A view of `dataset` whose examples draw something from a generator seeded with (seed, epoch, index): the draw
-    does not depend on the global random state, the loader's workers or an interruption, so a resumed run draws the
-    same. `set_epoch` (passed on to a wrapped `EpochSeeded`) moves to the next pass; the epoch sits in shared memory,
-    so workers see it."""
-
-    def __init__(self, dataset, seed: int = 0):
-        self.dataset, self.seed = dataset, seed
-        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
-        if isinstance(self.dataset, EpochSeeded):
-            self.dataset.set_epoch(epoch)
-
-    def generator(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed(stable_id(f"{self.seed}/{int(self._epoch[0])}/{index}"))
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-class CaptionPerPhoto(EpochSeeded):
-    """One example per photo and epoch, with one of its captions drawn from (seed, epoch, index): the alternative
-    to `CaptionPairs` (every image-caption pair every epoch), as some captioning recipes sample. Rows without
-    captions are one example each, unchanged."""
-
-    def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
-        count = len(row_captions(row))
-        if count < 2:
-            return row
-        return {**row, "caption_index": int(torch.randint(count, (1,), generator=self.generator(index)))}
-
-
-class RandomResizedCrops(EpochSeeded):
-    """Training examples with a random crop each (torchvision's RandomResizedCrop parameters: an area in
-    [`scale`, 1] of the photo, aspect ratio in [3/4, 4/3]; no flips, since captions say "left" and "right"). The crop
-    is a box in fractions of the photo, `row["crop_box"] = (left, top, right, bottom)`, which `XAttnCollator` cuts
-    before the processor resizes, drawn from (seed, epoch, index) (`EpochSeeded`)."""
-
-    def __init__(self, dataset, scale: float = 0.5, seed: int = 0, ratio=(3 / 4, 4 / 3)):
-        if not 0.0 < scale <= 1.0:
-            raise ValueError(f"RandomResizedCrops: scale must lie in (0, 1], got {scale!r}")
-        super().__init__(dataset, seed)
-        self.scale, self.ratio = scale, ratio
-
-    def crop_box(self, index: int) -> tuple[float, float, float, float]:
-        generator = self.generator(index)
-        log_ratio = torch.log(torch.tensor(self.ratio))
-        for _ in range(10):  # torchvision's rejection loop, on the unit square (the aspect is the photo's own)
-            area = self.scale + (1.0 - self.scale) * torch.rand(1, generator=generator).item()
-            aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=generator)).item()
-            width, height = math.sqrt(area * aspect), math.sqrt(area / aspect)
-            if width <= 1.0 and height <= 1.0:
-                left = (1.0 - width) * torch.rand(1, generator=generator).item()
-                top = (1.0 - height) * torch.rand(1, generator=generator).item()
-                return left, top, left + width, top + height
-        return 0.0, 0.0, 1.0, 1.0
-
-    def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
-        return row if self.scale >= 1.0 else {**row, "crop_box": self.crop_box(index)}
-
-
-def crop_fraction(image: Image.Image, box) -> Image.Image:
-    """`image` cut to `box` = (left, top, right, bottom) in fractions of its width and height."""
-    width, height = image.size
-    left, top, right, bottom = box
-    return image.crop((round(left * width), round(top * height), max(round(right * width), round(left * width) + 1),
-                       max(round(bottom * height), round(top * height) + 1)))

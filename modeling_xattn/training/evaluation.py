@@ -1,9 +1,9 @@
-"""Evaluation: each task on a dataset of the common schema, the multi-task validation of the training loop, gallery
-ranking, and the results table.
+"""Evaluation: each task scored on a dataset of the common schema, the multi-task validation of the training loop,
+and the files an evaluation writes (inference itself, loading, generating and ranking, is `inference.py`).
 
-    model, processor = load_model("outputs/xattn")
+    model, processor = load_model("outputs/xattn")                  # inference.load_model
     results = evaluate_model(model, processor, dataset, tasks=("classification", "retrieval", "captioning"))
-    print(markdown_table(results))
+    print(markdown_table(results))                                  # metrics.markdown_table
 
 Classification gives accuracy and macro-F1; captioning BLEU-1..4, METEOR, ROUGE-L and CIDEr with the COCO toolkit;
 retrieval R@1/5/10 both directions, two-stage (the embeddings shortlist `top_k`, the matching head re-ranks), five
@@ -18,14 +18,20 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.data.vqa import overall_accuracy, vqa_accuracy
-from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
+from modeling_xattn.training.inference import (
+    RERANK_BUDGET_SECONDS,
+    batches,
+    encode_gallery,
+    generate_captions,
+    plan_reranking,
+    rank_gallery,
+    rerank_batch_size_for,
+)
 from modeling_xattn.training.metrics import (
-    CAPTION_METRICS,
     caption_metrics,
     classification_metrics,
     recall_at_k,
@@ -35,42 +41,6 @@ from modeling_xattn.training.plots import plot_caption_samples
 from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, usable_rows
 
 logger = logging.getLogger(__name__)
-
-TASKS = EVALUATED_TASKS  # the tasks evaluate_model scores (the registry's)
-# Two-stage retrieval's defaults. `--top_k auto` takes the largest shortlist of SHORTLIST_SIZES whose re-ranking fits
-# RERANK_BUDGET_SECONDS at the pairs/s measured on the device at hand. On 2 CPU cores, 1,000 photos x 5,000
-# captions, the small preset: k = 32 at 64 px and 8 at 128 px, R@1 within a point of k = 128 (docs/performance.md).
-SHORTLIST_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
-RERANK_BUDGET_SECONDS = 90.0
-# Pairs per fusion call while re-ranking: on 2 CPU cores 64 scored the most pairs/s (3,200, against 2,500 at 256 and
-# 1,850 at 1,024; docs/performance.md); a GPU wants larger batches (512, not measured here).
-RERANK_BATCH_SIZE_CPU = 64
-RERANK_BATCH_SIZE_ACCELERATOR = 512
-
-
-def rerank_batch_size_for(model) -> int:
-    """Pairs per fusion call for re-ranking on the model's device."""
-    return RERANK_BATCH_SIZE_CPU if model.device.type == "cpu" else RERANK_BATCH_SIZE_ACCELERATOR
-
-
-def load_model(name: str, revision: str | None = None, device=None):
-    """A saved multi-task model and its processor, from a folder or the Hub (custom code, safetensors only); the
-    model on `device` (default: CUDA where available, `hub.inference_device`)."""
-    device = inference_device(device)  # a device this machine lacks stops before the model is read
-    return load_pretrained(name, revision).eval().to(device), load_processor(name, revision)
-
-
-def batches(dataset, collate, batch_size, progress=False, desc=None):
-    """Yield `(rows that made it into the batch, batch)` (the collator needs `with_row_index=True`); rows the
-    collator skips are counted by it. `progress`: a bar in rows with the time left."""
-    bar = tqdm(total=len(dataset), desc=desc, unit="row", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        batch = collate(rows)
-        if batch:
-            yield [rows[i] for i in batch.pop("row_index").tolist()], batch
-        bar.update(len(rows))
-    bar.close()
 
 
 def image_id(row: dict, position: int, key: str = "image_id") -> int | str:
@@ -84,8 +54,8 @@ def image_id(row: dict, position: int, key: str = "image_id") -> int | str:
 
 @torch.inference_mode()
 def evaluate_classification(model, processor, dataset, batch_size=32, progress=True, counter=None) -> dict:
-    collate = XAttnCollator(processor, task="classification", counter=counter, head="classification",
-                            with_row_index=True)
+    collate = XAttnCollator(processor, targets="statement", counter=counter,
+                            model="XAttnForSequenceClassification", with_row_index=True)
     predictions, labels = [], []
     for _, batch in batches(dataset, collate, batch_size, progress, "classification"):
         logits = model(pixel_values=batch["pixel_values"].to(model.device),
@@ -110,8 +80,8 @@ def evaluate_vqa(model, processor, dataset, batch_size=32, progress=True, counte
     if getattr(model.config, "problem_type", None) != "multi_label_classification":
         return {}
     answers = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    collate = XAttnCollator(processor, task="vqa", answer_vocab=answers, counter=counter, head="classification",
-                            with_row_index=True)
+    collate = XAttnCollator(processor, targets="question", answer_vocab=answers, counter=counter,
+                            model="XAttnForSequenceClassification", with_row_index=True)
     predicted = {}
     for rows, batch in batches(dataset, collate, batch_size, progress, "vqa"):
         logits = model(pixel_values=batch["pixel_values"].to(model.device),
@@ -142,19 +112,12 @@ def evaluate_vqa(model, processor, dataset, batch_size=32, progress=True, counte
 
 
 @torch.inference_mode()
-def generate_captions(model, processor, pixel_values, num_beams=None, max_new_tokens=None) -> list[str]:
-    """Decoded captions of a batch of images, from the model's generation config and any override given."""
-    ids = model.generate(pixel_values.to(model.device), **generation_overrides(num_beams, max_new_tokens))
-    return processor.batch_decode(ids, skip_special_tokens=True)
-
-
-@torch.inference_mode()
 def evaluate_captioning(model, processor, dataset, batch_size=32, num_beams=None, max_new_tokens=None, progress=True,
                         java=True, counter=None, outputs: dict | None = None) -> tuple[dict, list[str]]:
     """Caption every photo and score the captions against its references. `outputs`, when given, receives
     `captions` (a COCO results list, `[{"image_id", "caption"}]`, one per photo) and `references` (the COCO
     annotation layout, `{"images": [...], "annotations": [...]}`), which `write_predictions` saves."""
-    collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
+    collate = XAttnCollator(processor, targets="caption", counter=counter, with_row_index=True)
     predictions, references, ids = [], [], []
     for rows, batch in batches(dataset, collate, batch_size, progress, "captioning"):
         predictions += generate_captions(model, processor, batch["pixel_values"], num_beams, max_new_tokens)
@@ -180,7 +143,7 @@ def validation_caption_metrics(model, processor, dataset, count: int, accelerato
     shared = [None]
     if accelerator.is_main_process:
         plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-        rows = usable_rows(dataset, "captioning", BadRowCounter())
+        rows = usable_rows(dataset, "caption", BadRowCounter())
         rows = rows.select(range(min(count, len(rows))))
         plain.eval()
         with accelerator.autocast():
@@ -202,61 +165,6 @@ def coco_references(ids: list[str], references: list[list[str]]) -> dict:
     return {"images": [{"id": photo} for photo in ids], "annotations": annotations, "type": "captions"}
 
 
-@torch.inference_mode()
-def encode_gallery(model, processor, pixel_values, captions: list[str], batch_size=64, text_batch_size=256,
-                   progress=False):
-    """Images and captions of a gallery, each encoded once in batches: `(images, texts)` as `model.rank` takes them."""
-    images = model.encode_gallery_images(pixel_values, batch_size, progress=progress)
-    tokens = processor(captions=captions)
-    texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], text_batch_size,
-                                       progress=progress)
-    return images, texts
-
-
-@torch.inference_mode()
-def rank_gallery(model, processor, pixel_values, captions: list[str], direction="i2t", top_k=128, exhaustive=False,
-                 batch_size=64, encoded=None, progress=False, rerank_batch_size=None,
-                 rerank_score="itm+similarity"):
-    """Two-stage ranking of a gallery: images and captions are encoded once (pass `encoded` from an earlier call
-    to reuse them), the embeddings shortlist `top_k` per query, the matching head re-ranks the shortlist.
-    Returns `(scores (num_images, num_captions), pairs scored by cross-attention, encoded)`."""
-    if encoded is None:
-        encoded = encode_gallery(model, processor, pixel_values, captions, batch_size, progress=progress)
-    scores, pairs = model.rank(*encoded, direction=direction, k=top_k, exhaustive=exhaustive,
-                               batch_size=rerank_batch_size or rerank_batch_size_for(model), progress=progress,
-                               score=rerank_score)
-    return scores, pairs, encoded
-
-
-def shortlist_sizes(value: str):
-    """`--top_k` as given: "auto" (chosen from a time budget, `choose_shortlist`), one size for both directions
-    ("128"), or one per direction ("i2t=64,t2i=16")."""
-    import argparse
-
-    if value.strip() == "auto":
-        return "auto"
-    try:
-        return _shortlist_sizes(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _shortlist_sizes(value: str):
-    if "=" not in value:
-        if not value.strip().isdigit():
-            raise ValueError(f"--top_k {value!r}: give a number, or i2t=K,t2i=K")
-        return int(value)
-    sizes = {}
-    for part in value.split(","):
-        direction, _, size = part.partition("=")
-        if direction.strip() not in ("i2t", "t2i") or not size.strip().isdigit():
-            raise ValueError(f"--top_k {value!r}: give a number, or i2t=K,t2i=K")
-        sizes[direction.strip()] = int(size)
-    if set(sizes) != {"i2t", "t2i"}:
-        raise ValueError(f"--top_k {value!r}: give both directions, i2t=K,t2i=K")
-    return sizes
-
-
 def recall_at_1_by_k(scores: torch.Tensor, similarity: torch.Tensor, text_to_image: torch.Tensor, direction: str,
                      ks) -> dict[int, float]:
     """R@1 of two-stage ranking for every shortlist size in `ks`, from one ranking's `(num_images, num_texts)`
@@ -273,67 +181,6 @@ def recall_at_1_by_k(scores: torch.Tensor, similarity: torch.Tensor, text_to_ima
         ranked = ranked if direction == "i2t" else ranked.T
         curve[int(k)] = retrieval_metrics(ranked.float().cpu(), text_to_image.cpu(), ks=(1,))[f"{direction}_R@1"]
     return curve
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a wall-clock time covers it (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def measure_pair_rate(model, encoded, batch_size: int | None = None, timed_batches: int = 2) -> float:
-    """Pairs per second the matching head scores on this device, as re-ranking runs them: one batch of gallery
-    pairs to warm up, then `timed_batches` batches timed."""
-    batch_size = batch_size or rerank_batch_size_for(model)
-    (image_tokens, _), (text_tokens, text_mask, _) = encoded
-    count = batch_size * (timed_batches + 1)
-    images = torch.arange(count, device=image_tokens.device) % len(image_tokens)
-    texts = (torch.arange(count, device=image_tokens.device) * 7) % len(text_tokens)
-    model.pair_scores(image_tokens, text_tokens, text_mask, images[:batch_size], texts[:batch_size], batch_size)
-    synchronize(image_tokens.device)
-    started = time.perf_counter()
-    model.pair_scores(image_tokens, text_tokens, text_mask, images[batch_size:], texts[batch_size:], batch_size)
-    synchronize(image_tokens.device)
-    return (count - batch_size) / max(time.perf_counter() - started, 1e-9)
-
-
-def rerank_pairs(num_images: int, num_texts: int, k) -> int:
-    """Pairs two-stage retrieval scores in both directions with shortlist `k` (one size, or one per direction)."""
-    i2t, t2i = (k["i2t"], k["t2i"]) if isinstance(k, dict) else (k, k)
-    return num_images * min(i2t, num_texts) + num_texts * min(t2i, num_images)
-
-
-def choose_shortlist(num_images: int, num_texts: int, pairs_per_second: float,
-                     budget_seconds: float = RERANK_BUDGET_SECONDS) -> int:
-    """`--top_k auto`: the largest of SHORTLIST_SIZES whose re-ranking in both directions is estimated to fit
-    `budget_seconds` at `pairs_per_second`; 0 (the embeddings alone) when not even k = 1 fits."""
-    for k in SHORTLIST_SIZES:
-        if rerank_pairs(num_images, num_texts, k) / pairs_per_second <= budget_seconds:
-            return k
-    return 0
-
-
-def _plan_reranking(model, encoded, top_k, budget_seconds, batch_size, progress, exhaustive=False) -> tuple:
-    """The shortlist size to use and what is known of its cost: `(top_k, {"top_k", "top_k_rule",
-    "estimated_pairs_per_second", "estimated_seconds"})`; prints the estimate before re-ranking starts."""
-    (_, image_embeds), (_, _, text_embeds) = encoded
-    num_images, num_texts = len(image_embeds), len(text_embeds)
-    rate = measure_pair_rate(model, encoded, batch_size)
-    rule = "given"
-    if exhaustive:
-        top_k, rule = max(num_images, num_texts), "exhaustive"
-    elif top_k == "auto":
-        top_k, rule = choose_shortlist(num_images, num_texts, rate, budget_seconds), f"auto ({budget_seconds:g} s)"
-    pairs = rerank_pairs(num_images, num_texts, top_k)
-    plan = {"top_k": top_k, "top_k_rule": rule, "estimated_pairs_per_second": round(rate, 1),
-            "estimated_seconds": round(pairs / rate, 1)}
-    if progress:
-        largest = rerank_pairs(num_images, num_texts, SHORTLIST_SIZES[0])
-        tqdm.write(f"two-stage retrieval: k={top_k} per query ({rule}): {pairs:,} pairs at {rate:,.0f} pairs/s "
-                   f"measured, about {pairs / rate:.0f} s"
-                   + (f"; k={SHORTLIST_SIZES[0]} would take about {largest / rate:.0f} s" if largest > pairs else ""))
-    return top_k, plan
 
 
 # The standard retrieval protocols (COCO's 5k Karpathy test, Flickr30k's 1k test, as ALBEF and BLIP report them)
@@ -359,7 +206,7 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
         # a matching head trained with weight 0 (the paper recipe has no such loss) would re-rank at random
         logger.warning("the matching head was trained with lambda_itm=0: ranking by the embeddings alone (top_k 0)")
         top_k, exhaustive = 0, False
-    collate = XAttnCollator(processor, task="captioning", counter=counter, with_row_index=True)
+    collate = XAttnCollator(processor, targets="caption", counter=counter, with_row_index=True)
     pixels, captions, owner, ids = [], [], [], []
     for rows, batch in batches(dataset, collate, batch_size, progress, "retrieval: reading photos"):
         for row in rows:
@@ -377,7 +224,7 @@ def evaluate_retrieval(model, processor, dataset, batch_size=32, top_k=128, exha
     encoded = encode_gallery(model, processor, pixels, captions, batch_size, progress=progress)
     results = {}
     if exhaustive or top_k:
-        top_k, plan = _plan_reranking(model, encoded, top_k, rerank_budget, rerank_batch_size, progress, exhaustive)
+        top_k, plan = plan_reranking(model, encoded, top_k, rerank_budget, rerank_batch_size, progress, exhaustive)
         results.update(plan)
     scores_by_direction = {}
     for direction in ("i2t", "t2i"):
@@ -479,7 +326,7 @@ def embedding_spread(image_embeds, text_embeds, owner) -> dict:
             "non_matching_mean_cosine": float(cosine[~own].mean())}
 
 
-def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_beams=None, max_new_tokens=None,
+def evaluate_model(model, processor, dataset, tasks=EVALUATED_TASKS, batch_size=32, num_beams=None, max_new_tokens=None,
                    top_k="auto", exhaustive=False, java=True, progress=True, counter=None,
                    rerank_budget=RERANK_BUDGET_SECONDS, outputs: dict | None = None,
                    captions_per_image: int = CAPTIONS_PER_IMAGE, rerank_score: str = "itm+similarity") -> dict:
@@ -488,17 +335,17 @@ def evaluate_model(model, processor, dataset, tasks=TASKS, batch_size=32, num_be
     the evaluation made besides its metrics (the captions, their references, the ranked lists), for
     `write_predictions`."""
     tasks = [t for t in tasks.split(",") if t] if isinstance(tasks, str) else list(tasks)
-    unknown = set(tasks) - set(TASKS)
+    unknown = set(tasks) - set(EVALUATED_TASKS)
     if unknown:
-        raise ValueError(f"evaluate_model: unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
+        raise ValueError(f"evaluate_model: unknown tasks {sorted(unknown)}; choose from {', '.join(EVALUATED_TASKS)}")
     counter = counter if counter is not None else BadRowCounter()
-    labelled = usable_rows(dataset, "classification", BadRowCounter())
-    captioned = usable_rows(dataset, "captioning", BadRowCounter())
+    labelled = usable_rows(dataset, "statement", BadRowCounter())
+    captioned = usable_rows(dataset, "caption", BadRowCounter())
     results = {}
     if "classification" in tasks and len(labelled) and model.config.problem_type != "multi_label_classification":
         results["classification"] = evaluate_classification(model, processor, labelled, batch_size, progress, counter)
     if "vqa" in tasks:
-        questioned = usable_rows(dataset, "vqa", BadRowCounter())
+        questioned = usable_rows(dataset, "question", BadRowCounter())
         if len(questioned):
             results["vqa"] = evaluate_vqa(model, processor, questioned, batch_size, progress, counter, outputs)
     if "captioning" in tasks and len(captioned) and getattr(model, "captioner", None) is not None:
@@ -537,34 +384,11 @@ EVALUATION_FILES = ("eval_results.json", "eval_results.md", "caption_samples.png
 
 def caption_samples(model, processor, dataset, count: int, path, num_beams=None, max_new_tokens=None) -> None:
     """A picture of the first `count` readable photos of `dataset` with their generated and reference captions."""
-    collate = XAttnCollator(processor, task="captioning", with_row_index=True)
+    collate = XAttnCollator(processor, targets="caption", with_row_index=True)
     rows, batch = next(batches(dataset.select(range(min(count, len(dataset)))), collate, count))
     predictions = generate_captions(model, processor, batch["pixel_values"], num_beams, max_new_tokens)
     plot_caption_samples([row["image"] for row in rows], predictions, [list(row["captions"]) for row in rows],
                          str(path))
-
-
-# The paper's names for the standard figures (its Top-1/Top-5 are recall at 1 and 5, as ALBEF and BLIP report them).
-PAPER_NAMES = {"i2t_R@1": "Top-1 (image->text)", "i2t_R@5": "Top-5 (image->text)", "t2i_R@1": "Top-1 (text->image)",
-               "t2i_R@5": "Top-5 (text->image)", "BLEU-1": "BLEU-1", "BLEU-2": "BLEU-2", "CIDEr": "CIDEr",
-               "METEOR": "METEOR", "accuracy": "accuracy", "vqa_accuracy": "VQA accuracy"}
-
-
-def markdown_table(rows, columns=None) -> str:
-    """One markdown table writer. `rows` is `{task: {metric: value}}` (rendered as task | metric | value | the
-    paper's name for it), or a list of dicts rendered with `columns` (default: the first dict's keys). Floats get 4
-    significant digits."""
-    def shown(value):
-        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
-
-    if isinstance(rows, dict):
-        rows = [{"task": task, "metric": key, "value": value, "paper": PAPER_NAMES.get(key, "")}
-                for task, metrics in rows.items() for key, value in metrics.items()]
-        columns = ["task", "metric", "value", "paper"]
-    columns = columns or (list(rows[0]) if rows else [])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(shown(row.get(column)) for column in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -622,13 +446,8 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     return metrics
 
 
-__all__ = ["EVALUATION_FILES", "PREDICTION_FILES", "RERANK_BUDGET_SECONDS", "SHORTLIST_SIZES", "TASKS", "batches",
-           "caption_samples", "choose_shortlist", "coco_references", "embedding_spread", "encode_gallery", "evaluate_captioning",
-           "evaluate_classification", "evaluate_model", "evaluate_multitask", "evaluate_retrieval",
-           "generate_captions", "load_model", "markdown_table", "measure_pair_rate", "rank_gallery", "ranked_lists",
-           "rerank_pairs", "synchronize", "write_predictions"]
+__all__ = ["CAPTIONS_PER_IMAGE", "EVALUATION_FILES", "PREDICTION_FILES", "caption_samples", "coco_references",
+           "embedding_spread", "evaluate_captioning", "evaluate_classification", "evaluate_model", "evaluate_multitask",
+           "evaluate_retrieval", "matching_against_hardest", "ranked_lists", "recall_at_1_by_k", "write_predictions"]
 
 
-def generation_overrides(num_beams: int | None = None, max_new_tokens: int | None = None) -> dict:
-    """The generation arguments a command line set; the others come from the model's `generation_config`."""
-    return {k: v for k, v in dict(num_beams=num_beams, max_new_tokens=max_new_tokens).items() if v is not None}

@@ -41,18 +41,18 @@ from modeling_xattn.training.checkpoints import (
     save_checkpoint_atomically,
     write_json,
 )
-from modeling_xattn.training.collate import (
-    CaptionPairs,
-    CaptionPerPhoto,
-    EpochSeeded,
-    PhotoCache,
-    RandomResizedCrops,
-    XAttnCollator,
-)
+from modeling_xattn.training.collate import PhotoCache, XAttnCollator
 from modeling_xattn.training.compilation import compiled_graphs, is_compiled
-from modeling_xattn.training.data.schema import BATCH_TARGETS, BadRowCounter, answer_vocabulary, class_names
-from modeling_xattn.training.data.sources import dataset_identity, load_split, undecoded
+from modeling_xattn.training.data.schema import (
+    BATCH_TARGETS,
+    BadRowCounter,
+    answer_vocabulary,
+    class_names,
+    undecoded,
+)
+from modeling_xattn.training.data.sources import dataset_identity, load_split
 from modeling_xattn.training.data.streaming import StreamingData
+from modeling_xattn.training.data.views import CaptionPairs, CaptionPerPhoto, EpochSeeded, RandomResizedCrops
 from modeling_xattn.training.distributed import any_process, slowest_clock
 from modeling_xattn.training.evaluation import (
     EVALUATION_FILES,
@@ -79,7 +79,8 @@ from modeling_xattn.training.sharding import (
 from modeling_xattn.training.tasks import (
     LOSS_WEIGHTS,
     REGISTRY,
-    collator_task,
+    USAGE_ORDER,
+    batch_kind,
     loss_weights,
     select_tasks,
     usable_rows,
@@ -174,7 +175,7 @@ class Run:
     on_accelerator: bool  # a GPU or MPS device: pinned memory, non-blocking copies
     counter: BadRowCounter
     tasks: set[str]
-    task: str  # the collator task that serves `tasks`
+    batch_kind: str  # the batch kind that serves `tasks` (its row targets: `data.schema.BATCH_TARGETS`)
     train_data: Any
     val_data: Any
     train_examples: Any  # the training rows as examples: caption pairs or one caption per photo, maybe cropped
@@ -286,8 +287,8 @@ def run_summary(args, result: dict, tasks) -> str:
     folder = args.output_dir
     metrics = {k: v for k, v in result["metrics"].items() if k.startswith("val_") and "rank" not in k}
     shown = ", ".join(f"{k[4:]} {v:.4g}" for k, v in sorted(metrics.items()))
-    pipeline_task = "image-to-text" if "captioning" in tasks else "image-text-classification"
-    example = '"photo.jpg"' if pipeline_task == "image-to-text" else '{"image": "photo.jpg", "text": "a statement"}'
+    serving = REGISTRY[next((task for task in USAGE_ORDER if task in tasks), "captioning")]
+    pipeline_task, example = serving.pipeline, serving.pipeline_input
     lines = [
         f"done: {result['global_step']} steps; the model (weights, code, processor, model card) is in {folder}",
         f"final validation: {shown or 'no metric'}",
@@ -428,8 +429,8 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     if best_metric_key(args.metric_for_best_model) not in validation_metrics(tasks):
         raise SystemExit(f"--metric_for_best_model {args.metric_for_best_model}: this run's validation (tasks "
                          f"{args.tasks}) reports {', '.join(validation_metrics(tasks))}; choose one of them")
-    task = collator_task(tasks)
-    train_data, val_data = usable_rows(train_data, task, counter), usable_rows(val_data, task, counter)
+    kind = batch_kind(tasks)
+    train_data, val_data = usable_rows(train_data, kind, counter), usable_rows(val_data, kind, counter)
     if len(val_data) == 0:
         # nothing to evaluate, keep the best of or write metrics for: stop before training, not after
         raise SystemExit(
@@ -440,12 +441,12 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     # One example per image-caption pair: every caption trains in every epoch (validation: the first caption); or
     # one example per photo with a caption drawn per epoch.
     train_examples = train_data
-    if "caption" in BATCH_TARGETS[task]:
+    if "caption" in BATCH_TARGETS[kind]:
         train_examples = (CaptionPairs(train_data) if args.caption_sampling == "pairs"
                           else CaptionPerPhoto(train_data, seed=args.seed))
     if args.random_crop_scale < 1.0:
         train_examples = RandomResizedCrops(train_examples, args.random_crop_scale, seed=args.seed)
-    run = Run(args, accelerator, on_accelerator, counter, tasks, task, train_data, val_data, train_examples, streaming)
+    run = Run(args, accelerator, on_accelerator, counter, tasks, kind, train_data, val_data, train_examples, streaming)
     _report_data(run)
     return run
 
@@ -493,11 +494,11 @@ def build_model_and_loaders(run: Run) -> None:
     # one cache per process (each holds its own shard's photos)
     cache = (PhotoCache(int(args.photo_cache_gb * 2**30))
              if args.photo_cache_gb > 0 and not args.num_workers and not run.streaming else None)
-    run.collate = XAttnCollator(run.processor, task=run.task, answer_vocab=answers, counter=run.counter,
+    run.collate = XAttnCollator(run.processor, targets=run.batch_kind, answer_vocab=answers, counter=run.counter,
                                 pad_to_max_length=pad, photo_cache=cache)
     if run.streaming:
         # read on this process, without workers: the stream's position is then exactly what the batches used
-        run.stream = run.streaming.training_stream(run.task, args.batch_size, run.collate,
+        run.stream = run.streaming.training_stream(run.batch_kind, args.batch_size, run.collate,
                                                    rank=accelerator.process_index,
                                                    world_size=accelerator.num_processes, seed=args.seed)
     else:

@@ -178,5 +178,28 @@ def vqa_accuracy(predicted_answers: list[str], human_answers: list[list[str]]) -
     return 100.0 * total / max(len(predicted_answers), 1)
 
 
+# The paper's names for the standard figures (its Top-1/Top-5 are recall at 1 and 5, as ALBEF and BLIP report them).
+PAPER_NAMES = {"i2t_R@1": "Top-1 (image->text)", "i2t_R@5": "Top-5 (image->text)", "t2i_R@1": "Top-1 (text->image)",
+               "t2i_R@5": "Top-5 (text->image)", "BLEU-1": "BLEU-1", "BLEU-2": "BLEU-2", "CIDEr": "CIDEr",
+               "METEOR": "METEOR", "accuracy": "accuracy", "vqa_accuracy": "VQA accuracy"}
+
+
+def markdown_table(rows, columns=None) -> str:
+    """One markdown table writer. `rows` is `{task: {metric: value}}` (rendered as task | metric | value | the
+    paper's name for it), or a list of dicts rendered with `columns` (default: the first dict's keys). Floats get 4
+    significant digits."""
+    def shown(value):
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    if isinstance(rows, dict):
+        rows = [{"task": task, "metric": key, "value": value, "paper": PAPER_NAMES.get(key, "")}
+                for task, metrics in rows.items() for key, value in metrics.items()]
+        columns = ["task", "metric", "value", "paper"]
+    columns = columns or (list(rows[0]) if rows else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(shown(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 __all__ = ["caption_metrics", "recall_at_k", "retrieval_metrics", "classification_metrics", "vqa_accuracy",
-           "CAPTION_METRICS", "JavaNotFoundError"]
+           "CAPTION_METRICS", "JavaNotFoundError", "PAPER_NAMES", "markdown_table"]

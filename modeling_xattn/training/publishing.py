@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from modeling_xattn.training.evaluation import markdown_table
-from modeling_xattn.training.hub import load_pretrained, load_processor
-from modeling_xattn.training.tasks import REGISTRY, pipeline_tag
+from modeling_xattn.training.inference import load_model
+from modeling_xattn.training.metrics import markdown_table
+from modeling_xattn.training.tasks import REGISTRY, USAGE_ORDER, pipeline_tag
 
 # package data, so that an installed wheel writes the same card (the checkout's top-level model_card.md links to it)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
@@ -28,6 +28,8 @@ UPLOADED = ["*.safetensors", "*.json", "*.py", "*.md", "*.txt", "*.model", "*.pn
 CARD_FIELDS = ("training", "command", "metrics_table", "model_size", "parameters", "fusion_type", "modalities",
                "use_cbam", "tasks", "dataset")
 EXTRA_FILES = ("training_curves.png", "train_results.json", "eval_results.json", "eval_results.md")
+
+
 def eval_result_list(eval_results: dict | None) -> list:
     """The card's `model-index` entries (`EvalResult`s) from scripts/evaluate.py's JSON: each numeric metric of each
     task, with the registry's Hub task type and the dataset (its Hub id where it came from the Hub)."""
@@ -82,7 +84,7 @@ USAGE = {
 def usage_lines(tasks) -> tuple[str, str]:
     """The card's code for the trained `tasks`: using the loaded model, and the pipelines that serve it."""
     tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    chosen = [task for task in ("captioning", "classification", "vqa", "retrieval") if task in tasks]
+    chosen = [task for task in USAGE_ORDER if task in tasks]
     return ("\n".join(USAGE[task][0] for task in chosen) or "print(model(**processor(images=image, text=\"...\")))",
             "\n".join(USAGE[task][1] for task in chosen))
 
@@ -177,8 +179,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    model = load_pretrained(str(folder)).eval()
-    processor = load_processor(str(folder))
+    model, processor = load_model(str(folder), device="cpu")
     eval_path = Path(eval_results) if eval_results else folder / "eval_results.json"
     results = json.loads(eval_path.read_text()) if eval_path.exists() else None
     with tempfile.TemporaryDirectory() as staging:
@@ -192,7 +193,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
         if include_logs and (folder / "runs").is_dir():
             shutil.copytree(folder / "runs", Path(staging, "runs"))
             patterns.append("runs/**")
-        assert_parity(model, load_pretrained(staging).eval(), probe_inputs(model, processor))
+        assert_parity(model, load_model(staging, device="cpu")[0], probe_inputs(model, processor))
 
         api = HfApi(endpoint=endpoint, token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)

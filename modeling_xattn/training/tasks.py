@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from modeling_xattn.training.data.schema import BadRowCounter, missing_target_reason, row_targets
+from modeling_xattn.training.data.schema import BATCH_TARGETS, BadRowCounter, missing_target_reason, row_targets
 
 
 @dataclass(frozen=True)
 class Task:
-    """One task: `target` is what a row must carry ("statement": a text with a class label, "caption", "question"),
-    `head` the module of `XAttnForMultiTask` that serves it, `losses` its fields of the model output and `weights`
-    the config fields that weigh them in Formula 4, `metrics` the keys evaluation reports, `hub_task` and
-    `hub_name` its Hub task type and name (the model card's pipeline tag and model-index), `auto` whether `--tasks
-    auto` trains it where the data has its target, `evaluated` whether `evaluate_model` scores it."""
+    """One task: `target` is what a row must carry ("statement": a text with a class label, "caption", "question"; a
+    batch carries the targets of the tasks it trains, `batch_kind`), `head` the module of `XAttnForMultiTask` that
+    serves it, `losses` its fields of the model output and `weights` the config fields that weigh them in Formula 4,
+    `metrics` the keys evaluation reports, `hub_task` and `hub_name` its Hub task type and name (the model card's
+    pipeline tag and model-index), `pipeline` and `pipeline_input` the pipeline of this package that serves it and
+    what it is called with (the run summary's example), `auto` whether `--tasks auto` trains it where the data has
+    its target, `evaluated` whether `evaluate_model` scores it."""
 
     name: str
     target: str
@@ -29,26 +31,34 @@ class Task:
     metrics: tuple[str, ...]
     hub_task: str
     hub_name: str
+    pipeline: str
+    pipeline_input: str
     auto: bool = True
     evaluated: bool = True
 
 
+STATEMENT_INPUT = '{"image": "photo.jpg", "text": "a statement"}'
 REGISTRY = {task.name: task for task in (
     # an image and a statement in, a class out: the Hub's visual-question-answering is the task of that shape
     Task("classification", "statement", "classifier", ("loss_ce",), ("lambda_ce",), ("accuracy", "macro_f1"),
-         "visual-question-answering", "Image-text classification"),
+         "visual-question-answering", "Image-text classification", "image-text-classification", STATEMENT_INPUT),
     # ranking captions for a photo is what the zero-shot-image-classification pipeline serves
     Task("retrieval", "caption", "retrieval", ("loss_cl", "loss_itm"), ("lambda_cl", "lambda_itm"),
          ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"),
-         "zero-shot-image-classification", "Image-text retrieval"),
+         "zero-shot-image-classification", "Image-text retrieval", "zero-shot-image-classification",
+         '"photo.jpg", candidate_labels=["a dog on the beach", "a red bus"]'),
     Task("captioning", "caption", "captioner", ("loss_seq",), ("lambda_seq",),
-         ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"), "image-to-text", "Image captioning"),
+         ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"), "image-to-text", "Image captioning",
+         "image-to-text", '"photo.jpg"'),
     # VQA: answers as classes on the classifier (soft scores), trained only when asked for
     Task("vqa", "question", "classifier", ("loss_ce",), ("lambda_ce",), ("vqa_accuracy",),
-         "visual-question-answering", "Visual question answering", auto=False),
+         "visual-question-answering", "Visual question answering", "image-text-classification", STATEMENT_INPUT,
+         auto=False),
 )}
 # The pipeline tag of a model that trained several tasks: the first of these it trained.
 PIPELINE_PRECEDENCE = ("captioning", "vqa", "retrieval", "classification")
+# The order a model's uses are shown in (the model card's code, the run summary's pipeline): the first it trained.
+USAGE_ORDER = ("captioning", "classification", "vqa", "retrieval")
 
 
 def pipeline_tag(tasks) -> str:
@@ -67,15 +77,13 @@ def loss_weights(tasks, weights: dict[str, float]) -> dict[str, float]:
     return {weight: (weights[weight] if weight in used else 0.0) for weight in LOSS_WEIGHTS}
 
 
-def collator_task(tasks: set[str]) -> str:
-    """The `XAttnCollator` task that serves a set of training tasks."""
-    if tasks == {"classification"}:
-        return "classification"
-    if "vqa" in tasks:
-        return "vqa" if tasks == {"vqa"} else "vqa+captions"
-    if "classification" in tasks:
-        return "multitask"
-    return "captioning"  # retrieval and/or captioning: a caption per row
+def batch_kind(tasks) -> str:
+    """The batch kind (`data.schema.BATCH_TARGETS`) that serves a set of training tasks: their registry targets."""
+    targets = {REGISTRY[task].target for task in tasks}
+    kind = "+".join(target for target in ("statement", "question", "caption") if target in targets)
+    if kind not in BATCH_TARGETS:
+        raise ValueError(f"no batch serves the tasks {sorted(tasks)} together (their targets: {kind})")
+    return kind
 
 
 def _text_rows(dataset) -> list[dict]:
@@ -85,9 +93,9 @@ def _text_rows(dataset) -> list[dict]:
     return [{name: columns[name][i] for name in wanted} for i in range(len(dataset))]
 
 
-def _target_rows(dataset, task: str) -> list[set[str]]:
-    """Each row's targets for a collator task."""
-    return [row_targets(row, task) for row in _text_rows(dataset)]
+def _target_rows(dataset, kind: str) -> list[set[str]]:
+    """Each row's targets for a batch kind."""
+    return [row_targets(row, kind) for row in _text_rows(dataset)]
 
 
 def select_tasks(requested: str, dataset) -> set[str]:
@@ -95,7 +103,7 @@ def select_tasks(requested: str, dataset) -> set[str]:
     (classification where rows carry a text and a label, retrieval and captioning where they carry captions).
 
     Raises a `ValueError` naming the task when a requested task's targets are in no row of `dataset`."""
-    probe = _target_rows(dataset, "vqa+captions") if "vqa" in requested else _target_rows(dataset, "multitask")
+    probe = _target_rows(dataset, "question+caption" if "vqa" in requested else "statement+caption")
     have = Counter(target for targets in probe for target in targets)
     if requested == "auto":
         tasks = {name for name, task in REGISTRY.items() if task.auto and have[task.target]}
@@ -119,13 +127,13 @@ def select_tasks(requested: str, dataset) -> set[str]:
     return tasks
 
 
-def usable_rows(dataset, task: str, counter: BadRowCounter):
-    """The rows of `dataset` that carry at least one target of the collator `task`; the others are counted in
-    `counter` by reason and dropped before training, so epochs have a known length."""
+def usable_rows(dataset, kind: str, counter: BadRowCounter):
+    """The rows of `dataset` that carry at least one target of the batch `kind` (a task's: `REGISTRY[name].target`);
+    the others are counted in `counter` by reason and dropped before training, so epochs have a known length."""
     keep = []
     for index, row in enumerate(_text_rows(dataset)):
-        if row_targets(row, task):
+        if row_targets(row, kind):
             keep.append(index)
         else:
-            counter.add(f"no target for the task ({missing_target_reason(row, task)})", str(row.get("image_id", index)))
+            counter.add(f"no target for the task ({missing_target_reason(row, kind)})", str(row.get("image_id", index)))
     return dataset if len(keep) == len(dataset) else dataset.select(keep)

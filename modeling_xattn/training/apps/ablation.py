@@ -14,9 +14,11 @@ from typing import Literal
 
 import torch
 
-from modeling_xattn.training.data.schema import BadRowCounter
-from modeling_xattn.training.data.sources import load_split, undecoded
-from modeling_xattn.training.evaluation import evaluate_model, load_model, markdown_table
+from modeling_xattn.training.data.schema import BadRowCounter, undecoded
+from modeling_xattn.training.data.sources import load_split
+from modeling_xattn.training.evaluation import evaluate_model
+from modeling_xattn.training.inference import load_model
+from modeling_xattn.training.metrics import markdown_table
 from modeling_xattn.training.loop import parse_args as parse_train_args
 from modeling_xattn.training.loop import train
 from modeling_xattn.training.options import DataArguments, StreamingArguments, data_options, option, parse_merged

@@ -31,17 +31,16 @@ from modeling_xattn.modeling_xattn import (
 )
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training.data.synthetic import synthetic_dataset
-from modeling_xattn.training.evaluation import (
+from modeling_xattn.training.evaluation import recall_at_1_by_k
+from modeling_xattn.training.inference import (
     RERANK_BATCH_SIZE_ACCELERATOR,
     RERANK_BATCH_SIZE_CPU,
     encode_gallery,
-    markdown_table,
+    load_model,
     measure_pair_rate,
-    recall_at_1_by_k,
     synchronize,
 )
-from modeling_xattn.training.hub import load_pretrained, load_processor
-from modeling_xattn.training.metrics import retrieval_metrics
+from modeling_xattn.training.metrics import markdown_table, retrieval_metrics
 from modeling_xattn.training.options import option, parse_options
 
 SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision", "finetune", "rerank_batch",
@@ -287,7 +286,7 @@ def retrieval_model(args, device):
     """The trained multi-task model (`--model`, else outputs/xattn) and its processor, or an untrained tiny one."""
     folder = args.model or ("outputs/xattn" if Path("outputs/xattn/config.json").exists() else None)
     if folder and not args.smoke:
-        return load_pretrained(folder).to(device).eval(), load_processor(folder), folder
+        return (*load_model(folder, device=device), folder)
 
     data = synthetic_dataset(50, seed=0)
     tokenizer = train_albert_tokenizer([c for cs in data["captions"] for c in cs] + list(data["text"]), 150)
@@ -686,8 +685,10 @@ def bench_step_profile(args, device) -> dict:
     caption encoder, the 3B matching pairs through the fusion layers, the captioning memory's fusion and the decoder)
     and the optimiser's step, beside the whole step. Shares are of the whole step plus the batch making."""
     from modeling_xattn.modeling_xattn import caption_labels, default_prompt
-    from modeling_xattn.training.collate import CaptionPairs, XAttnCollator
-    from modeling_xattn.training.data.sources import load_imagefolder, undecoded
+    from modeling_xattn.training.collate import XAttnCollator
+    from modeling_xattn.training.data.views import CaptionPairs
+    from modeling_xattn.training.data.schema import undecoded
+    from modeling_xattn.training.data.sources import load_imagefolder
     from modeling_xattn.training.options import RECIPES
 
     rows = (undecoded(load_imagefolder(args.profile_data, "train")) if args.profile_data
@@ -700,7 +701,7 @@ def bench_step_profile(args, device) -> dict:
         contrastive_loss=recipe["contrastive_loss"], learnable_temperature=True,
         retrieval_pooling=recipe["retrieval_pooling"], lambda_ce=0.0)
     processor = XAttnProcessor(make_image_processor(config.image_size), tokenizer)
-    collate = XAttnCollator(processor, task="captioning")
+    collate = XAttnCollator(processor, targets="caption")
     examples = CaptionPairs(rows)
     take = [examples[i] for i in range(args.batch_size)]
     make_batch = measure(lambda: collate(take), device, args.repeats, args.warmup)
@@ -756,8 +757,10 @@ def bench_photo_cache(args, device) -> dict:
     """Making a batch of --batch_size image-caption pairs (one caption per photo) from --profile_data's photos
     (default: the embedded dataset), with and without the photo cache (`PhotoCache`: every read after the first),
     at 64 px and 224 px; the median of --repeats collations after one that fills the cache."""
-    from modeling_xattn.training.collate import CaptionPairs, PhotoCache, XAttnCollator
-    from modeling_xattn.training.data.sources import load_imagefolder, undecoded
+    from modeling_xattn.training.collate import PhotoCache, XAttnCollator
+    from modeling_xattn.training.data.views import CaptionPairs
+    from modeling_xattn.training.data.schema import undecoded
+    from modeling_xattn.training.data.sources import load_imagefolder
 
     rows = undecoded(load_imagefolder(args.profile_data, "train") if args.profile_data
                      else synthetic_dataset(args.batch_size, seed=0))  # photos as stored, which the cache keys
@@ -771,7 +774,7 @@ def bench_photo_cache(args, device) -> dict:
     for size in (64, 224):
         processor = XAttnProcessor(make_image_processor(size), tokenizer)
         for name, cache in (("no_cache", None), ("cache", PhotoCache(2**31))):
-            collate = XAttnCollator(processor, task="captioning", photo_cache=cache)
+            collate = XAttnCollator(processor, targets="caption", photo_cache=cache)
             collate(take)  # the first read, which fills the cache
             result[f"{size}px_{name}_s"] = measure(lambda: collate(take), device, args.repeats, 0)["median_s"]
     return result

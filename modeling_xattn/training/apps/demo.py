@@ -19,9 +19,9 @@ import torch
 
 from modeling_xattn.pipeline_xattn import label_probabilities
 from modeling_xattn.processing_xattn import to_rgb
-from modeling_xattn.training.apps.visualization import attention_maps, render
+from modeling_xattn.training.apps.visualize import attention_maps, render
 from modeling_xattn.training.data.schema import load_image
-from modeling_xattn.training.evaluation import load_model, rank_gallery
+from modeling_xattn.training.inference import load_model, rank_gallery
 from modeling_xattn.training.options import option, parse_options
 
 MAX_GALLERY = 64  # photos ranked at once: each is encoded on every request

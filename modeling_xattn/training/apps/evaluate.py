@@ -12,21 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from modeling_xattn.training.data.schema import BadRowCounter
-from modeling_xattn.training.data.sources import dataset_identity, load_split, undecoded
-from modeling_xattn.training.evaluation import (
-    CAPTIONS_PER_IMAGE,
-    RERANK_BUDGET_SECONDS,
-    TASKS,
-    caption_samples,
-    evaluate_model,
-    load_model,
-    markdown_table,
-    shortlist_sizes,
-    write_predictions,
-)
+from modeling_xattn.training.data.schema import BadRowCounter, undecoded
+from modeling_xattn.training.data.sources import dataset_identity, load_split
+from modeling_xattn.training.evaluation import CAPTIONS_PER_IMAGE, caption_samples, evaluate_model, write_predictions
+from modeling_xattn.training.inference import RERANK_BUDGET_SECONDS, load_model, shortlist_sizes
+from modeling_xattn.training.metrics import markdown_table
 from modeling_xattn.training.options import DataArguments, option, parse_merged
-from modeling_xattn.training.tasks import usable_rows
+from modeling_xattn.training.tasks import EVALUATED_TASKS, usable_rows
 
 
 @dataclass(kw_only=True)  # required options first is no constraint on the merged options
@@ -38,7 +30,7 @@ class EvaluateArguments:
     model: str = field(metadata={"help": "a saved folder or a Hub id"})
     revision: str | None = option(None, "Hub revision (pin a commit)")
     split: Literal["train", "validation", "test"] = option("validation")
-    tasks: str = option(",".join(TASKS))
+    tasks: str = option(",".join(EVALUATED_TASKS))
     batch_size: int = option(32)
     num_beams: int | None = option(None, "default: the model's generation_config.json")
     max_new_tokens: int | None = option(None, "default: the model's generation_config.json")
@@ -102,16 +94,16 @@ def main(argv=None, description: str | None = None) -> dict:
                              counter=counter, rerank_budget=args.rerank_budget, outputs=outputs,
                              captions_per_image=args.captions_per_image, rerank_score=args.rerank_score)
     if not results:  # nothing to report: leave any earlier eval_results.json as it was
-        labelled = len(usable_rows(dataset, "classification", BadRowCounter()))
-        captioned = len(usable_rows(dataset, "captioning", BadRowCounter()))
-        questions = len(usable_rows(dataset, "vqa", BadRowCounter()))
+        labelled = len(usable_rows(dataset, "statement", BadRowCounter()))
+        captioned = len(usable_rows(dataset, "caption", BadRowCounter()))
+        questions = len(usable_rows(dataset, "question", BadRowCounter()))
         raise SystemExit(f"nothing evaluated: the {args.split} split ({len(dataset)} rows: {labelled} with a "
                          f"label, {captioned} with captions, {questions} with a question) gave no result for --tasks "
                          f"{args.tasks} and this model (VQA needs a model trained with --tasks vqa). "
                          f"{counter.summary()}")
     os.makedirs(output_dir, exist_ok=True)
     if args.caption_samples and "captioning" in results:
-        captioned = usable_rows(dataset, "captioning", BadRowCounter())
+        captioned = usable_rows(dataset, "caption", BadRowCounter())
         caption_samples(model, processor, captioned, args.caption_samples, Path(output_dir) / "caption_samples.png",
                         args.num_beams, args.max_new_tokens)
     payload = {**source, **identity, "results": results,

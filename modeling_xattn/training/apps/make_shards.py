@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modeling_xattn.training.data.streaming import make_shards
+from modeling_xattn.training.data.schema import BadRowCounter
+from modeling_xattn.training.data.shards import make_shards
+from modeling_xattn.training.data.sources import source_splits
 from modeling_xattn.training.options import DataArguments, option, parse_merged
 
 
@@ -29,7 +31,9 @@ def main(argv=None, description: str | None = None) -> dict:
     args = parse_merged(ShardOptions, (ShardArguments, DataArguments), argv, description or __doc__)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
     try:
-        result = make_shards(args, args.output_dir, args.rows_per_shard, splits)
+        counter = BadRowCounter()
+        result = make_shards(source_splits(args, counter), args.output_dir, args.rows_per_shard, splits,
+                             args.max_samples, counter)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     for split, paths in result["shards"].items():

@@ -125,21 +125,19 @@ def row_captions(row) -> list[str]:
     return [text for text in (clean_text(c) for c in row.get("captions") or []) if text]
 
 
-# The batch kinds a collator makes (one per set of training tasks: `tasks.collator_task` picks it) and the row
-# targets each trains on: a row is usable for a kind when it carries at least one of them.
-BATCH_TARGETS = {
-    "multitask": ("statement", "caption"),
-    "classification": ("statement",),
-    "vqa": ("question",),
-    "vqa+captions": ("question", "caption"),
-    "retrieval": ("caption",),
-    "captioning": ("caption",),
-}
+# The row targets a batch is made of: "statement" (a text with a class label), "question" (a VQA question, read as
+# the text), "caption". A batch's kind names its targets joined by "+" (`tasks.batch_kind` picks the kind of a run
+# from its tasks' registry targets); a row is usable for a kind when it carries at least one of them.
+BATCH_TARGETS = {kind: tuple(kind.split("+")) for kind in
+                 ("statement+caption", "statement", "question+caption", "question", "caption")}
+# Why a row has none of a kind's targets, target by target, for the skipped-row summary (caption first).
+MISSING_TARGET = {"caption": "no caption", "statement": "no labelled text", "question": "no question"}
 
 
 def row_text(row, kind: str) -> str:
     """The text the fused encoder reads for a row in a batch of `kind`: the question for VQA, else the statement."""
-    return clean_text((row.get("question") or row.get("text")) if kind.startswith("vqa") else row.get("text"))
+    reads_question = "question" in BATCH_TARGETS[kind]
+    return clean_text((row.get("question") or row.get("text")) if reads_question else row.get("text"))
 
 
 def row_targets(row, kind: str) -> set[str]:
@@ -149,7 +147,7 @@ def row_targets(row, kind: str) -> set[str]:
     text = row_text(row, kind)
     if text and as_label(row.get("label")) != NO_TARGET:
         targets.add("statement")
-    if text and kind.startswith("vqa"):
+    if text and "question" in BATCH_TARGETS[kind]:
         targets.add("question")
     if row_captions(row):
         targets.add("caption")
@@ -158,13 +156,11 @@ def row_targets(row, kind: str) -> set[str]:
 
 def missing_target_reason(row, kind: str) -> str:
     """Why a row has no target for the batch `kind`, for the skipped-row summary."""
-    if kind == "classification":
+    if kind == "statement":
         return "empty text" if not row_text(row, kind) else "no label"
-    if kind == "vqa":
+    if kind == "question":
         return "empty question"
-    if kind in ("retrieval", "captioning"):
-        return "no caption"
-    return "no caption and no labelled text" if kind == "multitask" else "no caption and no question"
+    return " and ".join(MISSING_TARGET[target] for target in sorted(BATCH_TARGETS[kind], key=lambda t: t != "caption"))
 
 
 def stable_id(value) -> int:
@@ -266,3 +262,12 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "validation": "validatio
 def vqa_score(count: int) -> float:
     """The standard VQA soft score of an answer given by `count` of the annotators: min(count / 3, 1)."""
     return min(count / 3.0, 1.0)
+
+
+def undecoded(dataset):
+    """Leave image decoding to the collator, so one unreadable image is skipped there instead of crashing a read."""
+    import datasets
+
+    if isinstance(dataset.features.get("image"), datasets.Image):
+        return dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset

@@ -1,5 +1,5 @@
 """WebDataset tar shards: the format (`{split}-{n:06d}.tar`, one `.jpg` and one `.json` of the schema per row),
-writing them and reading a folder of them as `datasets` splits."""
+writing them (a source's splits: `make_shards`) and reading a folder of them as `datasets` splits."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from modeling_xattn.training.data.schema import (
     label_id,
     load_image,
     row_captions,
+    undecoded,
 )
 
 SHARD_PATTERN = "{split}-{index:06d}.tar"
@@ -150,3 +151,30 @@ def from_shard(row) -> dict:
     return {"image": row["jpg"], "text": sample.get("text") or "", "captions": sample.get("captions") or [],
             "label": sample.get("label") or "", "answers": sample.get("answers") or [],
             "question": sample.get("question") or "", "image_id": sample.get("image_id") or row["__key__"]}
+
+
+def make_shards(available: dict, output_dir: str, rows_per_shard: int = 1000, splits: list[str] | None = None,
+                max_samples: int | None = None, counter: BadRowCounter | None = None) -> dict:
+    """Write every split of `available` (split name -> a function that reads it as a Dataset of the schema, as
+    `sources.source_splits` gives them), or only `splits`, each cut to `max_samples` rows, as shards in `output_dir`,
+    replacing the shards of those splits already there: what `scripts/make_shards.py` runs. Returns the shard paths
+    by split, the rows written and the skipped-row summary of `counter`."""
+    import datasets
+
+    counter = counter if counter is not None else BadRowCounter()
+    unknown = sorted(set(splits or []) - set(available))
+    if unknown:
+        raise ValueError(f"the source has no split {', '.join(unknown)}; it has {sorted(available)}")
+    written, rows = {}, {}
+    for split in splits or sorted(available):
+        data = undecoded(available[split]())
+        if max_samples:
+            data = data.select(range(min(max_samples, len(data))))
+        feature = data.features.get("label")
+        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        for old in Path(output_dir).glob(f"{split}-*.tar"):  # a previous run's shards would be read as more data
+            old.unlink()
+        before = counter.total
+        written[split] = write_shards(data, output_dir, split, rows_per_shard, names, counter)
+        rows[split] = len(data) - (counter.total - before)
+    return {"shards": written, "rows": rows, "summary": counter.summary()}

@@ -34,6 +34,7 @@ from modeling_xattn.training.data.schema import (
     row_captions,
     stable_id,
     to_schema,
+    undecoded,
 )
 from modeling_xattn.training.data.shards import load_shards
 from modeling_xattn.training.data.synthetic import synthetic_dataset
@@ -670,12 +671,3 @@ def source_splits(args, counter) -> dict:
     if args.dataset not in SOURCES:
         raise ValueError(f"--dataset {args.dataset!r} is not a known source; choose one of {sorted(SOURCES)}")
     return SOURCES[args.dataset].splits(args, counter)
-
-
-def undecoded(dataset):
-    """Leave image decoding to the collator, so one unreadable image is skipped there instead of crashing a read."""
-    import datasets
-
-    if isinstance(dataset.features.get("image"), datasets.Image):
-        return dataset.cast_column("image", datasets.Image(decode=False))
-    return dataset

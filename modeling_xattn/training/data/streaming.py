@@ -21,21 +21,19 @@ the uninterrupted run would have read."""
 from __future__ import annotations
 
 from itertools import islice
-from pathlib import Path
 
 import torch
 
 from modeling_xattn.training.data.schema import (
     BATCH_TARGETS,
     SPLIT_FOLDERS,
-    BadRowCounter,
     class_names_of,
     label_id,
     row_captions,
     to_schema,
 )
-from modeling_xattn.training.data.shards import from_shard, shard_features, shard_files, write_shards
-from modeling_xattn.training.data.sources import held_out_by_id, map_columns, source_splits, undecoded
+from modeling_xattn.training.data.shards import from_shard, shard_features, shard_files
+from modeling_xattn.training.data.sources import held_out_by_id, map_columns
 from modeling_xattn.training.distributed import any_process
 
 
@@ -86,7 +84,7 @@ class StreamingData:
     """What training needs from a streamed source: `probe` (the first rows of the train split, as a small in-memory
     Dataset: the tokenizer, the tasks, the class names and the VQA answers are taken from it), `validation` (up to
     `--max_eval_samples` rows read once into memory: the validation split, or rows held out of train by a hash of
-    their image id), and `training_stream(task, ...)`."""
+    their image id), and `training_stream(kind, ...)` (`kind`: the batch kind)."""
 
     PROBE_ROWS = 2000
 
@@ -123,13 +121,13 @@ class StreamingData:
             stream = stream.filter(lambda row: held_out_by_id(row["image_id"], fraction, seed) == held_out)
         return stream
 
-    def training_stream(self, task: str, batch_size: int, collate, rank: int = 0, world_size: int = 1,
+    def training_stream(self, kind: str, batch_size: int, collate, rank: int = 0, world_size: int = 1,
                         seed: int = 0) -> "TrainingStream":
         names = self.class_names
 
         def open_stream():
             stream = self._train_rows().map(lambda row: {"label": label_id(row["label"], names)})
-            if "caption" in BATCH_TARGETS[task]:
+            if "caption" in BATCH_TARGETS[kind]:
                 stream = stream.map(_caption_pairs, batched=True, batch_size=1)
             return stream
 
@@ -228,30 +226,3 @@ class TrainingStream:
                              f"resume it with that many (now {self.world_size})")
         own = state["positions"][self.rank]
         self.epoch, self._resume = own["epoch"], own["stream"]
-
-
-def make_shards(args, output_dir: str, rows_per_shard: int = 1000, splits: list[str] | None = None) -> dict:
-    """Write every split of the source that `args` (parsed data options, see `data_options`) names, or only
-    `splits`, as shards in `output_dir`, replacing the shards of those splits already there: what
-    `scripts/make_shards.py` runs. Returns the shard paths by split, the rows written and the skipped-row
-    summary."""
-    import datasets
-
-    counter = BadRowCounter()
-    available = source_splits(args, counter)
-    unknown = sorted(set(splits or []) - set(available))
-    if unknown:
-        raise ValueError(f"the source has no split {', '.join(unknown)}; it has {sorted(available)}")
-    written, rows = {}, {}
-    for split in splits or sorted(available):
-        data = undecoded(available[split]())
-        if args.max_samples:
-            data = data.select(range(min(args.max_samples, len(data))))
-        feature = data.features.get("label")
-        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-        for old in Path(output_dir).glob(f"{split}-*.tar"):  # a previous run's shards would be read as more data
-            old.unlink()
-        before = counter.total
-        written[split] = write_shards(data, output_dir, split, rows_per_shard, names, counter)
-        rows[split] = len(data) - (counter.total - before)
-    return {"shards": written, "rows": rows, "summary": counter.summary()}

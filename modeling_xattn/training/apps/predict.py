@@ -16,8 +16,7 @@ from tqdm.auto import tqdm
 
 from modeling_xattn.processing_xattn import to_rgb
 from modeling_xattn.training.data.schema import load_image
-from modeling_xattn.training.evaluation import generate_captions, rank_gallery
-from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
+from modeling_xattn.training.inference import generate_captions, load_model, rank_gallery
 from modeling_xattn.training.options import option, parser_for
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -96,9 +95,7 @@ def main(argv=None, description: str | None = None):
         raise SystemExit(f"{args.command} needs --text")
     if args.command == "rank-captions" and not args.captions:
         raise SystemExit("rank-captions needs --captions")
-    device = inference_device(args.device)  # before the model is read: a device this machine lacks stops at once
-    model = load_pretrained(args.model, args.revision).eval().to(device)
-    processor = load_processor(args.model, args.revision)
+    model, processor = load_model(args.model, args.revision, args.device)
     paths, skipped, results = image_paths(args.images), [], []
     labels = model.config.id2label
     progress = tqdm(total=len(paths), desc=args.command, disable=len(paths) < 2, file=sys.stderr)

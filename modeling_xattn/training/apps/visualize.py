@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoModel
 
 from modeling_xattn.processing_xattn import to_rgb
-from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
+from modeling_xattn.training.inference import load_model
 from modeling_xattn.training.options import option, parse_options
 from modeling_xattn.training.plots import pyplot
 
@@ -101,9 +101,7 @@ class VisualizeArguments:
 def main(argv=None, description: str | None = None) -> str:
     """Draw the attention maps the command line asks for; returns the PNG's path."""
     (args,) = parse_options((VisualizeArguments,), argv, description or __doc__)
-    device = inference_device(args.device)  # before the model is read: a device this machine lacks stops at once
-    model = load_pretrained(args.model, args.revision, auto_class=AutoModel).eval().to(device)
-    processor = load_processor(args.model, args.revision)
+    model, processor = load_model(args.model, args.revision, args.device, auto_class=AutoModel)
     image = to_rgb(Image.open(args.image))
     tokens, maps, cbam = attention_maps(model, processor, image, args.text)
     render(image, tokens, maps, cbam, args.output, args.max_words)
