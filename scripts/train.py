@@ -12,7 +12,7 @@ With no arguments it trains the multi-task model (tiny preset) on the embedded s
 writes a Hub-ready folder (safetensors, custom code, processor, model card) to outputs/xattn.
 """
 
-from modeling_xattn.training.loop import parse_args, train
+from modeling_xattn.training.main import parse_args, train
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ from transformers import AlbertConfig, AlbertForMaskedLM, AutoTokenizer, BertCon
 from modeling_xattn import XAttnConfig, XAttnForMultiTask, train_albert_tokenizer
 from modeling_xattn.modeling_xattn import load_densenet_features
 from modeling_xattn.training.data.synthetic import synthetic_dataset
-from modeling_xattn.training.loop import cpu_has_bf16, cpu_precision
+from modeling_xattn.training.main import cpu_has_bf16, cpu_precision
 
 train = load_script("train")
 export_densenet = load_script("export_densenet")

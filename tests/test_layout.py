@@ -28,7 +28,8 @@ LAYERS = {
         "modeling_xattn.training.logs"],
     4: ["modeling_xattn.training.evaluation", "modeling_xattn.training.publishing"],
     5: ["modeling_xattn.training.loop"],
-    6: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "evaluate",
+    6: ["modeling_xattn.training.main"],
+    7: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "evaluate",
                                                               "export_densenet", "make_shards", "predict",
                                                               "push_to_hub", "visualize")],
 }
@@ -185,6 +186,9 @@ def test_every_task_is_declared_once_and_matches_the_model():
     assert set(HEAD_PREFIXES) == {task.head for task in REGISTRY.values()}  # every head serves a task
     assert set(LOSS_KEYS) == {field for field in outputs if field.startswith("loss_")}  # every loss has its task
     assert EVALUATED_TASKS == ("classification", "retrieval", "captioning", "vqa")
+    from modeling_xattn.training.metrics import CAPTION_METRICS
+
+    assert REGISTRY["captioning"].metrics == REGISTRY["captioning"].validation == CAPTION_METRICS  # what the toolkit gives
 
 
 def test_the_batch_kind_of_a_run_is_the_targets_of_its_tasks():

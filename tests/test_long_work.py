@@ -187,7 +187,7 @@ def test_a_run_ends_by_saying_what_it_made(tmp_path, capsys):
 def test_the_summary_names_the_pipeline_that_serves_the_trained_tasks():
     from types import SimpleNamespace
 
-    from modeling_xattn.training.loop import run_summary
+    from modeling_xattn.training.publishing import run_summary
 
     args = SimpleNamespace(output_dir="out", report_to="none", logging_dir=None)
     done = {"global_step": 1, "metrics": {}}

@@ -45,7 +45,7 @@ def test_trained_tokenizer_keeps_the_words_seen_often_whole():
 
 
 def test_train_py_trains_the_default_tokenizer_by_word_count():
-    from modeling_xattn.training.loop import parse_args
+    from modeling_xattn.training.main import parse_args
 
     args = parse_args([])
     assert args.vocab_size is None and args.min_word_count == 5

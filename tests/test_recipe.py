@@ -12,7 +12,7 @@ from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
 from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.views import CaptionPerPhoto, RandomResizedCrops, crop_fraction
-from modeling_xattn.training.loop import build_model, parse_args
+from modeling_xattn.training.main import build_config, build_model, parse_args
 from modeling_xattn.training.optimization import decay_excluded, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import RECIPES
 
@@ -172,9 +172,12 @@ def test_caption_dropout_reaches_the_decoder_and_nothing_else(processor):
     def dropouts(module):
         return {m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)}
 
-    preset = build_model(parse_args([]), processor, {"captioning"}, [])
+    def built(args):
+        return build_model(args, build_config(args, {"captioning"}, [], len(processor.tokenizer)), processor.tokenizer)
+
+    preset = built(parse_args([]))
     assert dropouts(preset.captioner.text_decoder) == {0.1}  # the preset's, BERT's and BLIP's decoder's
-    model = build_model(parse_args(["--caption_dropout", "0.3"]), processor, {"captioning"}, [])
+    model = built(parse_args(["--caption_dropout", "0.3"]))
     assert dropouts(model.captioner.text_decoder) == {0.3}
     assert model.config.decoder_config.attention_probs_dropout_prob == 0.3
     assert model.config.hidden_dropout_prob == preset.config.hidden_dropout_prob  # the fusion layers keep theirs

@@ -137,7 +137,7 @@ def test_what_a_best_metric_needs_is_checked_before_the_data(tmp_path, monkeypat
     common = ["--report_to", "none", "--no_progress", "--output_dir", str(tmp_path)]
     with pytest.raises(SystemExit, match="--caption_eval_samples validation photos: give 1 or more"):
         train.main([*common, "--metric_for_best_model", "cider", "--caption_eval_samples", "0"])
-    monkeypatch.setattr(sys.modules["modeling_xattn.training.loop"].shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys.modules["modeling_xattn.training.main"].shutil, "which", lambda name: None)
     with pytest.raises(SystemExit, match="meteor needs Java"):
         train.main([*common, "--metric_for_best_model", "meteor"])
     with pytest.raises(SystemExit, match="--metric_for_best_model nonsense: no validation reports it"):

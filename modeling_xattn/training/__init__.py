@@ -4,26 +4,34 @@ The Hub model is the package's top level (`configuration_xattn`, `modeling_xattn
 `pipeline_xattn`: they import only each other, as custom code on the Hub must). This subpackage is split by job, and
 its dependencies point one way (`tests/test_layout.py` checks it, with no import cycle):
 
-    model  <-  data  <-  collate, tasks  <-  metrics, optimization, checkpoints, plots, hub  <-  evaluation,
-    publishing  <-  loop  <-  apps  <-  scripts/
+    model  <-  data  <-  collate, tasks  <-  inference, metrics, optimization, checkpoints, plots, hub  <-
+    evaluation, publishing  <-  loop  <-  main  <-  apps  <-  scripts/
 
     data/          the data layer, importing nothing above it: options (what to read, as a stream or whole),
-                   schema (rows, targets, the batch kinds and their targets, images, labels), sources (every
-                   loader, the split policy), shards (WebDataset tar files), streaming (iterable training streams),
-                   synthetic (the embedded dataset)
-    collate        rows -> model batches; caption pairs, one caption per photo, seeded crops
-    tasks          the task registry (every per-task fact), the tasks a run trains, its batch kind, the rows that
-                   carry their targets
+                   schema (rows, their targets, the batch kinds, images, labels), views (one example per
+                   image-caption pair, one caption per photo, seeded crops), sources (every loader, the split
+                   policy), shards (WebDataset tar files: writing a source's splits, reading a folder), streaming
+                   (iterable training streams), synthetic (the embedded dataset)
+    collate        rows -> model batches (`XAttnCollator(targets=..., model=...)`), the cache of processed photos
+    tasks          the task registry (every per-task fact: target, head, losses, metrics, Hub task, pipeline), the
+                   tasks a run trains, its batch kind, the rows that carry their targets
     towers         pretrained towers in a run: the checks of their files against the options, the locks
+    inference      loading a saved model (the one loader), generating captions, two-stage gallery ranking and the
+                   shortlist a time budget allows
     optimization   parameter groups, the warm-up/cosine schedule, Formula 5
     logs           the losses between two logs, summed on the device
     checkpoints    the resumable state and atomic saves
     distributed    collectives shared across processes
-    metrics        the COCO caption toolkit, R@K, accuracy, the VQA score (`caption_metric`: as an `evaluate` module)
-    evaluation     each task on a dataset, gallery ranking, the results table
-    hub            safe loading (safetensors only, pinned code); publishing: the model card and the push
+    metrics        the COCO caption toolkit, R@K, accuracy, the VQA score (`caption_metric`: as an `evaluate` module),
+                   the results table
+    evaluation     each task scored on a dataset, the loop's validation, the files an evaluation writes
+    hub            safe loading (safetensors only, pinned code)
     plots          training curves and caption grids
-    loop           the training job (`train(parse_args(argv))`), behind scripts/train.py
-    apps/          the jobs behind the other scripts: ablation, benchmark, demo, export_densenet, prediction,
-                   visualization
+    publishing     a run's records and its model card (built in one place), the push
+    loop           the training loop: a run's state, its epochs and steps, validation and checkpoints on schedule,
+                   the end of the run
+    main           the training job's set-up (accelerator, data, tokenizer, config, model, optimisation) and
+                   `train(parse_args(argv))`, behind scripts/train.py
+    apps/          the jobs behind the other scripts, each named as its script: ablation, benchmark, demo, evaluate,
+                   export_densenet, make_shards, predict, push_to_hub, visualize
 """

@@ -24,9 +24,7 @@ from modeling_xattn.training.hub import inference_device, load_pretrained, load_
 SHORTLIST_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
-
 RERANK_BUDGET_SECONDS = 90.0
-
 
 
 # Pairs per fusion call while re-ranking: on 2 CPU cores 64 scored the most pairs/s (3,200, against 2,500 at 256 and
@@ -34,15 +32,12 @@ RERANK_BUDGET_SECONDS = 90.0
 RERANK_BATCH_SIZE_CPU = 64
 
 
-
 RERANK_BATCH_SIZE_ACCELERATOR = 512
-
 
 
 def rerank_batch_size_for(model) -> int:
     """Pairs per fusion call for re-ranking on the model's device."""
     return RERANK_BATCH_SIZE_CPU if model.device.type == "cpu" else RERANK_BATCH_SIZE_ACCELERATOR
-
 
 
 def load_model(name: str, revision: str | None = None, device=None, auto_class=None):
@@ -53,7 +48,6 @@ def load_model(name: str, revision: str | None = None, device=None, auto_class=N
     device = inference_device(device)  # a device this machine lacks stops before the model is read
     model = load_pretrained(name, revision, auto_class=auto_class).eval().to(device)
     return model, load_processor(name, revision)
-
 
 
 def batches(dataset, collate, batch_size, progress=False, desc=None):
@@ -69,11 +63,9 @@ def batches(dataset, collate, batch_size, progress=False, desc=None):
     bar.close()
 
 
-
 def generation_overrides(num_beams: int | None = None, max_new_tokens: int | None = None) -> dict:
     """The generation arguments a command line set; the others come from the model's `generation_config`."""
     return {k: v for k, v in dict(num_beams=num_beams, max_new_tokens=max_new_tokens).items() if v is not None}
-
 
 
 @torch.inference_mode()
@@ -81,7 +73,6 @@ def generate_captions(model, processor, pixel_values, num_beams=None, max_new_to
     """Decoded captions of a batch of images, from the model's generation config and any override given."""
     ids = model.generate(pixel_values.to(model.device), **generation_overrides(num_beams, max_new_tokens))
     return processor.batch_decode(ids, skip_special_tokens=True)
-
 
 
 @torch.inference_mode()
@@ -93,7 +84,6 @@ def encode_gallery(model, processor, pixel_values, captions: list[str], batch_si
     texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], text_batch_size,
                                        progress=progress)
     return images, texts
-
 
 
 @torch.inference_mode()
@@ -111,7 +101,6 @@ def rank_gallery(model, processor, pixel_values, captions: list[str], direction=
     return scores, pairs, encoded
 
 
-
 def shortlist_sizes(value: str):
     """`--top_k` as given: "auto" (chosen from a time budget, `choose_shortlist`), one size for both directions
     ("128"), or one per direction ("i2t=64,t2i=16")."""
@@ -123,7 +112,6 @@ def shortlist_sizes(value: str):
         return _shortlist_sizes(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
 
 
 def _shortlist_sizes(value: str):
@@ -142,12 +130,10 @@ def _shortlist_sizes(value: str):
     return sizes
 
 
-
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so that a wall-clock time covers it (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
 
 
 @torch.inference_mode()
@@ -167,12 +153,10 @@ def measure_pair_rate(model, encoded, batch_size: int | None = None, timed_batch
     return (count - batch_size) / max(time.perf_counter() - started, 1e-9)
 
 
-
 def rerank_pairs(num_images: int, num_texts: int, k) -> int:
     """Pairs two-stage retrieval scores in both directions with shortlist `k` (one size, or one per direction)."""
     i2t, t2i = (k["i2t"], k["t2i"]) if isinstance(k, dict) else (k, k)
     return num_images * min(i2t, num_texts) + num_texts * min(t2i, num_images)
-
 
 
 def choose_shortlist(num_images: int, num_texts: int, pairs_per_second: float,
@@ -183,7 +167,6 @@ def choose_shortlist(num_images: int, num_texts: int, pairs_per_second: float,
         if rerank_pairs(num_images, num_texts, k) / pairs_per_second <= budget_seconds:
             return k
     return 0
-
 
 
 def plan_reranking(model, encoded, top_k, budget_seconds, batch_size, progress, exhaustive=False) -> tuple:

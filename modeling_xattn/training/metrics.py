@@ -165,8 +165,6 @@ def classification_metrics(predictions, labels, num_labels: int | None = None) -
     return {"accuracy": float((predictions == labels).float().mean() * 100), "macro_f1": 100 * sum(f1s) / len(f1s)}
 
 
-
-
 def vqa_accuracy(predicted_answers: list[str], human_answers: list[list[str]]) -> float:
     """VQA accuracy (percent): each prediction scores min(#annotators who gave it / 3, 1)."""
     if len(predicted_answers) != len(human_answers):

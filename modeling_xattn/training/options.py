@@ -12,6 +12,7 @@ torch.compile) left unset are Accelerate's: what `accelerate launch` or its conf
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -349,3 +350,8 @@ def parse_merged(options_class, groups, argv=None, description: str | None = Non
 def parse_training_options(argv=None, description: str | None = None) -> TrainingOptions:
     """The training command line as one `TrainingOptions`, its recipe applied."""
     return parse_merged(TrainingOptions, TRAINING_GROUPS, argv, description)
+
+
+def logging_dir(args) -> str:
+    """Where the tracker writes: `--logging_dir`, else `runs/` in the output folder (the push leaves it out)."""
+    return args.logging_dir or os.path.join(args.output_dir, "runs")

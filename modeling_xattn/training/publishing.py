@@ -8,17 +8,25 @@ pushing a trained folder to the Hub after checking that what is pushed reproduce
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import string
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from modeling_xattn.training.checkpoints import write_json
+from modeling_xattn.training.data.sources import dataset_identity
+from modeling_xattn.training.evaluation import EVALUATION_FILES
 from modeling_xattn.training.inference import load_model
 from modeling_xattn.training.metrics import markdown_table
+from modeling_xattn.training.options import logging_dir
+from modeling_xattn.training.plots import plot_training_curves
 from modeling_xattn.training.tasks import REGISTRY, USAGE_ORDER, pipeline_tag
+from modeling_xattn.training.towers import describe_towers, hub_base_models
 
 # package data, so that an installed wheel writes the same card (the checkout's top-level model_card.md links to it)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
@@ -148,6 +156,113 @@ def build_card(folder: str | Path, repo_id: str, eval_results: dict | None = Non
     return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{text}"))
 
 
+def write_run_records(args, tasks, model, state, metrics: dict, counter, seconds: float, num_processes: int,
+                      graphs: int | None = None, launch: dict | None = None) -> None:
+    """What a finished run writes beside its weights: `history.json`, `training_curves.png`, `train_results.json`
+    (the final validation, the run's figures, the card's values: `card_values`) and the model card (`build_card`)."""
+    out = args.output_dir
+    scalar_metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
+    results = {
+        "metrics": scalar_metrics, "global_step": state.global_step, "train_seconds": round(seconds, 1),
+        "best_metric": state.best_metric, "metric_for_best_model": args.metric_for_best_model,
+        "num_processes": num_processes, "bad_rows": dict(counter.counts), "converted": dict(counter.converted),
+        "launch": launch or {},
+    }
+    speeds = sorted(row["train_samples_per_s"] for row in state.history[1:] if "train_samples_per_s" in row)
+    if speeds:  # the median logging interval's, the first left out (it holds the warm-up: allocation, compiling)
+        results["train_samples_per_s"] = round(speeds[len(speeds) // 2], 3)
+    if graphs is not None:
+        results["compiled_graphs"] = graphs
+    write_json(os.path.join(out, "history.json"), state.history)
+    plot_training_curves(state.history, os.path.join(out, "training_curves.png"))
+    results["card"] = card_values(args, tasks, model, state.global_step, num_processes, seconds, launch)
+    write_json(os.path.join(out, "train_results.json"), results)
+    Path(out, "README.md").write_text(build_card(out, Path(out).name), encoding="utf-8")
+
+
+def card_values(args, tasks, model, steps: int, num_processes: int, seconds: float, launch: dict | None = None) -> dict:
+    """What the model card says of the training run (`train_results.json`'s `card`, which `build_card` fills the
+    template with): the towers and data (their Hub ids for the metadata), the model, the tasks, the recipe, the
+    command that ran it."""
+    identity = dataset_identity(args)
+    return {
+        "hub_base_models": hub_base_models(args),
+        "hub_datasets": [identity["dataset_hub_id"]] if identity["dataset_hub_id"] else [],
+        "dataset": identity["dataset_title"],
+        "model_size": args.model_size,
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "fusion_type": model.config.fusion_type,
+        "modalities": model.config.modalities,
+        "use_cbam": str(model.config.use_cbam),
+        "tasks": ",".join(sorted(tasks)),
+        "training": (f"recipe {args.recipe}: {steps} steps, batch {args.batch_size} x "
+                     f"{num_processes} process(es), {'AdamW' if args.optimizer == 'adamw' else 'Adam'} lr "
+                     f"{args.learning_rate} ({args.lr_scheduler}, {args.warmup_steps} warm-up steps), "
+                     f"{describe_towers(args)}, weight decay "
+                     f"{args.weight_decay}{' (not on biases, norms, embeddings)' if args.decay_exclusions else ''}, "
+                     + (f"lr x {args.lr_decay_beta} when the validation loss stops falling (Formula 5), "
+                        if args.lr_decay_beta < 1 else "")
+                     + f"{args.contrastive_loss} retrieval loss, "
+                     + (f"{launch['mixed_precision']} mixed precision, "
+                        if launch and launch.get("mixed_precision", "no") != "no" else "")
+                     + f"seed {args.seed}, {seconds / 60:.1f} minutes"),
+        "command": launch_command(num_processes) + " " + " ".join(sys.argv[1:]) if argv_is_cli()
+        else "scripts/train.py main(...)",
+    }
+
+
+def run_summary(args, result: dict, tasks) -> str:
+    """What a finished run made: where the model is, what it scored, and the commands to run next."""
+    folder = args.output_dir
+    metrics = {k: v for k, v in result["metrics"].items() if k.startswith("val_") and "rank" not in k}
+    shown = ", ".join(f"{k[4:]} {v:.4g}" for k, v in sorted(metrics.items()))
+    serving = REGISTRY[next((task for task in USAGE_ORDER if task in tasks), "captioning")]
+    pipeline_task, example = serving.pipeline, serving.pipeline_input
+    lines = [
+        f"done: {result['global_step']} steps; the model (weights, code, processor, model card) is in {folder}",
+        f"final validation: {shown or 'no metric'}",
+        "next:",
+        f"  python scripts/evaluate.py --model {folder}",
+        f"  python -c 'from transformers import pipeline; print(pipeline(\"{pipeline_task}\", model=\"{folder}\", "
+        f"trust_remote_code=True)({example}))'",
+        f"  python scripts/demo.py --model {folder}",
+    ]
+    if args.report_to == "tensorboard":
+        lines.append(f"  tensorboard --logdir {logging_dir(args)}")
+    if result.get("pushed"):
+        lines.insert(1, f"pushed: {result['pushed']['repo_id']} at {result['pushed']['commit']}")
+    return "\n".join(lines)
+
+
+def set_aside_evaluation(folder: str, accelerator) -> None:
+    """An evaluation found in the folder describes the weights about to be replaced (a resumed or restarted run):
+    move it to `earlier_evaluation/`, so that neither the folder nor a push presents it as the new model's."""
+    found = [name for name in EVALUATION_FILES if os.path.exists(os.path.join(folder, name))]
+    if not found:
+        return
+    earlier = os.path.join(folder, "earlier_evaluation")
+    shutil.rmtree(earlier, ignore_errors=True)
+    os.makedirs(earlier)
+    for name in found:
+        os.replace(os.path.join(folder, name), os.path.join(earlier, name))
+    accelerator.print(f"moved the evaluation of the earlier weights ({', '.join(found)}) to {earlier}; evaluate the "
+                      "new model with scripts/evaluate.py")
+
+
+def launch_command(num_processes: int) -> str:
+    """How this run was started, as a command to run again: `python scripts/train.py`, or torchrun's equivalent for
+    `num_processes` processes (Accelerate's and torchrun's launchers both set the sizes read here)."""
+    if num_processes == 1:
+        return "python scripts/train.py"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+    nodes = num_processes // max(per_node, 1)
+    return f"torchrun{f' --nnodes {nodes}' if nodes > 1 else ''} --nproc_per_node {per_node} scripts/train.py"
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name == "train.py"
+
+
 def probe_inputs(model, processor):
     """A fixed image-text pair for the parity check."""
     generator = torch.Generator().manual_seed(0)
@@ -207,5 +322,6 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
     return {"commit": commit, "repo_id": repo_id, "pr_url": info.pr_url}
 
 
-__all__ = ["MODEL_CARD_TEMPLATE", "assert_parity", "build_card", "card_metadata", "eval_result_list",
-           "metrics_table", "probe_inputs", "push_folder", "render_model_card"]
+__all__ = ["MODEL_CARD_TEMPLATE", "assert_parity", "build_card", "card_metadata", "card_values", "eval_result_list",
+           "launch_command", "metrics_table", "probe_inputs", "push_folder", "render_model_card", "run_summary",
+           "set_aside_evaluation", "write_run_records"]

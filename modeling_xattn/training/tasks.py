@@ -18,10 +18,11 @@ class Task:
     """One task: `target` is what a row must carry ("statement": a text with a class label, "caption", "question"; a
     batch carries the targets of the tasks it trains, `batch_kind`), `head` the module of `XAttnForMultiTask` that
     serves it, `losses` its fields of the model output and `weights` the config fields that weigh them in Formula 4,
-    `metrics` the keys evaluation reports, `hub_task` and `hub_name` its Hub task type and name (the model card's
-    pipeline tag and model-index), `pipeline` and `pipeline_input` the pipeline of this package that serves it and
-    what it is called with (the run summary's example), `auto` whether `--tasks auto` trains it where the data has
-    its target, `evaluated` whether `evaluate_model` scores it."""
+    `metrics` the keys evaluation reports, `validation` those the training loop's validation reports beside the
+    losses (each as `val_<key>`, what `--metric_for_best_model` may name), `hub_task` and `hub_name` its Hub task type
+    and name (the model card's pipeline tag and model-index), `pipeline` and `pipeline_input` the pipeline of this
+    package that serves it and what it is called with (the run summary's example), `auto` whether `--tasks auto`
+    trains it where the data has its target, `evaluated` whether `evaluate_model` scores it."""
 
     name: str
     target: str
@@ -29,6 +30,7 @@ class Task:
     losses: tuple[str, ...]
     weights: tuple[str, ...]
     metrics: tuple[str, ...]
+    validation: tuple[str, ...]
     hub_task: str
     hub_name: str
     pipeline: str
@@ -37,23 +39,31 @@ class Task:
     evaluated: bool = True
 
 
+CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")  # the COCO toolkit's
 STATEMENT_INPUT = '{"image": "photo.jpg", "text": "a statement"}'
 REGISTRY = {task.name: task for task in (
     # an image and a statement in, a class out: the Hub's visual-question-answering is the task of that shape
-    Task("classification", "statement", "classifier", ("loss_ce",), ("lambda_ce",), ("accuracy", "macro_f1"),
-         "visual-question-answering", "Image-text classification", "image-text-classification", STATEMENT_INPUT),
+    Task("classification", target="statement", head="classifier", losses=("loss_ce",), weights=("lambda_ce",),
+         metrics=("accuracy", "macro_f1"), validation=("accuracy",),
+         hub_task="visual-question-answering", hub_name="Image-text classification",
+         pipeline="image-text-classification", pipeline_input=STATEMENT_INPUT),
     # ranking captions for a photo is what the zero-shot-image-classification pipeline serves
-    Task("retrieval", "caption", "retrieval", ("loss_cl", "loss_itm"), ("lambda_cl", "lambda_itm"),
-         ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"),
-         "zero-shot-image-classification", "Image-text retrieval", "zero-shot-image-classification",
-         '"photo.jpg", candidate_labels=["a dog on the beach", "a red bus"]'),
-    Task("captioning", "caption", "captioner", ("loss_seq",), ("lambda_seq",),
-         ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"), "image-to-text", "Image captioning",
-         "image-to-text", '"photo.jpg"'),
+    Task("retrieval", target="caption", head="retrieval", losses=("loss_cl", "loss_itm"),
+         weights=("lambda_cl", "lambda_itm"),
+         metrics=("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"),
+         validation=("i2t_R@1", "i2t_R@5", "i2t_R@10", "i2t_mean_rank", "i2t_median_rank"),
+         hub_task="zero-shot-image-classification", hub_name="Image-text retrieval",
+         pipeline="zero-shot-image-classification",
+         pipeline_input='"photo.jpg", candidate_labels=["a dog on the beach", "a red bus"]'),
+    # the loop's validation captions only when --metric_for_best_model names a caption metric
+    Task("captioning", target="caption", head="captioner", losses=("loss_seq",), weights=("lambda_seq",),
+         metrics=CAPTION_SCORES, validation=CAPTION_SCORES, hub_task="image-to-text", hub_name="Image captioning",
+         pipeline="image-to-text", pipeline_input='"photo.jpg"'),
     # VQA: answers as classes on the classifier (soft scores), trained only when asked for
-    Task("vqa", "question", "classifier", ("loss_ce",), ("lambda_ce",), ("vqa_accuracy",),
-         "visual-question-answering", "Visual question answering", "image-text-classification", STATEMENT_INPUT,
-         auto=False),
+    Task("vqa", target="question", head="classifier", losses=("loss_ce",), weights=("lambda_ce",),
+         metrics=("vqa_accuracy",), validation=("vqa_accuracy",),
+         hub_task="visual-question-answering", hub_name="Visual question answering",
+         pipeline="image-text-classification", pipeline_input=STATEMENT_INPUT, auto=False),
 )}
 # The pipeline tag of a model that trained several tasks: the first of these it trained.
 PIPELINE_PRECEDENCE = ("captioning", "vqa", "retrieval", "classification")

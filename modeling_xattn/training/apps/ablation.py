@@ -1,5 +1,5 @@
 """The paper's ablation study behind `scripts/ablation.py` (its docstring has the commands): each configuration
-trained with the same seed, data and budget through `loop.train`, evaluated with `evaluation`, and
+trained with the same seed, data and budget through `main.train`, evaluated with `evaluation`, and
 summarised as a table (mean ± std over seeds), a bar chart and every run's validation curves against the step.
 """
 
@@ -19,8 +19,8 @@ from modeling_xattn.training.data.sources import load_split
 from modeling_xattn.training.evaluation import evaluate_model
 from modeling_xattn.training.inference import load_model
 from modeling_xattn.training.metrics import markdown_table
-from modeling_xattn.training.loop import parse_args as parse_train_args
-from modeling_xattn.training.loop import train
+from modeling_xattn.training.main import parse_args as parse_train_args
+from modeling_xattn.training.main import train
 from modeling_xattn.training.options import DataArguments, StreamingArguments, data_options, option, parse_merged
 from modeling_xattn.training.plots import plot_ablation_curves, pyplot
 

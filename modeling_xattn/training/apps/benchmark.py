@@ -635,7 +635,7 @@ def bench_finetune(args, device) -> dict:
     warm-up), and the allocator's peak on CUDA."""
     import tempfile
 
-    from modeling_xattn.training.loop import train
+    from modeling_xattn.training.main import train
     from modeling_xattn.training.options import TrainingOptions
 
     steps, size = args.finetune_steps, args.batch_size
