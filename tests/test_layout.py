@@ -87,7 +87,7 @@ def test_dependencies_point_down_the_layers():
 
 
 # What the data layer (modeling_xattn/training/data/) may import besides itself: the Hub files and the collectives
-# helper (torch only). Its options and batch kinds are its own, so nothing above it is needed to read data.
+# helper (torch only). Its options and batch targets are its own, so nothing above it is needed to read data.
 DATA_LAYER = "modeling_xattn.training.data"
 DATA_MAY_IMPORT = {"modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES),
                    "modeling_xattn.training.distributed"}
@@ -191,15 +191,15 @@ def test_every_task_is_declared_once_and_matches_the_model():
     assert REGISTRY["captioning"].metrics == REGISTRY["captioning"].validation == CAPTION_METRICS  # what the toolkit gives
 
 
-def test_the_batch_kind_of_a_run_is_the_targets_of_its_tasks():
-    from modeling_xattn.training.tasks import batch_kind
+def test_the_batches_of_a_run_carry_the_targets_of_its_tasks():
+    from modeling_xattn.training.tasks import batch_targets
 
-    assert batch_kind({"classification"}) == "statement"
-    assert batch_kind({"retrieval"}) == batch_kind({"captioning", "retrieval"}) == "caption"
-    assert batch_kind({"classification", "captioning"}) == "statement+caption"
-    assert batch_kind({"vqa"}) == "question" and batch_kind({"vqa", "retrieval"}) == "question+caption"
+    assert batch_targets({"classification"}) == "statement"
+    assert batch_targets({"retrieval"}) == batch_targets({"captioning", "retrieval"}) == "caption"
+    assert batch_targets({"classification", "captioning"}) == "statement+caption"
+    assert batch_targets({"vqa"}) == "question" and batch_targets({"vqa", "retrieval"}) == "question+caption"
     with pytest.raises(ValueError, match="no batch serves"):
-        batch_kind({"classification", "vqa"})
+        batch_targets({"classification", "vqa"})
 
 
 def test_a_run_weighs_only_the_losses_of_its_tasks():
@@ -219,3 +219,18 @@ def test_no_function_of_the_training_library_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
     assert not long, f"split these into phases: {long}"
+
+
+def test_names_that_moved_still_resolve_with_a_warning():
+    import importlib
+
+    for former in ("evaluation", "collate", "loop"):
+        module = importlib.import_module(f"modeling_xattn.training.{former}")
+        assert module.MOVED, former
+        for name, home in module.MOVED.items():
+            home, new_name = home if isinstance(home, tuple) else (home, name)
+            with pytest.warns(FutureWarning, match=f"{former}.{name} is now {home}.{new_name}"):
+                value = getattr(module, name)
+            assert value is getattr(importlib.import_module(home), new_name), (former, name)
+        with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+            module.no_such_name

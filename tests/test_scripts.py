@@ -61,8 +61,8 @@ def test_shortlist_size_per_direction(trained):
 
 
 def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
-    from modeling_xattn.training.evaluation import recall_at_1_by_k
     from modeling_xattn.training.inference import load_model
+    from modeling_xattn.training.metrics import recall_at_1_by_k
     from modeling_xattn.training.metrics import retrieval_metrics
 
     model, processor = load_model(str(trained))

@@ -88,6 +88,8 @@ def test_the_collators_former_argument_names_make_the_same_batch(processor):
         former = XAttnCollator(processor, task="captioning", head="retrieval")(rows)
     batch = XAttnCollator(processor, targets="caption", model=XAttnForImageTextRetrieval)(rows)
     assert former.keys() == batch.keys() and all(torch.equal(former[key], batch[key]) for key in batch)
+    instance = XAttnForImageTextRetrieval(tiny(processor))  # as transformers' collators take a model
+    assert XAttnCollator(processor, targets="caption", model=instance).model == "XAttnForImageTextRetrieval"
     with pytest.raises(ValueError, match="model must be one of"):
         XAttnCollator(processor, model="retrieval")
     with pytest.raises(ValueError, match="lacks"):

@@ -4,17 +4,20 @@ The Hub model is the package's top level (`configuration_xattn`, `modeling_xattn
 `pipeline_xattn`: they import only each other, as custom code on the Hub must). This subpackage is split by job, and
 its dependencies point one way (`tests/test_layout.py` checks it, with no import cycle):
 
-    model  <-  data  <-  collate, tasks  <-  inference, metrics, optimization, checkpoints, plots, hub  <-
-    evaluation, publishing  <-  loop  <-  main  <-  apps  <-  scripts/
+    model  <-  data (options, schema, views, vqa, synthetic), options, towers, sharding, compilation,
+    distributed  <-  data (sources, shards, streaming), collate, tasks  <-  inference, metrics, optimization,
+    checkpoints, logs, plots, hub  <-  evaluation, publishing  <-  loop  <-  main  <-  apps  <-  scripts/
 
     data/          the data layer, importing nothing above it: options (what to read, as a stream or whole),
-                   schema (rows, their targets, the batch kinds, images, labels), views (one example per
+                   schema (rows, the targets they carry and a batch is made of, images, labels), views (one example per
                    image-caption pair, one caption per photo, seeded crops), sources (every loader, the split
                    policy), shards (WebDataset tar files: writing a source's splits, reading a folder), streaming
-                   (iterable training streams), synthetic (the embedded dataset)
+                   (iterable training streams), synthetic (the embedded dataset), vqa (the official VQA answer
+                   normalisation and accuracy)
+    options        every command's options as typed dataclasses, the recipes (`TrainingOptions`: a run's all)
     collate        rows -> model batches (`XAttnCollator(targets=..., model=...)`), the cache of processed photos
     tasks          the task registry (every per-task fact: target, head, losses, metrics, Hub task, pipeline), the
-                   tasks a run trains, its batch kind, the rows that carry their targets
+                   tasks a run trains, its batches' targets, the rows that carry them
     towers         pretrained towers in a run: the checks of their files against the options, the locks
     inference      loading a saved model (the one loader), generating captions, two-stage gallery ranking and the
                    shortlist a time budget allows
@@ -22,6 +25,8 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
     logs           the losses between two logs, summed on the device
     checkpoints    the resumable state and atomic saves
     distributed    collectives shared across processes
+    sharding       FSDP2 applied by the loop itself (`--fsdp` under torchrun)
+    compilation    torch.compile's state in a run (compiled or not, the graphs made)
     metrics        the COCO caption toolkit, R@K, accuracy, the VQA score (`caption_metric`: as an `evaluate` module),
                    the results table
     evaluation     each task scored on a dataset, the loop's validation, the files an evaluation writes
@@ -35,3 +40,21 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
     apps/          the jobs behind the other scripts, each named as its script: ablation, benchmark, demo, evaluate,
                    export_densenet, make_shards, predict, push_to_hub, visualize
 """
+
+
+def moved_names(module: str, moves: dict):
+    """A module's `__getattr__` for the names that moved out of it (issue 33's restructuring), kept for one release:
+    `moves` maps a former name to its new module, or to `(new module, new name)`; the name is read from there with a
+    `FutureWarning`. The new module is imported only when a former name is used, so it is no dependency of the old."""
+
+    def __getattr__(name):
+        if name not in moves:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        import importlib
+        import warnings
+
+        home, new_name = moves[name] if isinstance(moves[name], tuple) else (moves[name], name)
+        warnings.warn(f"{module}.{name} is now {home}.{new_name}", FutureWarning, stacklevel=2)
+        return getattr(importlib.import_module(home), new_name)
+
+    return __getattr__

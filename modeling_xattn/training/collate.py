@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from modeling_xattn.modeling_xattn import caption_labels
+from modeling_xattn.training import moved_names
 from modeling_xattn.training.data.schema import (
     BATCH_TARGETS,
     NO_TARGET,
@@ -37,7 +38,7 @@ FORMER_HEADS = {"multitask": "XAttnForMultiTask", "classification": "XAttnForSeq
 class XAttnCollator:
     """Rows of the schema -> a model batch through `XAttnProcessor`.
 
-    targets: the batch kind, the row targets it is made of joined by "+" (`BATCH_TARGETS`): "statement+caption" (a
+    targets: the row targets the batch is made of, joined by "+" (`BATCH_TARGETS`): "statement+caption" (a
     labelled statement and/or a caption per row), "statement", "question" (question + soft scores over
     `answer_vocab`), "question+caption" or "caption". A row is kept when its image reads and it carries at least one
     of the targets; otherwise it is skipped and counted by reason, and the batch shrinks.
@@ -59,7 +60,7 @@ class XAttnCollator:
     photo_cache: a `PhotoCache` the collator keeps each photo's pixel values in (decoded, converted and resized
     once, read from the cache in later epochs and evaluations; a cropped example is always made afresh), or None.
 
-    model: the model class the batch feeds (the class or its name), under this package's loop or
+    model: the model class the batch feeds (the class, its name or an instance), under this package's loop or
     `transformers.Trainer` (which needs `remove_unused_columns=False`, since the collator reads the raw columns):
         `XAttnForMultiTask` (default): the keys above, and `labels` always (all -100 when no row has one), so that
             Trainer computes an evaluation loss on caption-only sets too;
@@ -88,14 +89,17 @@ class XAttnCollator:
             warnings.warn(f"XAttnCollator(head={head!r}) is now model={FORMER_HEADS.get(head, head)!r}",
                           FutureWarning, stacklevel=2)
             model = FORMER_HEADS.get(head, head)
+        if isinstance(model, torch.nn.Module):  # a model instance, as transformers' collators take one
+            model = type(model)
         model = getattr(model, "__name__", model)
         if targets not in BATCH_TARGETS:
             raise ValueError(f"XAttnCollator: targets must be one of {list(BATCH_TARGETS)}, got {targets!r}")
         if model not in self.MODELS:
-            raise ValueError(f"XAttnCollator: model must be one of {self.MODELS}, got {model!r}")
+            raise ValueError(f"XAttnCollator: model must be one of {self.MODELS} (the class, its name or an instance), "
+                             f"got {str(model)[:80]!r}")
         if model in self.CAPTION_MODELS and "caption" not in BATCH_TARGETS[targets]:
             raise ValueError(f"XAttnCollator: model={model!r} trains on captions, which targets={targets!r} lacks")
-        self.model = model
+        self.model = model  # the model class's name
         self.with_row_index = with_row_index
         self.pad_to_max_length = pad_to_max_length
         self.processor = processor
@@ -107,12 +111,12 @@ class XAttnCollator:
         self.photo_cache = photo_cache
 
     def __call__(self, rows: list[dict]) -> dict:
-        kind = self.targets
+        wanted = self.targets
         images, texts, captions, labels, answers, ids, kept, has = [], [], [], [], [], [], [], []
         for position, row in enumerate(rows):
             where = str(row.get("image_id", ""))
-            targets = row_targets(row, kind)
-            reason = None if targets else missing_target_reason(row, kind)
+            carried = row_targets(row, wanted)
+            reason = None if carried else missing_target_reason(row, wanted)
             key = cached = None
             if reason is None and self.photo_cache is not None and row.get("crop_box") is None:
                 key = self.photo_cache.key(row["image"], self.image_dir)
@@ -141,16 +145,16 @@ class XAttnCollator:
             index = self.caption_index if index is None else index
             images.append(image)
             kept.append(position)
-            has.append(targets)
-            texts.append(row_text(row, kind))
+            has.append(carried)
+            texts.append(row_text(row, wanted))
             captions.append(references[min(index, len(references) - 1)] if references else "")
-            labels.append(as_label(row.get("label")) if "statement" in targets else NO_TARGET)
+            labels.append(as_label(row.get("label")) if "statement" in carried else NO_TARGET)
             answers.append(row.get("answers") or [])
             ids.append(row.get("image_id", len(ids)))
         if not images:
             return {}
-        with_text = [bool({"statement", "question"} & targets) for targets in has]
-        with_caption = [("caption" in targets) for targets in has]
+        with_text = [bool({"statement", "question"} & carried) for carried in has]
+        with_caption = [("caption" in carried) for carried in has]
         batch = {}
         if any(with_text) or any(with_caption):
             batch = dict(self.processor(
@@ -161,9 +165,9 @@ class XAttnCollator:
         batch["pixel_values"] = self._pixels(images)
         if any(with_caption) and not all(with_caption):
             batch["caption_attention_mask"][~torch.tensor(with_caption)] = 0  # all-zero mask: this row has no caption
-        if any(with_text) and "statement" in BATCH_TARGETS[kind]:
+        if any(with_text) and "statement" in BATCH_TARGETS[wanted]:
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
-        if any(with_text) and "question" in BATCH_TARGETS[kind]:
+        if any(with_text) and "question" in BATCH_TARGETS[wanted]:
             scores = vqa_soft_scores(answers, self.answer_vocab)
             scores[~torch.tensor(with_text)] = NO_TARGET
             batch["labels"] = scores
@@ -249,3 +253,9 @@ class PhotoCache:
         if key not in self.entries and self.used + size <= self.max_bytes:
             self.entries[key] = (mode, pixels.clone())
             self.used += size
+
+
+# Names that lived here before the dataset views moved beside the data.
+MOVED = dict.fromkeys(("CaptionPairs", "CaptionPerPhoto", "EpochSeeded", "RandomResizedCrops"),
+                      "modeling_xattn.training.data.views")
+__getattr__ = moved_names(__name__, MOVED)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from modeling_xattn.training import moved_names
 from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.data.vqa import overall_accuracy, vqa_accuracy
@@ -163,24 +164,6 @@ def coco_references(ids: list[str], references: list[list[str]]) -> dict:
         for caption in captions:
             annotations.append({"image_id": photo, "id": len(annotations), "caption": caption})
     return {"images": [{"id": photo} for photo in ids], "annotations": annotations, "type": "captions"}
-
-
-def recall_at_1_by_k(scores: torch.Tensor, similarity: torch.Tensor, text_to_image: torch.Tensor, direction: str,
-                     ks) -> dict[int, float]:
-    """R@1 of two-stage ranking for every shortlist size in `ks`, from one ranking's `(num_images, num_texts)`
-    matrix (`model.rank`) whose shortlist was at least `max(ks)` long (or exhaustive): the top k of a query by
-    embedding `similarity` are inside its longer shortlist, so each smaller k re-ranks pairs already scored. What
-    the benchmark picks each direction's k from."""
-    queries = similarity if direction == "i2t" else similarity.T
-    scored = scores if direction == "i2t" else scores.T
-    curve = {}
-    for k in ks:
-        top = queries.topk(min(k, queries.shape[1]), dim=1).indices
-        shortlist = torch.zeros_like(queries, dtype=torch.bool).scatter_(1, top, True)
-        ranked = torch.where(shortlist, scored, queries - 1e4)
-        ranked = ranked if direction == "i2t" else ranked.T
-        curve[int(k)] = retrieval_metrics(ranked.float().cpu(), text_to_image.cpu(), ks=(1,))[f"{direction}_R@1"]
-    return curve
 
 
 # The standard retrieval protocols (COCO's 5k Karpathy test, Flickr30k's 1k test, as ALBEF and BLIP report them)
@@ -446,8 +429,19 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     return metrics
 
 
+# Names that lived here before inference (loading, generating, ranking) and the results table moved out.
+MOVED = {
+    **dict.fromkeys(("load_model", "SHORTLIST_SIZES", "RERANK_BATCH_SIZE_CPU",
+                     "RERANK_BATCH_SIZE_ACCELERATOR", "shortlist_sizes", "choose_shortlist", "rerank_pairs",
+                     "measure_pair_rate", "synchronize", "generation_overrides"), "modeling_xattn.training.inference"),
+    **dict.fromkeys(("markdown_table", "PAPER_NAMES", "recall_at_1_by_k"), "modeling_xattn.training.metrics"),
+    "TASKS": ("modeling_xattn.training.tasks", "EVALUATED_TASKS"),
+}
+__getattr__ = moved_names(__name__, MOVED)
+
+
 __all__ = ["CAPTIONS_PER_IMAGE", "EVALUATION_FILES", "PREDICTION_FILES", "caption_samples", "coco_references",
            "embedding_spread", "evaluate_captioning", "evaluate_classification", "evaluate_model", "evaluate_multitask",
-           "evaluate_retrieval", "matching_against_hardest", "ranked_lists", "recall_at_1_by_k", "write_predictions"]
+           "evaluate_retrieval", "matching_against_hardest", "ranked_lists", "write_predictions"]
 
 

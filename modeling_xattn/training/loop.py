@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
 
+from modeling_xattn.training import moved_names
 from modeling_xattn.training.checkpoints import TrainingState, save_checkpoint_atomically, write_json
 from modeling_xattn.training.compilation import compiled_graphs, is_compiled
 from modeling_xattn.training.data.schema import BadRowCounter
@@ -41,7 +42,7 @@ from modeling_xattn.training.sharding import (
 
 @dataclass
 class Run:
-    """What one training run holds. `train` builds it in phases (the accelerator, the data, the model and its
+    """What one training run holds. `main.train` builds it in phases (the accelerator, the data, the model and its
     loaders, the optimisation), then `train_one_epoch` advances it until the run is over and `finish` writes it."""
 
     args: TrainingOptions
@@ -49,7 +50,7 @@ class Run:
     on_accelerator: bool  # a GPU or MPS device: pinned memory, non-blocking copies
     counter: BadRowCounter
     tasks: set[str]
-    batch_kind: str  # the batch kind that serves `tasks` (its row targets: `data.schema.BATCH_TARGETS`)
+    targets: str  # the row targets its batches are made of (`tasks.batch_targets`, `data.schema.BATCH_TARGETS`)
     train_data: Any
     val_data: Any
     train_examples: Any  # the training rows as examples: caption pairs or one caption per photo, maybe cropped
@@ -338,3 +339,12 @@ def _write_outputs(run: Run, metrics: dict, weights=None, graphs=None) -> None:
                       accelerator.num_processes, graphs, run.launch)
 
 
+# Names that lived here before the set-up moved to main.py and the run's outputs to publishing.py.
+MOVED = {
+    **dict.fromkeys(("train", "parse_args", "make_accelerator", "cpu_precision", "cpu_has_bf16", "check_best_metric",
+                     "build_data", "build_optimization", "STREAM_EVALUATION_PERIOD"), "modeling_xattn.training.main"),
+    "run_summary": "modeling_xattn.training.publishing",
+    "validation_metrics": "modeling_xattn.training.tasks",
+    "logging_dir": "modeling_xattn.training.options",
+}
+__getattr__ = moved_names(__name__, MOVED)

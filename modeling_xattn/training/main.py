@@ -54,7 +54,15 @@ from modeling_xattn.training.sharding import (
     shard_model,
     vectorize_scalars,
 )
-from modeling_xattn.training.tasks import LOSS_WEIGHTS, REGISTRY, batch_kind, loss_weights, select_tasks, usable_rows
+from modeling_xattn.training.tasks import (
+    LOSS_WEIGHTS,
+    REGISTRY,
+    batch_targets,
+    loss_weights,
+    select_tasks,
+    usable_rows,
+    validation_metrics,
+)
 from modeling_xattn.training.towers import check_towers, lock_towers, suppressed_caption_ids
 
 
@@ -261,13 +269,6 @@ def check_best_metric(args) -> None:
                          "sharded (--fsdp) model cannot: choose val_loss or another validation metric")
 
 
-def validation_metrics(tasks) -> list[str]:
-    """The metrics the loop's validation reports for `tasks` (what `--metric_for_best_model` may name)."""
-    names = ["val_loss", *(f"val_{key}" for task in sorted(tasks) for key in REGISTRY[task].losses)]
-    names += [f"val_{key}" for task in sorted(tasks) for key in REGISTRY[task].validation]
-    return list(dict.fromkeys(names))
-
-
 def build_data(args, accelerator, on_accelerator) -> Run:
     """The training and validation rows, the tasks they serve and the training examples; stops with a message
     naming the option to change when the data cannot train anything."""
@@ -292,8 +293,8 @@ def build_data(args, accelerator, on_accelerator) -> Run:
         raise SystemExit(f"--metric_for_best_model {args.metric_for_best_model}: this run's validation (tasks "
                          f"{','.join(sorted(tasks))}) reports {', '.join(validation_metrics(tasks))}; choose one of "
                          "them")
-    kind = batch_kind(tasks)
-    train_data, val_data = usable_rows(train_data, kind, counter), usable_rows(val_data, kind, counter)
+    targets = batch_targets(tasks)
+    train_data, val_data = usable_rows(train_data, targets, counter), usable_rows(val_data, targets, counter)
     if len(val_data) == 0:
         # nothing to evaluate, keep the best of or write metrics for: stop before training, not after
         raise SystemExit(
@@ -304,12 +305,12 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     # One example per image-caption pair: every caption trains in every epoch (validation: the first caption); or
     # one example per photo with a caption drawn per epoch.
     train_examples = train_data
-    if "caption" in BATCH_TARGETS[kind]:
+    if "caption" in BATCH_TARGETS[targets]:
         train_examples = (CaptionPairs(train_data) if args.caption_sampling == "pairs"
                           else CaptionPerPhoto(train_data, seed=args.seed))
     if args.random_crop_scale < 1.0:
         train_examples = RandomResizedCrops(train_examples, args.random_crop_scale, seed=args.seed)
-    run = Run(args, accelerator, on_accelerator, counter, tasks, kind, train_data, val_data, train_examples, streaming)
+    run = Run(args, accelerator, on_accelerator, counter, tasks, targets, train_data, val_data, train_examples, streaming)
     _report_data(run)
     return run
 
@@ -427,11 +428,11 @@ def build_model_and_loaders(run: Run) -> None:
     # one cache per process (each holds its own shard's photos)
     cache = (PhotoCache(int(args.photo_cache_gb * 2**30))
              if args.photo_cache_gb > 0 and not args.num_workers and not run.streaming else None)
-    run.collate = XAttnCollator(run.processor, targets=run.batch_kind, answer_vocab=answers, counter=run.counter,
+    run.collate = XAttnCollator(run.processor, targets=run.targets, answer_vocab=answers, counter=run.counter,
                                 pad_to_max_length=pad, photo_cache=cache)
     if run.streaming:
         # read on this process, without workers: the stream's position is then exactly what the batches used
-        run.stream = run.streaming.training_stream(run.batch_kind, args.batch_size, run.collate,
+        run.stream = run.streaming.training_stream(run.targets, args.batch_size, run.collate,
                                                    rank=accelerator.process_index,
                                                    world_size=accelerator.num_processes, seed=args.seed)
     else:

@@ -1,6 +1,8 @@
-"""Publishing: the model card (huggingface_hub's `ModelCard`: metadata from `ModelCardData` with the `model-index`
-as `EvalResult`s, the text rendered from the template that ships in the package, `templates/model_card.md`), and
-pushing a trained folder to the Hub after checking that what is pushed reproduces the trained model.
+"""Publishing: what a finished run records beside its weights (`write_run_records`: history, curves,
+train_results.json with the card's values, `card_values`) and the summary it prints (`run_summary`); the model card
+(huggingface_hub's `ModelCard`: metadata from `ModelCardData` with the `model-index` as `EvalResult`s, the text
+rendered from the template that ships in the package, `templates/model_card.md`), built in one place (`build_card`);
+and pushing a trained folder to the Hub after checking that what is pushed reproduces the trained model.
 
     push_folder("outputs/xattn", "user/xattn-tiny")   # prints the commit and the line that loads exactly it
 """

@@ -2,8 +2,8 @@
 and their Formula 4 weights, and what evaluation reports for it; and the rows that carry each task's target.
 
 Adding a head: the head in `modeling_xattn.py` (its prefix in `HEAD_PREFIXES`, its loss a field of the output), one
-`Task` below, and its tests. Training, evaluation, the collator's row filter and the non-finite-loss report read it
-from here."""
+`Task` below, and its tests. Training (the batches' targets, Formula 4's weights, the validation's keys), evaluation,
+the non-finite-loss report, the model card and the run summary read it from here."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from modeling_xattn.training.data.schema import BATCH_TARGETS, BadRowCounter, mi
 @dataclass(frozen=True)
 class Task:
     """One task: `target` is what a row must carry ("statement": a text with a class label, "caption", "question"; a
-    batch carries the targets of the tasks it trains, `batch_kind`), `head` the module of `XAttnForMultiTask` that
+    batch carries the targets of the tasks it trains, `batch_targets`), `head` the module of `XAttnForMultiTask` that
     serves it, `losses` its fields of the model output and `weights` the config fields that weigh them in Formula 4,
     `metrics` the keys evaluation reports, `validation` those the training loop's validation reports beside the
     losses (each as `val_<key>`, what `--metric_for_best_model` may name), `hub_task` and `hub_name` its Hub task type
@@ -75,10 +75,19 @@ def pipeline_tag(tasks) -> str:
     """The Hub pipeline tag of a model trained on `tasks` (names, or a comma-separated string)."""
     tasks = {t.strip() for t in tasks.split(",")} if isinstance(tasks, str) else set(tasks)
     return next((REGISTRY[task].hub_task for task in PIPELINE_PRECEDENCE if task in tasks), "image-to-text")
+
+
 TASKS = tuple(REGISTRY)
 EVALUATED_TASKS = tuple(name for name, task in REGISTRY.items() if task.evaluated)
 LOSS_KEYS = tuple(dict.fromkeys(key for task in REGISTRY.values() for key in task.losses))
 LOSS_WEIGHTS = tuple(dict.fromkeys(key for task in REGISTRY.values() for key in task.weights))
+
+
+def validation_metrics(tasks) -> list[str]:
+    """The metrics the loop's validation reports for `tasks` (what `--metric_for_best_model` may name)."""
+    names = ["val_loss", *(f"val_{key}" for task in sorted(tasks) for key in REGISTRY[task].losses)]
+    names += [f"val_{key}" for task in sorted(tasks) for key in REGISTRY[task].validation]
+    return list(dict.fromkeys(names))
 
 
 def loss_weights(tasks, weights: dict[str, float]) -> dict[str, float]:
@@ -87,13 +96,14 @@ def loss_weights(tasks, weights: dict[str, float]) -> dict[str, float]:
     return {weight: (weights[weight] if weight in used else 0.0) for weight in LOSS_WEIGHTS}
 
 
-def batch_kind(tasks) -> str:
-    """The batch kind (`data.schema.BATCH_TARGETS`) that serves a set of training tasks: their registry targets."""
-    targets = {REGISTRY[task].target for task in tasks}
-    kind = "+".join(target for target in ("statement", "question", "caption") if target in targets)
-    if kind not in BATCH_TARGETS:
-        raise ValueError(f"no batch serves the tasks {sorted(tasks)} together (their targets: {kind})")
-    return kind
+def batch_targets(tasks) -> str:
+    """The batch targets (a name of `data.schema.BATCH_TARGETS`) that serve a set of training tasks: their registry
+    targets, joined by "+"."""
+    wanted = {REGISTRY[task].target for task in tasks}
+    targets = "+".join(target for target in ("statement", "question", "caption") if target in wanted)
+    if targets not in BATCH_TARGETS:
+        raise ValueError(f"no batch serves the tasks {sorted(tasks)} together (their targets: {targets})")
+    return targets
 
 
 def _text_rows(dataset) -> list[dict]:
@@ -103,9 +113,9 @@ def _text_rows(dataset) -> list[dict]:
     return [{name: columns[name][i] for name in wanted} for i in range(len(dataset))]
 
 
-def _target_rows(dataset, kind: str) -> list[set[str]]:
-    """Each row's targets for a batch kind."""
-    return [row_targets(row, kind) for row in _text_rows(dataset)]
+def _target_rows(dataset, targets: str) -> list[set[str]]:
+    """Which of a batch's `targets` each row carries."""
+    return [row_targets(row, targets) for row in _text_rows(dataset)]
 
 
 def select_tasks(requested: str, dataset) -> set[str]:
@@ -137,13 +147,14 @@ def select_tasks(requested: str, dataset) -> set[str]:
     return tasks
 
 
-def usable_rows(dataset, kind: str, counter: BadRowCounter):
-    """The rows of `dataset` that carry at least one target of the batch `kind` (a task's: `REGISTRY[name].target`);
+def usable_rows(dataset, targets: str, counter: BadRowCounter):
+    """The rows of `dataset` that carry at least one of a batch's `targets` (one task's: `REGISTRY[name].target`);
     the others are counted in `counter` by reason and dropped before training, so epochs have a known length."""
     keep = []
     for index, row in enumerate(_text_rows(dataset)):
-        if row_targets(row, kind):
+        if row_targets(row, targets):
             keep.append(index)
         else:
-            counter.add(f"no target for the task ({missing_target_reason(row, kind)})", str(row.get("image_id", index)))
+            reason = missing_target_reason(row, targets)
+            counter.add(f"no target for the task ({reason})", str(row.get("image_id", index)))
     return dataset if len(keep) == len(dataset) else dataset.select(keep)

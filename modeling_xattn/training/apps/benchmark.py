@@ -31,7 +31,6 @@ from modeling_xattn.modeling_xattn import (
 )
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training.data.synthetic import synthetic_dataset
-from modeling_xattn.training.evaluation import recall_at_1_by_k
 from modeling_xattn.training.inference import (
     RERANK_BATCH_SIZE_ACCELERATOR,
     RERANK_BATCH_SIZE_CPU,
@@ -40,7 +39,7 @@ from modeling_xattn.training.inference import (
     measure_pair_rate,
     synchronize,
 )
-from modeling_xattn.training.metrics import markdown_table, retrieval_metrics
+from modeling_xattn.training.metrics import markdown_table, recall_at_1_by_k, retrieval_metrics
 from modeling_xattn.training.options import option, parse_options
 
 SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision", "finetune", "rerank_batch",

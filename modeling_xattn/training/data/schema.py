@@ -1,4 +1,4 @@
-"""The common row schema every source produces, and what a row offers each batch kind.
+"""The common row schema every source produces, and the targets a row offers a batch.
 
 Schema (every loader returns these columns; a task ignores what it does not use):
     image     - a PIL image (`datasets.Image()` feature) or a path string
@@ -126,41 +126,42 @@ def row_captions(row) -> list[str]:
 
 
 # The row targets a batch is made of: "statement" (a text with a class label), "question" (a VQA question, read as
-# the text), "caption". A batch's kind names its targets joined by "+" (`tasks.batch_kind` picks the kind of a run
-# from its tasks' registry targets); a row is usable for a kind when it carries at least one of them.
-BATCH_TARGETS = {kind: tuple(kind.split("+")) for kind in
+# the text), "caption". A batch's `targets` name them joined by "+" (`tasks.batch_targets` picks a run's from its
+# tasks' registry targets); a row is usable for a batch when it carries at least one of them.
+BATCH_TARGETS = {name: tuple(name.split("+")) for name in
                  ("statement+caption", "statement", "question+caption", "question", "caption")}
-# Why a row has none of a kind's targets, target by target, for the skipped-row summary (caption first).
+# Why a row has none of a batch's targets, target by target, for the skipped-row summary (caption first).
 MISSING_TARGET = {"caption": "no caption", "statement": "no labelled text", "question": "no question"}
 
 
-def row_text(row, kind: str) -> str:
-    """The text the fused encoder reads for a row in a batch of `kind`: the question for VQA, else the statement."""
-    reads_question = "question" in BATCH_TARGETS[kind]
+def row_text(row, targets: str) -> str:
+    """The text the fused encoder reads for a row in a batch of `targets`: the question for VQA, else the statement."""
+    reads_question = "question" in BATCH_TARGETS[targets]
     return clean_text((row.get("question") or row.get("text")) if reads_question else row.get("text"))
 
 
-def row_targets(row, kind: str) -> set[str]:
-    """The targets of the batch `kind` that `row` carries: "statement" (text + class label), "question" (VQA question),
+def row_targets(row, targets: str) -> set[str]:
+    """Which of a batch's `targets` `row` carries: "statement" (text + class label), "question" (VQA question),
     "caption" (at least one non-empty caption). Reads no image."""
-    targets = set()
-    text = row_text(row, kind)
+    carried = set()
+    text = row_text(row, targets)
     if text and as_label(row.get("label")) != NO_TARGET:
-        targets.add("statement")
-    if text and "question" in BATCH_TARGETS[kind]:
-        targets.add("question")
+        carried.add("statement")
+    if text and "question" in BATCH_TARGETS[targets]:
+        carried.add("question")
     if row_captions(row):
-        targets.add("caption")
-    return targets & set(BATCH_TARGETS[kind])
+        carried.add("caption")
+    return carried & set(BATCH_TARGETS[targets])
 
 
-def missing_target_reason(row, kind: str) -> str:
-    """Why a row has no target for the batch `kind`, for the skipped-row summary."""
-    if kind == "statement":
-        return "empty text" if not row_text(row, kind) else "no label"
-    if kind == "question":
+def missing_target_reason(row, targets: str) -> str:
+    """Why a row has none of a batch's `targets`, for the skipped-row summary."""
+    if targets == "statement":
+        return "empty text" if not row_text(row, targets) else "no label"
+    if targets == "question":
         return "empty question"
-    return " and ".join(MISSING_TARGET[target] for target in sorted(BATCH_TARGETS[kind], key=lambda t: t != "caption"))
+    wanted = sorted(BATCH_TARGETS[targets], key=lambda target: target != "caption")
+    return " and ".join(MISSING_TARGET[target] for target in wanted)
 
 
 def stable_id(value) -> int:

@@ -84,7 +84,7 @@ class StreamingData:
     """What training needs from a streamed source: `probe` (the first rows of the train split, as a small in-memory
     Dataset: the tokenizer, the tasks, the class names and the VQA answers are taken from it), `validation` (up to
     `--max_eval_samples` rows read once into memory: the validation split, or rows held out of train by a hash of
-    their image id), and `training_stream(kind, ...)` (`kind`: the batch kind)."""
+    their image id), and `training_stream(targets, ...)` (a batch's targets)."""
 
     PROBE_ROWS = 2000
 
@@ -121,13 +121,13 @@ class StreamingData:
             stream = stream.filter(lambda row: held_out_by_id(row["image_id"], fraction, seed) == held_out)
         return stream
 
-    def training_stream(self, kind: str, batch_size: int, collate, rank: int = 0, world_size: int = 1,
+    def training_stream(self, targets: str, batch_size: int, collate, rank: int = 0, world_size: int = 1,
                         seed: int = 0) -> "TrainingStream":
         names = self.class_names
 
         def open_stream():
             stream = self._train_rows().map(lambda row: {"label": label_id(row["label"], names)})
-            if "caption" in BATCH_TARGETS[kind]:
+            if "caption" in BATCH_TARGETS[targets]:
                 stream = stream.map(_caption_pairs, batched=True, batch_size=1)
             return stream
 
