@@ -23,6 +23,7 @@ import torch
 from modeling_xattn.training.checkpoints import write_json
 from modeling_xattn.training.data.sources import dataset_identity
 from modeling_xattn.training.evaluation import EVALUATION_FILES
+from modeling_xattn.training.hub import load_pretrained
 from modeling_xattn.training.inference import load_model
 from modeling_xattn.training.metrics import markdown_table
 from modeling_xattn.training.options import logging_dir
@@ -310,7 +311,8 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
         if include_logs and (folder / "runs").is_dir():
             shutil.copytree(folder / "runs", Path(staging, "runs"))
             patterns.append("runs/**")
-        assert_parity(model, load_model(staging, device="cpu")[0], probe_inputs(model, processor))
+        # the copy's weights alone, read back as anyone will read them (the processor was just saved from ours)
+        assert_parity(model, load_pretrained(staging).eval(), probe_inputs(model, processor))
 
         api = HfApi(endpoint=endpoint, token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)

@@ -324,14 +324,14 @@ MATCHING_CLASSES = ("another photo's caption", "its own caption")
 
 
 def caption_matching(dataset, seed: int = 0, every_caption: bool = True):
-    """A captioned split as labelled two-way classification rows, as visual entailment builds them from captions: does this caption
-    describe this photo? Each (photo, caption) gives two rows: the photo with that caption (label "its own caption")
-    and the photo with a caption of another photo, drawn from `seed` (label "another photo's caption"). The classes
-    are balanced (chance is 50%) and neither the photo alone nor the caption alone tells the label; only the two
+    """A captioned split as labelled two-way classification rows, as visual entailment builds them from captions: does
+    this caption describe this photo? Each (photo, caption) gives two rows: the photo with that caption (label "its own
+    caption") and the photo with a caption of another photo, drawn from `seed` (label "another photo's caption"). The
+    classes are balanced (chance is 50%) and neither the photo alone nor the caption alone tells the label; only the two
     together do. `every_caption=False` (evaluation splits) takes one caption per photo, drawn from `seed`, so that a
-    photo counts once. Photos without captions are left out. Training rows (`every_caption=True`) keep their photo's
-    own captions, so retrieval or captioning can train beside the matching (`--tasks classification,retrieval`);
-    evaluation rows carry none, so that every photo is scored once, on the matching alone."""
+    photo counts once. Photos without captions are left out. Training rows (`every_caption=True`) keep their photo's own
+    captions, so retrieval or captioning can train beside the matching (`--tasks classification,retrieval`); evaluation
+    rows carry none, so that every photo is scored once, on the matching alone."""
     import datasets
 
     rng = random.Random(seed)
