@@ -17,6 +17,7 @@ HUB_FILES = ("configuration_xattn", "modeling_xattn", "processing_xattn", "pipel
 LAYERS = {
     0: ["modeling_xattn", *(f"modeling_xattn.{name}" for name in HUB_FILES)],  # what ships next to the weights
     1: ["modeling_xattn.training.data.vqa", "modeling_xattn.training.data.schema", "modeling_xattn.training.data.synthetic",
+        "modeling_xattn.training.data.relations",
         "modeling_xattn.training.data.options", "modeling_xattn.training.data.views", "modeling_xattn.training.distributed",
         "modeling_xattn.training.options", "modeling_xattn.training.compilation", "modeling_xattn.training.sharding",
         "modeling_xattn.training.towers"],
@@ -26,7 +27,8 @@ LAYERS = {
         "modeling_xattn.training.inference",
         "modeling_xattn.training.plots", "modeling_xattn.training.optimization", "modeling_xattn.training.checkpoints",
         "modeling_xattn.training.logs"],
-    4: ["modeling_xattn.training.evaluation", "modeling_xattn.training.publishing"],
+    4: ["modeling_xattn.training.evaluation", "modeling_xattn.training.publishing",
+        "modeling_xattn.training.diagnostic"],
     5: ["modeling_xattn.training.loop"],
     6: ["modeling_xattn.training.main"],
     7: [f"modeling_xattn.training.apps.{name}" for name in ("ablation", "benchmark", "demo", "evaluate",

@@ -40,7 +40,8 @@ from modeling_xattn.training.data.schema import (
     class_names,
     undecoded,
 )
-from modeling_xattn.training.data.sources import load_split
+from modeling_xattn.training.data.relations import FreshScenes
+from modeling_xattn.training.data.sources import load_split, relation_curriculum, relation_spec
 from modeling_xattn.training.data.streaming import StreamingData
 from modeling_xattn.training.data.views import CaptionPairs, CaptionPerPhoto, RandomResizedCrops
 from modeling_xattn.training.loop import Run, best_metric_key, finish, train_one_epoch
@@ -308,6 +309,9 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     if "caption" in BATCH_TARGETS[targets]:
         train_examples = (CaptionPairs(train_data) if args.caption_sampling == "pairs"
                           else CaptionPerPhoto(train_data, seed=args.seed))
+    if args.dataset == "relations":  # new scenes every epoch, one relation statement per example
+        train_examples = FreshScenes(train_data, relation_spec(args), seed=args.seed,
+                                     curriculum=relation_curriculum(args))
     if args.random_crop_scale < 1.0:
         train_examples = RandomResizedCrops(train_examples, args.random_crop_scale, seed=args.seed)
     run = Run(args, accelerator, on_accelerator, counter, tasks, targets, train_data, val_data, train_examples, streaming)
@@ -334,15 +338,17 @@ def _report_data(run: Run) -> None:
                           f"{len(run.train_data)} rows, {len(run.val_data)} validation rows")
 
 
-def build_tokenizer(args, train_data, accelerator, tokenizer=None):
+def build_tokenizer(args, train_data, accelerator, tokenizer=None, tasks=()):
     """The tokenizer: `tokenizer` (the one `--tokenizer` or `--text_backbone` names, loaded by `check_towers`), else
-    one trained on the training rows' texts and captions (saved in the output folder's `tokenizer/`, and reused from
-    there by a resumed run)."""
+    one trained on the training rows' texts and captions, and their questions when `tasks` has VQA (saved in the
+    output folder's `tokenizer/`, and reused from there by a resumed run)."""
     if tokenizer is not None:
         return tokenizer
     folder = Path(args.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
         corpus = list(train_data["text"]) + [c for captions in train_data["captions"] for c in captions]
+        if "vqa" in tasks and "question" in train_data.column_names:  # the words a VQA model reads are the questions'
+            corpus += list(train_data["question"])
         words = dict(vocab_size=args.vocab_size) if args.vocab_size else dict(vocab_size=None,
                                                                                min_word_count=args.min_word_count)
         train_albert_tokenizer(corpus, **words).save_pretrained(folder)
@@ -406,7 +412,7 @@ def build_model_and_loaders(run: Run) -> None:
     """The tokenizer (trained on the data unless one is given), the config, the processor and the model from it,
     the collator and the training and validation loaders (or the training stream)."""
     args, accelerator = run.args, run.accelerator
-    tokenizer = build_tokenizer(args, run.train_data, accelerator, tokenizer=run.tokenizer)
+    tokenizer = build_tokenizer(args, run.train_data, accelerator, tokenizer=run.tokenizer, tasks=run.tasks)
     answers = answer_vocabulary(run.train_data, args.num_answers) if "vqa" in run.tasks else None
     config = build_config(args, run.tasks, class_names(run.train_data, run.val_data), len(tokenizer), answers)
     run.processor = XAttnProcessor.build(tokenizer, image_size=config.image_size)

@@ -5,6 +5,7 @@ summarised as a table (mean ± std over seeds), a bar chart and every run's vali
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -14,8 +15,10 @@ from typing import Literal
 
 import torch
 
+from modeling_xattn.training.data.relations import KINDS, SUBTYPES
 from modeling_xattn.training.data.schema import BadRowCounter, undecoded
-from modeling_xattn.training.data.sources import load_split
+from modeling_xattn.training.data.sources import load_split, relation_spec
+from modeling_xattn.training.diagnostic import answer_baselines, evaluate_relations
 from modeling_xattn.training.evaluation import evaluate_model
 from modeling_xattn.training.inference import load_model
 from modeling_xattn.training.metrics import markdown_table
@@ -31,15 +34,39 @@ CONFIGURATIONS = {
     "visual features only": ["--modalities", "image"],
     "text features only": ["--modalities", "text"],
 }
-COLUMNS = [("captioning", "CIDEr"), ("captioning", "BLEU-4"), ("captioning", "METEOR"),
-           ("retrieval", "i2t_R@1"), ("retrieval", "i2t_R@5"), ("retrieval", "i2t_R@10"),
-           ("retrieval", "t2i_R@1"), ("retrieval", "t2i_R@5"), ("retrieval", "t2i_R@10"),
-           ("retrieval", "embedding_i2t_R@10"), ("retrieval", "embedding_t2i_R@10"), ("retrieval", "itm_accuracy"),
-           ("retrieval", "itm_auc"), ("classification", "accuracy")]
-# With --top_k > 0 the recall columns are two-stage (re-ranked by the matching head) and the "embeddings" columns the
-# first stage alone; the ITM columns are the matching head against each photo's hardest other caption.
-HEADERS = ["CIDEr", "BLEU-4", "METEOR", "i→t R@1", "i→t R@5", "i→t R@10", "t→i R@1", "t→i R@5", "t→i R@10",
-           "embeddings i→t R@10", "embeddings t→i R@10", "ITM accuracy", "ITM AUC", "accuracy"]
+# (header, where the value is in a run's results): with --top_k > 0 the recall columns are two-stage (re-ranked by the
+# matching head) and the "embeddings" columns the first stage alone; the ITM columns are the matching head against
+# each photo's hardest other caption.
+COLUMNS = [("CIDEr", ("captioning", "CIDEr")), ("BLEU-4", ("captioning", "BLEU-4")),
+           ("METEOR", ("captioning", "METEOR")), ("i→t R@1", ("retrieval", "i2t_R@1")),
+           ("i→t R@5", ("retrieval", "i2t_R@5")), ("i→t R@10", ("retrieval", "i2t_R@10")),
+           ("t→i R@1", ("retrieval", "t2i_R@1")), ("t→i R@5", ("retrieval", "t2i_R@5")),
+           ("t→i R@10", ("retrieval", "t2i_R@10")), ("embeddings i→t R@10", ("retrieval", "embedding_i2t_R@10")),
+           ("embeddings t→i R@10", ("retrieval", "embedding_t2i_R@10")),
+           ("ITM accuracy", ("retrieval", "itm_accuracy")), ("ITM AUC", ("retrieval", "itm_auc")),
+           ("accuracy", ("classification", "accuracy"))]
+HEADERS = [header for header, _ in COLUMNS]
+# The relational diagnostic's table (--dataset relations, diagnostic.evaluate_relations): answer accuracy by kind and
+# subtype, the pointing game's best layer and its chance, the matching head against the flipped twins, and retrieval
+# of the true relation statements two-stage and by the embeddings alone.
+RELATION_COLUMNS = [
+    ("all", ("relations", "accuracy", "all")), ("non-relational", ("relations", "accuracy", "non-relational")),
+    ("relational", ("relations", "accuracy", "relational")),
+    *((subtype, ("relations", "accuracy", subtype)) for kind in KINDS for subtype in SUBTYPES[kind]),
+    ("pointing (best layer)", ("relations", "pointing_best")), ("pointing chance", ("relations", "pointing_chance")),
+    ("ITM true > reversed", ("relations", "matching", "true over reversed")),
+    ("ITM true > swapped", ("relations", "matching", "true over swapped")),
+    ("i→t R@1", ("retrieval", "i2t_R@1")), ("embeddings i→t R@1", ("retrieval", "embedding_i2t_R@1")),
+    ("steps", ("train_steps",)), ("minutes", ("train_minutes",))]
+
+
+def lookup(result: dict, path: tuple):
+    """The value at `path` in a run's results, or None."""
+    for key in path:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
 
 
 @dataclass
@@ -52,6 +79,13 @@ class AblationArguments:
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "one run per configuration and seed"})
     configurations: list[str] = field(default_factory=lambda: list(CONFIGURATIONS),
                                       metadata={"choices": list(CONFIGURATIONS)})
+    seeded_configurations: list[str] | None = field(
+        default=None, metadata={"choices": list(CONFIGURATIONS),
+                                "help": "the configurations run with every seed of --seeds; the others run with the "
+                                        "first seed only (default: every configuration with every seed)"})
+    equal_steps: bool = option(
+        False, "then train every configuration again for the full model's steps (its mean over seeds) into "
+        "OUTPUT_DIR/equal_steps, so configurations of different speeds are compared at equal time and at equal steps")
     tasks: str = option("auto", "as train.py's --tasks (auto: every task the data has)")
     split: Literal["validation", "test"] = option("test", "the split to evaluate on")
     top_k: int = option(128, "retrieval shortlist re-ranked by the matching score (0: rank by the embeddings alone)")
@@ -114,7 +148,12 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
     result = evaluate_model(model, processor, test_data, tasks, 64, args.num_beams, 30, args.top_k,
                             java=not args.no_java, progress=not args.no_progress, counter=BadRowCounter(),
                             rerank_score=args.rerank_score)
-    result["train_steps"] = json.loads((folder / "train_results.json").read_text())["global_step"]
+    if args.dataset == "relations":
+        result["relations"] = evaluate_relations(model, processor, test_data, progress=not args.no_progress,
+                                                 grid=args.relations_grid)
+    trained = json.loads((folder / "train_results.json").read_text())
+    result["train_steps"] = trained["global_step"]
+    result["train_minutes"] = trained["train_seconds"] / 60
     (folder / "test_results.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -136,30 +175,31 @@ def histories(args) -> dict[str, list[tuple[int, list[dict]]]]:
     return found
 
 
-def summarise(runs: dict[str, list[dict]]) -> tuple[str, dict]:
+def summarise(runs: dict[str, list[dict]], columns=COLUMNS) -> tuple[str, dict]:
     """Markdown table, rows = configurations, cells = mean (± std over seeds), '–' where a task does not apply."""
     rows, summary = [], {}
+    headers = [header for header, _ in columns]
     for name, results in runs.items():
         cells, summary[name] = [], {}
-        for (task, metric), header in zip(COLUMNS, HEADERS):
-            values = [r[task][metric] for r in results if metric in r.get(task, {})]
+        for header, path in columns:
+            values = [value for value in (lookup(r, path) for r in results) if value is not None]
             if not values:
                 cells.append("–")
                 continue
             mean = statistics.mean(values)
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             summary[name][header] = {"mean": mean, "std": std, "values": values}
-            scale = 100 if task == "captioning" else 1  # caption metrics shown x100, as papers print them
-            digits = 2 if metric == "itm_auc" else 1  # a ROC AUC in [0, 1]
+            scale = 100 if path[0] == "captioning" else 1  # caption metrics shown x100, as papers print them
+            digits = 2 if path[-1] == "itm_auc" else 0 if path[-1] == "train_steps" else 1  # a ROC AUC in [0, 1]
             cells.append(f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if len(values) > 1 else ""))
-        rows.append(dict(zip(["configuration", *HEADERS], [name, *cells])))
-    return markdown_table(rows, ["configuration", *HEADERS]), summary
+        rows.append(dict(zip(["configuration", *headers], [name, *cells])))
+    return markdown_table(rows, ["configuration", *headers]), summary
 
 
-def bar_chart(summary: dict, path: str):
+def bar_chart(summary: dict, path: str, headers=HEADERS):
     plt = pyplot()
 
-    headers = [h for h in HEADERS if any(h in s for s in summary.values())]
+    headers = [h for h in headers if h not in ("steps", "minutes") and any(h in s for s in summary.values())]
     figure, axes = plt.subplots(1, len(headers), figsize=(3.2 * len(headers), 3.6), squeeze=False)
     for ax, header in zip(axes[0], headers):
         names = [n for n in summary if header in summary[n]]
@@ -173,26 +213,67 @@ def bar_chart(summary: dict, path: str):
     plt.close(figure)
 
 
-def main(argv=None, description: str | None = None):
-    """Train and evaluate every configuration for every seed; write the table, the JSON and the chart."""
-    args, extra = parse_args(argv, description)
+def seeds_of(args, name: str) -> list[int]:
+    """The seeds configuration `name` runs with: every seed, or the first alone where --seeded_configurations
+    leaves it out."""
+    seeded = args.seeded_configurations
+    return list(args.seeds) if seeded is None or name in seeded else list(args.seeds[:1])
+
+
+def study(args, extra, test_data, budget: str) -> tuple[dict, str]:
+    """Train and evaluate every configuration with its seeds under `args`' budget; write the table, the JSON, the
+    chart and the curves into `args.output_dir`. Returns the runs by configuration and the summary (`summarise`)."""
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    test_data = undecoded(load_split(args, args.split))
     runs = {name: [] for name in args.configurations}
     for seed in args.seeds:
         for name in args.configurations:
-            torch.manual_seed(seed)
-            runs[name].append(run_configuration(name, seed, args, extra, test_data))
-    table, summary = summarise(runs)
-    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.max_train_minutes} training minutes"
+            if seed in seeds_of(args, name):
+                torch.manual_seed(seed)
+                runs[name].append(run_configuration(name, seed, args, extra, test_data))
+    relations = args.dataset == "relations"
+    columns = RELATION_COLUMNS if relations else COLUMNS
+    table, summary = summarise(runs, columns)
     steps = ", ".join(f"{name} " + " / ".join(str(run["train_steps"]) for run in results) for name, results in runs.items())
+    seeds = "; ".join(f"{name}: {seeds_of(args, name)}" for name in args.configurations)
+    units = ("Accuracy, pointing and matching in %, mean ± std over seeds." if relations
+             else "Caption metrics x100, recall in %.")
     header = (f"Ablation on {args.dataset_name or args.dataset} ({args.split} split, {len(test_data)} rows), seeds "
-              f"{args.seeds}, {budget} per configuration (steps, by seed: {steps}). Caption metrics x100, recall in %.\n\n")
+              f"({seeds}), {budget} per configuration (steps, by seed: {steps}). {units}\n\n")
+    if relations:
+        header += relation_baselines(args, test_data) + "\n\n"
     Path(args.output_dir, "ablation.md").write_text(header + table + "\n", encoding="utf-8")
     Path(args.output_dir, "ablation.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
-    bar_chart(summary, str(Path(args.output_dir, "ablation.png")))
+    bar_chart(summary, str(Path(args.output_dir, "ablation.png")), [header for header, _ in columns])
     plot_ablation_curves(histories(args), str(Path(args.output_dir, "ablation_curves.png")))
     print(header + table)
+    return runs, summary
+
+
+def relation_baselines(args, test_data) -> str:
+    """The diagnostic's baselines per subtype beside its chance rate (diagnostic.answer_baselines), as a table."""
+    train_rows = load_split(args, "train").remove_columns("image")
+    found = answer_baselines(train_rows, test_data.remove_columns("image"), relation_spec(args))
+    order = [subtype for kind in KINDS for subtype in SUBTYPES[kind] if subtype in found]
+    rows = [{"baseline": name, **{subtype: f"{found[subtype][key]:.1f}" for subtype in order}}
+            for name, key in (("chance", "chance"), ("question only", "question_only"),
+                              ("most frequent answer", "prior"))]
+    return ("Baselines on the same rows (%): chance, the most frequent training answer of each question text (what "
+            "the question alone allows) and the most frequent training answer overall (what a model that cannot "
+            "tell the questions apart allows).\n\n" + markdown_table(rows, ["baseline", *order]))
+
+
+def main(argv=None, description: str | None = None):
+    """Train and evaluate every configuration for each of its seeds; write the table, the JSON and the charts. With
+    --equal_steps, again at the full model's step count, into OUTPUT_DIR/equal_steps. Returns the summary of the
+    first study (equal time, or the steps given)."""
+    args, extra = parse_args(argv, description)
+    test_data = undecoded(load_split(args, args.split))
+    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.max_train_minutes} training minutes"
+    runs, summary = study(args, extra, test_data, budget)
+    if args.equal_steps:
+        reference = runs.get("full model") or next(iter(runs.values()))
+        steps = round(statistics.mean(run["train_steps"] for run in reference))
+        again = dataclasses.replace(args, max_steps=steps, output_dir=str(Path(args.output_dir, "equal_steps")),
+                                    equal_steps=False)
+        study(again, extra, test_data, f"{steps} steps (the full model's mean at equal time)")
     return summary
-
-

@@ -15,6 +15,10 @@ from PIL import Image
 from transformers import AutoModel
 
 from modeling_xattn.processing_xattn import to_rgb
+from modeling_xattn.training.data.options import data_options
+from modeling_xattn.training.data.schema import clean_text, load_image
+from modeling_xattn.training.data.sources import load_split
+from modeling_xattn.training.diagnostic import pointing_hits, subject_tokens
 from modeling_xattn.training.inference import load_model
 from modeling_xattn.training.options import option, parse_options
 from modeling_xattn.training.plots import pyplot
@@ -83,6 +87,49 @@ def render(image: Image.Image, tokens, maps, cbam, path: str, max_words: int = 1
     return path
 
 
+def render_pointing(model, processor, rows, path: str, grid: int = 3) -> list[list[bool]]:
+    """The pointing game drawn on diagnostic scenes (`--dataset relations` rows): one row per scene, the scene with
+    the question's subject outlined, then per fusion layer the attention of the subject's colour word over the
+    regions (heads and the word's tokens averaged), its peak marked with a cross (white: in the subject's cell, a hit;
+    black: a miss). Returns the hits, scene by scene and layer by layer."""
+    plt = pyplot()
+    layers = model.config.num_fusion_layers
+    figure, axes = plt.subplots(len(rows), layers + 1, figsize=(2.3 * (layers + 1), 2.5 * len(rows)), squeeze=False)
+    found = []
+    for number, row in enumerate(rows):
+        image = to_rgb(load_image(row["image"]))
+        question = clean_text(row["question"])
+        tokens, maps, _ = attention_maps(model, processor, image, question)
+        encoded = processor.tokenizer(question)["input_ids"]
+        words = subject_tokens(processor.tokenizer, question, row["subject_span"], encoded)
+        cell, side = row["object_cells"][row["subject"]], maps.shape[-1]
+        photo = np.asarray(image.resize((SIDE, SIDE)))
+        step = SIDE / grid
+        row_of, column_of = divmod(cell, grid)
+        axes[number, 0].imshow(photo)
+        axes[number, 0].add_patch(plt.Rectangle((column_of * step, row_of * step), step, step, fill=False,
+                                                      edgecolor="white", linewidth=2))
+        axes[number, 0].set_title(f"{question}\n→ {row['answers'][0]}", fontsize=7)
+        hits = pointing_hits([m.reshape(1, m.shape[0], -1) for m in maps], words, cell, grid) if words else []
+        found.append(hits)
+        for layer in range(layers):
+            ax = axes[number, layer + 1]
+            word_map = maps[layer, words].mean(0) if words else maps[layer].mean(0)
+            ax.imshow(overlay(photo, word_map))
+            peak = int(word_map.argmax())
+            y, x = divmod(peak, side)
+            hit = bool(hits and hits[layer])
+            ax.plot((x + 0.5) * SIDE / side, (y + 0.5) * SIDE / side, marker="x", markersize=10, mew=3,
+                    color="white" if hit else "black")
+            ax.set_title(f"layer {layer + 1}: {'hit' if hit else 'miss'}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return found
+
+
 @dataclass(kw_only=True)
 class VisualizeArguments:
     """The model, the photo and the text whose attention to draw."""
@@ -90,8 +137,12 @@ class VisualizeArguments:
     _argument_group_name = "visualisation"
 
     model: str = field(metadata={"help": "a saved folder or a Hub id"})
-    image: str = field(metadata={"help": "the photo"})
-    text: str = field(metadata={"help": "the text whose words' attention is drawn"})
+    image: str | None = option(None, "the photo")
+    text: str | None = option(None, "the text whose words' attention is drawn")
+    relations: int = option(
+        0,
+        "instead of --image/--text: the pointing game on this many scenes of the relational diagnostic's test split "
+        "(--dataset relations, data seed 0): each question's subject word, layer by layer")
     revision: str | None = option(None, "Hub revision (pin a commit)")
     output: str = option("attention.png")
     max_words: int = option(12, "words (tokens) shown, special tokens excluded")
@@ -101,7 +152,16 @@ class VisualizeArguments:
 def main(argv=None, description: str | None = None) -> str:
     """Draw the attention maps the command line asks for; returns the PNG's path."""
     (args,) = parse_options((VisualizeArguments,), argv, description or __doc__)
+    if args.relations < 0 or (args.relations == 0) == (args.image is None or args.text is None):
+        raise SystemExit("give --image and --text, or --relations N (a positive number of diagnostic scenes)")
     model, processor = load_model(args.model, args.revision, args.device, auto_class=AutoModel)
+    if args.relations:
+        rows = load_split(data_options(dataset="relations", synthetic_test_samples=args.relations), "test")
+        hits = render_pointing(model, processor, [rows[i] for i in range(args.relations)], args.output)
+        print(f"wrote {args.output}: the pointing game on {args.relations} diagnostic scenes; hits per layer: "
+              + ", ".join(f"layer {layer + 1} {sum(h[layer] for h in hits if h)}/{len(hits)}"
+                          for layer in range(model.config.num_fusion_layers)))
+        return args.output
     image = to_rgb(Image.open(args.image))
     tokens, maps, cbam = attention_maps(model, processor, image, args.text)
     render(image, tokens, maps, cbam, args.output, args.max_words)
@@ -109,4 +169,4 @@ def main(argv=None, description: str | None = None) -> str:
     return args.output
 
 
-__all__ = ["VisualizeArguments", "attention_maps", "heatmap", "main", "overlay", "render"]
+__all__ = ["VisualizeArguments", "attention_maps", "heatmap", "main", "overlay", "render", "render_pointing"]

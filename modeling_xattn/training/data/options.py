@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from modeling_xattn.training.data.relations import RelationSpec
 from modeling_xattn.training.data.synthetic import SyntheticSpec
 
 
@@ -25,7 +26,7 @@ class DataArguments:
 
     _argument_group_name = "data"
 
-    dataset: Literal["synthetic", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "karpathy_hub",
+    dataset: Literal["synthetic", "relations", "imagefolder", "table", "hub", "webdataset", "coco", "karpathy", "karpathy_hub",
                      "flickr30k_hub", "vqa", "vqa_hub", "mvsa"] = option(
         "synthetic", "the source (docs/data.md: what each reads and needs)")
     data_dir: str | None = option(
@@ -48,13 +49,25 @@ class DataArguments:
     text_column: str = option("text")
     label_column: str = option("label")
     answers_column: str = option("answers")
-    synthetic_samples: int = option(4000, "rows (images) of the embedded dataset")
+    synthetic_samples: int = option(
+        4000, "rows (images) of the embedded dataset (--dataset relations: scenes per epoch, drawn anew every epoch)")
     synthetic_test_samples: int = option(1000, "rows of its test split")
     synthetic_objects: int = option(SyntheticSpec.objects, "(most) shapes per image")
     synthetic_min_objects: int | None = option(SyntheticSpec.min_objects,
                                                "fewest shapes per image (the count is drawn per image)")
     synthetic_colours: int = option(SyntheticSpec.num_colours, "colours in use")
     synthetic_shapes: int = option(SyntheticSpec.num_shapes, "shape kinds in use")
+    relations_objects: int = option(RelationSpec.objects, "--dataset relations: most shapes per scene")
+    relations_min_objects: int = option(RelationSpec.min_objects, "--dataset relations: fewest shapes per scene")
+    relations_colours: int = option(RelationSpec.num_colours, "--dataset relations: colours in use (one per shape)")
+    relations_grid: int = option(RelationSpec.grid, "--dataset relations: cells per side of the scenes' grid")
+    relations_questions: Literal["all", "relational", "non-relational"] = option(
+        "all", "--dataset relations: the question kinds asked")
+    relations_validation_samples: int = option(600, "--dataset relations: scenes of the validation split")
+    relations_curriculum_epochs: int = option(
+        2,
+        "--dataset relations: training scenes start with at most 2 shapes and take one more every this many epochs, "
+        "up to --relations_objects, each drawing 2 or more (0: every training scene as the test's)")
     data_seed: int = option(0, "seed of the embedded dataset and of held-out splits")
     validation_fraction: float = option(0.1)
     validation_from_train: bool = option(

@@ -11,6 +11,7 @@ fixture test of its published schema."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from modeling_xattn.training.data.schema import (
     undecoded,
 )
 from modeling_xattn.training.data.shards import load_shards
+from modeling_xattn.training.data.relations import Curriculum, RelationSpec, relations_dataset
 from modeling_xattn.training.data.synthetic import synthetic_dataset
 from modeling_xattn.training.data.vqa import official_splits, official_vqa_rows
 from modeling_xattn.training.data.options import data_options
@@ -514,6 +516,8 @@ class Source:
             return f"Hub dataset {hub_name(args)}"
         if self.name == "synthetic":
             return "the embedded dataset"
+        if self.name == "relations":
+            return "the relational diagnostic"
         return f"{self.name} source {args.data_dir or args.data_file}"
 
 
@@ -544,6 +548,38 @@ def _synthetic_splits(args, counter):
                  num_shapes=args.synthetic_shapes, min_objects=args.synthetic_min_objects)
     return {"train": lambda: synthetic_dataset(args.synthetic_samples, seed=args.data_seed, **knobs),
             "test": lambda: synthetic_dataset(args.synthetic_test_samples, seed=args.data_seed + 1, **knobs)}
+
+
+def relation_spec(args) -> RelationSpec:
+    """The relational diagnostic's knobs from the options, checked (an impossible value names its option)."""
+    spec = RelationSpec(objects=args.relations_objects, min_objects=args.relations_min_objects,
+                        num_colours=args.relations_colours, grid=args.relations_grid,
+                        questions=args.relations_questions, seed=args.data_seed,
+                        count_answers=min(4, args.relations_objects))
+    try:
+        return spec.check()
+    except ValueError as error:
+        name, _, why = str(error).partition(": ")
+        option = {"num_colours": "relations_colours"}.get(name, f"relations_{name}")
+        raise ValueError(f"--{option}: {why}") from None
+
+
+def relation_curriculum(args) -> Curriculum | None:
+    """The training scenes' curriculum (`--relations_curriculum_epochs`), or None."""
+    if args.relations_curriculum_epochs < 0:
+        raise ValueError(f"--relations_curriculum_epochs must be >= 0, got {args.relations_curriculum_epochs}")
+    return Curriculum(epochs_per_object=args.relations_curriculum_epochs) if args.relations_curriculum_epochs else None
+
+
+def _relations_splits(args, counter):
+    # train, validation and test scenes come from three seeds, so no split holds another's scene; training draws
+    # fresh scenes every epoch (`FreshScenes`), the stored train rows are its first epoch (the curriculum's first stage)
+    spec, curriculum = relation_spec(args), relation_curriculum(args)
+    first = curriculum.spec(spec, 0) if curriculum else spec
+    return {"train": lambda: relations_dataset(args.synthetic_samples, first),
+            "validation": lambda: relations_dataset(args.relations_validation_samples,
+                                                    dataclasses.replace(spec, seed=spec.seed + 2)),
+            "test": lambda: relations_dataset(args.synthetic_test_samples, dataclasses.replace(spec, seed=spec.seed + 1))}
 
 
 def _hub_splits(args, counter, **fixed):
@@ -610,6 +646,7 @@ def _files(args, load) -> dict:
 
 SOURCES = {source.name: source for source in (
     Source("synthetic", _synthetic_splits, "nothing: drawn from --data_seed"),
+    Source("relations", _relations_splits, "nothing: drawn from --data_seed (the relational diagnostic)"),
     Source("imagefolder", lambda args, counter: _eager(load_imagefolder(args.data_dir, split=None, counter=counter,
                                                                         **_columns(args))),
            "--data_dir (images + metadata.jsonl, at the top or in train/, validation/, test/)"),
@@ -657,7 +694,8 @@ def dataset_identity(args) -> dict:
             file) if args.dataset == "karpathy" else "HuggingFaceM4/VQAv2"
     titles = {"karpathy": "Flickr30k Karpathy" if "flickr30k" in file else "COCO Karpathy" if "coco" in file else None,
               "karpathy_hub": "COCO Karpathy", "flickr30k_hub": "Flickr30k Karpathy", "vqa": "VQAv2",
-              "vqa_hub": "VQAv2", "mvsa": "MVSA", "synthetic": "the embedded dataset", "coco": "COCO captions"}
+              "vqa_hub": "VQAv2", "mvsa": "MVSA", "synthetic": "the embedded dataset",
+              "relations": "the relational diagnostic", "coco": "COCO captions"}
     return {"dataset_id": hub or args.dataset, "dataset_hub_id": hub,
             "dataset_title": titles.get(args.dataset) or hub or source.describe(args)}
 
