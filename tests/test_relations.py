@@ -13,6 +13,7 @@ from conftest import load_script
 from modeling_xattn.training.data.options import data_options
 from modeling_xattn.training.data.relations import (
     RELATIONS,
+    Curriculum,
     SUBTYPES,
     FreshScenes,
     RelationSpec,
@@ -77,7 +78,7 @@ def read_answer(row) -> str:
         assert len(chosen) == 1, "the nearest / furthest shape must be unique"
         return shapes[chosen[0]]
     if question.startswith("how many"):
-        return ("zero", "one", "two", "three", "four", "five", "six")[shapes.count(shapes[subject])]
+        return str(shapes.count(shapes[subject]))
     assert question.startswith("what colour is the shape directly left of")
     assert question.endswith(f"{colour} {shapes[subject]}")
     left = [(col_of(cells[i]), i) for i in range(len(cells))
@@ -129,6 +130,23 @@ def test_fresh_scenes_every_epoch_and_the_same_ones_again():
     again = FreshScenes(stored, SPEC, seed=0)
     again.set_epoch(1)
     assert [again[i]["caption_index"] for i in range(8)] == [row["caption_index"] for row in second]
+
+
+def test_the_curriculum_grows_the_training_scenes_to_the_tests():
+    curriculum = Curriculum(start=2, fewest=2, epochs_per_object=2)
+    assert [curriculum.spec(SPEC, epoch).objects for epoch in range(0, 12, 2)] == [2, 3, 4, 5, 6, 6]
+    assert all(curriculum.spec(SPEC, epoch).min_objects == 2 for epoch in range(12))
+    stored = relations_dataset(48, curriculum.spec(SPEC, 0))
+    view = FreshScenes(stored, SPEC, seed=0, curriculum=curriculum)
+    for epoch, most in ((0, 2), (3, 3), (9, 6)):
+        view.set_epoch(epoch)
+        rows = [view[i] for i in range(48)]
+        sizes = [len(row["object_cells"]) for row in rows if row["subtype"] != "count"]
+        assert max(sizes) <= most and min(sizes) >= 2
+        assert max(sizes) == most or epoch == 0 and max(sizes) == 2
+        for row in rows:  # a count question still gets the shapes its answer counts, in every stage
+            assert len(row["object_cells"]) >= int(row["answers"][0]) if row["subtype"] == "count" else True
+            assert read_answer(row) == row["answers"][0]
 
 
 def test_the_regions_map_onto_the_cells():

@@ -8,7 +8,7 @@ Questions (kind, subtype: the question; its answers):
 - non-relational, left: "is the red one on the left" (yes, no; yes when it is in the first column);
 - relational, nearest / furthest: "what shape is nearest to / furthest from the red one" (the shapes; distances
   between cell centres, and the scene is redrawn until one object is strictly nearest / furthest);
-- relational, count: "how many shapes have the same shape as the red one" (one..four, the red one counted, as
+- relational, count: "how many shapes have the same shape as the red one" (1..4, the red one counted, as
   Sort-of-CLEVR counts; a scene has at least as many shapes as the answer);
 - relational, colour: "what colour is the shape directly left of the blue circle" (the colours; the nearest shape
   left of the blue circle in its own row).
@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 from modeling_xattn.training.data.synthetic import COLOURS, SHAPES, _draw_shape
 from modeling_xattn.training.data.views import EpochSeeded
 
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+COUNTS = tuple(str(n) for n in range(10))  # count answers as digits, as VQA's annotations and its evaluation write them
 SUBTYPES = {"non-relational": ("shape", "left"), "relational": ("nearest", "furthest", "count", "colour")}
 KINDS = tuple(SUBTYPES)
 RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -61,7 +61,7 @@ class RelationSpec:
     statements: int = 5
     questions: str = "all"
     seed: int = 0
-    count_answers: int = 4  # "how many" answers one..count_answers (fixed, so every curriculum stage asks the same)
+    count_answers: int = 4  # "how many" answers 1..count_answers (fixed, so every curriculum stage asks the same)
 
     def check(self, prefix: str = "") -> "RelationSpec":
         """Stop with a message naming the option (`prefix` + knob) when the knobs cannot make the questions."""
@@ -108,7 +108,7 @@ def answers_of(subtype: str, spec: RelationSpec) -> tuple[str, ...]:
     if subtype == "left":
         return ("yes", "no")
     if subtype == "count":
-        return NUMBER_WORDS[1: min(spec.count_answers, 4) + 1]
+        return COUNTS[1: min(spec.count_answers, 4) + 1]
     return spec.colours
 
 
@@ -175,7 +175,7 @@ def _question(subtype: str, answer: str, objects: list[list], rng: random.Random
         word = "nearest to" if subtype == "nearest" else "furthest from"
         return f"what shape is {word} the {objects[subject][0]} one", subject
     if subtype == "count":
-        same = NUMBER_WORDS.index(answer)
+        same = int(answer)
         subject = rng.randrange(count)
         shape = rng.choice(spec.shapes)
         others = [i for i in range(count) if i != subject]
@@ -242,7 +242,7 @@ def relation_example(index: int, spec: RelationSpec) -> dict:
     answer = answers[(step // len(SUBTYPES[kind])) % len(answers)]
     fewest, most = spec.min_objects, spec.objects
     if subtype == "count":  # a scene with at least as many shapes as the answer counts
-        fewest, most = max(fewest, NUMBER_WORDS.index(answer)), max(most, NUMBER_WORDS.index(answer))
+        fewest, most = max(fewest, int(answer)), max(most, int(answer))
     for _ in range(MAX_TRIES):
         count = rng.randint(fewest, most)
         cells = rng.sample(range(spec.grid * spec.grid), count)
