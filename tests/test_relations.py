@@ -13,6 +13,7 @@ from conftest import load_script
 from modeling_xattn.training.data.options import data_options
 from modeling_xattn.training.data.relations import (
     RELATIONS,
+    ROWS_PER_SEED,
     Curriculum,
     SUBTYPES,
     FreshScenes,
@@ -23,6 +24,7 @@ from modeling_xattn.training.data.relations import (
     relation_example,
     relation_holds,
     relations_dataset,
+    row_seed,
 )
 from modeling_xattn.training.data.sources import load_split
 from modeling_xattn.training.diagnostic import answer_baselines, pointing_hits
@@ -185,7 +187,9 @@ def test_the_question_only_baseline_sees_the_question_alone():
 
 @pytest.mark.parametrize("option, value, words", [
     ("relations_objects", 7, "--relations_objects: each shape has its own colour"),
-    ("relations_colours", 9, "--relations_objects: each shape has its own colour"),
+    ("relations_colours", 9, "--relations_colours: the palette has 6 colours"),
+    ("relations_colours", 5, "--relations_objects: each shape has its own colour: objects (6) must not exceed"),
+    ("relations_grid", 9, "--relations_grid: 64 px leaves under 8 px per cell"),
     ("relations_grid", 2, "--relations_grid: a 2x2 grid has 4 cells"),
     ("relations_min_objects", 1, "--relations_min_objects: need 2 <= min_objects"),
 ])
@@ -199,8 +203,21 @@ def test_the_splits_share_no_scene():
                            relations_validation_samples=40)
     splits = {name: load_split(options, name) for name in ("train", "validation", "test")}
     assert len(splits["validation"]) == 40
-    keys = {name: {(q, tuple(c)) for q, c in zip(data["question"], data["object_cells"])} for name, data in splits.items()}
+
+    def scenes(data):  # a scene's whole record: the question and every object's colour, shape and cell
+        return set(zip(data["question"], map(tuple, data["object_cells"]), map(tuple, data["object_colours"]),
+                       map(tuple, data["object_shapes"])))
+
+    keys = {name: scenes(data) for name, data in splits.items()}
     assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"]
+    # another data seed shares no split's scenes with this one (its generator seeds are 3, 4 and 5 against 0, 1, 2)
+    other = data_options(dataset="relations", synthetic_samples=40, synthetic_test_samples=40,
+                         relations_validation_samples=40, data_seed=1, relations_curriculum_epochs=0)
+    for name in ("train", "validation", "test"):
+        assert not scenes(load_split(other, name)) & (keys["train"] | keys["validation"] | keys["test"]), name
+    # a long run's fresh scenes past a seed's first million rows are not the next seed's rows
+    assert row_seed(0, ROWS_PER_SEED) != row_seed(1, 0) and row_seed(0, 5) == 5
+    assert relation_example(ROWS_PER_SEED + 3, SPEC)["question_id"] == str(ROWS_PER_SEED + 3)
 
 
 def test_the_study_command_at_tiny_sizes(tmp_path):

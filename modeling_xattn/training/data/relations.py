@@ -73,9 +73,11 @@ class RelationSpec:
         if not 2 <= self.min_objects <= self.objects:
             bad("min_objects", f"need 2 <= min_objects <= objects (a relation needs two shapes), got "
                                f"min_objects={self.min_objects}, objects={self.objects}")
-        if self.num_colours > len(COLOURS) or self.objects > self.num_colours:
+        if not 2 <= self.num_colours <= len(COLOURS):
+            bad("num_colours", f"the palette has {len(COLOURS)} colours: use 2..{len(COLOURS)}, got {self.num_colours}")
+        if self.objects > self.num_colours:
             bad("objects", f"each shape has its own colour: objects ({self.objects}) must not exceed num_colours "
-                           f"({self.num_colours}), which is at most {len(COLOURS)}")
+                           f"({self.num_colours})")
         if not 2 <= self.num_shapes <= len(SHAPES):
             bad("num_shapes", f"need 2..{len(SHAPES)} shape kinds (a count needs shapes that differ), got "
                               f"{self.num_shapes}")
@@ -83,7 +85,7 @@ class RelationSpec:
             bad("grid", f"a {self.grid}x{self.grid} grid has {self.grid * self.grid} cells for up to {self.objects} "
                         "shapes and needs a first column and a column beside it: use a larger grid or fewer objects")
         if self.image_size < 8 * self.grid:
-            bad("image_size", f"{self.image_size} px leaves under 8 px per cell of a {self.grid}x{self.grid} grid")
+            bad("grid", f"{self.image_size} px leaves under 8 px per cell of a {self.grid}x{self.grid} grid")
         if not 1 <= self.statements <= 5:
             bad("statements", f"1..5 relation statements per scene, got {self.statements}")
         return self
@@ -231,9 +233,18 @@ def draw_scene(objects, spec: RelationSpec, rng: random.Random) -> Image.Image:
     return image
 
 
+ROWS_PER_SEED = 1_000_003
+
+
+def row_seed(seed: int, index: int):
+    """The random seed of row `index` of `seed`: `seed * ROWS_PER_SEED + index` for the first ROWS_PER_SEED rows, a
+    string of both beyond (seeded through SHA-512), so that a long run's fresh scenes never reach another seed's rows."""
+    return seed * ROWS_PER_SEED + index if 0 <= index < ROWS_PER_SEED else f"{seed}/{index}"
+
+
 def relation_example(index: int, spec: RelationSpec) -> dict:
     """Row `index` of the diagnostic drawn from `spec.seed`, in the data layer's schema plus the scene's record."""
-    rng = random.Random(spec.seed * 1_000_003 + index)
+    rng = random.Random(row_seed(spec.seed, index))
     # the question's kind, subtype and answer cycle with the index, so any run of rows is balanced over each
     kind = spec.kinds[index % len(spec.kinds)]
     step = index // len(spec.kinds)

@@ -554,14 +554,14 @@ def relation_spec(args) -> RelationSpec:
     """The relational diagnostic's knobs from the options, checked (an impossible value names its option)."""
     spec = RelationSpec(objects=args.relations_objects, min_objects=args.relations_min_objects,
                         num_colours=args.relations_colours, grid=args.relations_grid,
-                        questions=args.relations_questions, seed=args.data_seed,
+                        questions=args.relations_questions, seed=3 * args.data_seed,
                         count_answers=min(4, args.relations_objects))
     try:
         return spec.check()
     except ValueError as error:
         name, _, why = str(error).partition(": ")
         option = {"num_colours": "relations_colours"}.get(name, f"relations_{name}")
-        raise ValueError(f"--{option}: {why}") from None
+        raise ValueError(f"--{option}: {why}") from None  # every knob the options set is named by its option
 
 
 def relation_curriculum(args) -> Curriculum | None:
@@ -574,12 +574,13 @@ def relation_curriculum(args) -> Curriculum | None:
 def _relations_splits(args, counter):
     # train, validation and test scenes come from three seeds, so no split holds another's scene; training draws
     # fresh scenes every epoch (`FreshScenes`), the stored train rows are its first epoch (the curriculum's first stage)
+    # the generator's seeds 3s, 3s + 1 and 3s + 2 for data seed s, so no two data seeds share a split's scenes
     spec, curriculum = relation_spec(args), relation_curriculum(args)
     first = curriculum.spec(spec, 0) if curriculum else spec
+    seeded = lambda part: dataclasses.replace(spec, seed=3 * args.data_seed + part)  # noqa: E731
     return {"train": lambda: relations_dataset(args.synthetic_samples, first),
-            "validation": lambda: relations_dataset(args.relations_validation_samples,
-                                                    dataclasses.replace(spec, seed=spec.seed + 2)),
-            "test": lambda: relations_dataset(args.synthetic_test_samples, dataclasses.replace(spec, seed=spec.seed + 1))}
+            "validation": lambda: relations_dataset(args.relations_validation_samples, seeded(2)),
+            "test": lambda: relations_dataset(args.synthetic_test_samples, seeded(1))}
 
 
 def _hub_splits(args, counter, **fixed):
