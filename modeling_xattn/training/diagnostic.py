@@ -78,14 +78,16 @@ def evaluate_relations(model, processor, dataset, batch_size: int = 64, progress
     collate = XAttnCollator(processor, targets="question", answer_vocab=answers, counter=BadRowCounter(),
                             model="XAttnForSequenceClassification", with_row_index=True)
     correct, total = Counter(), Counter()
-    hits, chance, pointed = Counter(), defaultdict(float), 0
+    hits, chance, pointed = Counter(), 0.0, 0
     matching, compared = Counter(), Counter()
     device = model.device
     maps_wanted = model.config.use_cross_attention
     for rows, batch in batches(dataset, collate, batch_size, progress, "relations"):
         pixel_values = batch["pixel_values"].to(device)
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        fused = model.xattn(pixel_values=pixel_values, input_ids=input_ids, attention_mask=mask,
+        # the image encoded once, for the answers and for the matching head's statements
+        image_tokens = model.xattn.encode_image(pixel_values)[0] if model.config.use_image else None
+        fused = model.xattn(input_ids=input_ids, attention_mask=mask, image_hidden_states=image_tokens,
                             output_attentions=maps_wanted, return_dict=True)
         predicted = model.classifier(fused.pooler_output).argmax(-1).tolist()
         for row, top in zip(rows, predicted):
@@ -103,13 +105,12 @@ def evaluate_relations(model, processor, dataset, batch_size: int = 64, progress
                 if not tokens:
                     continue
                 cell = row["object_cells"][row["subject"]]
-                chance["all"] += cell_share(cell, side, grid)
+                chance += cell_share(cell, side, grid)
                 pointed += 1
                 maps = [layer[i] for layer in fused.text_to_image_attentions]
                 for layer, hit in enumerate(pointing_hits(maps, tokens, cell, grid)):
                     hits[layer] += hit
         if getattr(model, "retrieval", None) is not None and model.config.lambda_itm:
-            image_tokens = model.xattn.encode_image(pixel_values)[0]
             for i, row in enumerate(rows):
                 for twin in ("reversed", "swapped"):
                     pairs = list(zip(row["captions"], row[f"{twin}_statements"]))
@@ -130,7 +131,7 @@ def evaluate_relations(model, processor, dataset, batch_size: int = 64, progress
     if pointed:
         result["pointing"] = {f"layer {layer + 1}": percent(hits[layer], pointed) for layer in sorted(hits)}
         result["pointing_best"] = max(result["pointing"].values())
-        result["pointing_chance"] = 100.0 * chance["all"] / pointed
+        result["pointing_chance"] = 100.0 * chance / pointed
         result["pointed_questions"] = pointed
     if compared:
         result["matching"] = {f"true over {twin}": percent(matching[twin], compared[twin]) for twin in compared}

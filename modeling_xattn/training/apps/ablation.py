@@ -144,14 +144,14 @@ def run_configuration(name, seed, args, extra, test_data) -> dict:
         "--seed", str(seed), "--tasks", args.tasks, "--output_dir", str(folder), "--report_to", "none",
         "--no_progress"] + again + extra))
     model, processor = load_model(str(folder))
-    tasks = set(json.loads((folder / "train_results.json").read_text())["card"]["tasks"].split(","))
+    trained = json.loads((folder / "train_results.json").read_text())
+    tasks = set(trained["card"]["tasks"].split(","))
     result = evaluate_model(model, processor, test_data, tasks, 64, args.num_beams, 30, args.top_k,
                             java=not args.no_java, progress=not args.no_progress, counter=BadRowCounter(),
                             rerank_score=args.rerank_score)
     if args.dataset == "relations":
         result["relations"] = evaluate_relations(model, processor, test_data, progress=not args.no_progress,
                                                  grid=args.relations_grid)
-    trained = json.loads((folder / "train_results.json").read_text())
     result["train_steps"] = trained["global_step"]
     result["train_minutes"] = trained["train_seconds"] / 60
     (folder / "test_results.json").write_text(json.dumps(result, indent=2))
