@@ -108,6 +108,28 @@ def holds(row, statement) -> bool:
     return relation_holds(relation, row["object_cells"][a], row["object_cells"][b], 3)
 
 
+def test_a_count_scene_looks_the_same_whatever_its_answer():
+    count_rows = [row for row in ROWS if row["subtype"] == "count"]
+    assert {row["answers"][0] for row in count_rows} == {"1", "2", "3"}
+    for row in count_rows:  # one shape of a kind, two of another, three of a third: the picture says nothing more
+        assert sorted(Counter(row["object_shapes"]).values()) == [1, 2, 3]
+    # the best rule that reads a count question's picture alone (its shape counts and shapes per kind), learnt on
+    # one seed's count rows and scored on another's, stays at chance (1 in 3)
+    def rows(seed, n):
+        return [row for row in (relation_example(i, RelationSpec(seed=seed)) for i in range(n))
+                if row["subtype"] == "count"]
+
+    def picture(row):
+        return tuple(sorted(Counter(row["object_shapes"]).items()))
+
+    seen = {}
+    for row in rows(0, 6000):
+        seen.setdefault(picture(row), Counter())[row["answers"][0]] += 1
+    test = rows(1, 3000)
+    hits = sum(seen.get(picture(row), Counter({"1": 1})).most_common(1)[0][0] == row["answers"][0] for row in test)
+    assert hits / len(test) < 0.40, 100 * hits / len(test)
+
+
 def test_statements_are_true_and_their_flipped_twins_false_for_the_scene():
     checked = Counter()
     for row in ROWS:
@@ -146,8 +168,8 @@ def test_the_curriculum_grows_the_training_scenes_to_the_tests():
         sizes = [len(row["object_cells"]) for row in rows if row["subtype"] != "count"]
         assert max(sizes) <= most and min(sizes) >= 2
         assert max(sizes) == most or epoch == 0 and max(sizes) == 2
-        for row in rows:  # a count question still gets the shapes its answer counts, in every stage
-            assert len(row["object_cells"]) >= int(row["answers"][0]) if row["subtype"] == "count" else True
+        for row in rows:  # a count question's scene holds its 6 shapes in every stage
+            assert len(row["object_cells"]) == 6 if row["subtype"] == "count" else True
             assert read_answer(row) == row["answers"][0]
 
 
@@ -196,6 +218,13 @@ def test_the_question_only_baseline_sees_the_question_alone():
 def test_impossible_knobs_stop_with_the_option_named(option, value, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         load_split(data_options(dataset="relations", synthetic_samples=4, **{option: value}), "train")
+
+
+def test_count_questions_need_their_six_shapes():
+    options = dict(dataset="relations", synthetic_samples=4, relations_objects=4, relations_colours=5)
+    with pytest.raises(ValueError, match=re.escape("--relations_colours: a count question's scene holds 6 shapes")):
+        load_split(data_options(**options), "train")
+    assert len(load_split(data_options(**options, relations_questions="non-relational"), "train")) == 4
 
 
 def test_the_splits_share_no_scene():

@@ -8,14 +8,14 @@ Questions (kind, subtype: the question; its answers):
 - non-relational, left: "is the red one on the left" (yes, no; yes when it is in the first column);
 - relational, nearest / furthest: "what shape is nearest to / furthest from the red one" (the shapes; distances
   between cell centres, and the scene is redrawn until one object is strictly nearest / furthest);
-- relational, count: "how many shapes have the same shape as the red one" (1..4, the red one counted, as
-  Sort-of-CLEVR counts; a scene has at least as many shapes as the answer);
+- relational, count: "how many shapes have the same shape as the red one" (1..3, the red one counted, as
+  Sort-of-CLEVR counts; every count scene holds 6 shapes, one of a kind, two of another and three of a third);
 - relational, colour: "what colour is the shape directly left of the blue circle" (the colours; the nearest shape
   left of the blue circle in its own row).
 Kinds, subtypes and answers cycle with the row index (then the scene is drawn to fit), so every run of rows is
-balanced over them. A scene's shapes and colours are drawn before the question and the answer is given to its object
-by swapping two objects' shapes or colours, so the picture alone does not tell the answer: every scene holds every
-shape kind (given enough objects), and only the count questions need a scene made for their answer.
+balanced over them. A scene's shapes (each drawn independently) and colours are drawn before the question, and the
+answer is given to its object by swapping two objects' shapes or colours; a count scene's shapes always come one, two
+and three of a kind. So no scene is built around its answer (docs/diagnostic.md measures what a picture alone tells).
 "Left of", "right of", "above" and "below" compare columns and rows strictly, as CLEVR's spatial relations do.
 Relation statements ("the red circle is left of the blue square") are true for their scene; each has two flipped
 twins that are false for it: the relation reversed ("... is right of the blue square") and the objects swapped
@@ -42,6 +42,10 @@ COUNTS = tuple(str(n) for n in range(10))  # count answers as digits, as VQA's a
 SUBTYPES = {"non-relational": ("shape", "left"), "relational": ("nearest", "furthest", "count", "colour")}
 KINDS = tuple(SUBTYPES)
 RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# A count question's scene holds one shape of one kind, two of another and three of a third, whatever its answer:
+# its picture is then the same for every answer and only the shape the question names tells it (scenes drawn until
+# a random subject had the answer hold rare runs of equal shapes for the rare answers, which gave the answer away).
+COUNT_PATTERN = (1, 2, 3)
 MAX_TRIES = 1000  # scenes drawn for one row before the knobs are declared unable to give its question
 
 
@@ -61,7 +65,6 @@ class RelationSpec:
     statements: int = 5
     questions: str = "all"
     seed: int = 0
-    count_answers: int = 4  # "how many" answers 1..count_answers (fixed, so every curriculum stage asks the same)
 
     def check(self, prefix: str = "") -> "RelationSpec":
         """Stop with a message naming the option (`prefix` + knob) when the knobs cannot make the questions."""
@@ -86,6 +89,11 @@ class RelationSpec:
                         "shapes and needs a first column and a column beside it: use a larger grid or fewer objects")
         if self.image_size < 8 * self.grid:
             bad("grid", f"{self.image_size} px leaves under 8 px per cell of a {self.grid}x{self.grid} grid")
+        if "relational" in self.kinds and (self.num_colours < sum(COUNT_PATTERN) or self.grid ** 2 < sum(COUNT_PATTERN)
+                                           or self.num_shapes < len(COUNT_PATTERN)):
+            bad("num_colours" if self.num_colours < sum(COUNT_PATTERN) else "grid",
+                f"a count question's scene holds {sum(COUNT_PATTERN)} shapes (one, two and three of a kind), each in "
+                f"its own colour and cell: use 6+ colours and a 3x3+ grid, or non-relational questions only")
         if not 1 <= self.statements <= 5:
             bad("statements", f"1..5 relation statements per scene, got {self.statements}")
         return self
@@ -110,7 +118,7 @@ def answers_of(subtype: str, spec: RelationSpec) -> tuple[str, ...]:
     if subtype == "left":
         return ("yes", "no")
     if subtype == "count":
-        return COUNTS[1: min(spec.count_answers, 4) + 1]
+        return COUNTS[1: len(COUNT_PATTERN) + 1]
     return spec.colours
 
 
@@ -143,13 +151,10 @@ def _give(objects: list[list], index: int, field: int, value: str) -> None:
 
 
 def scene_shapes(count: int, rng: random.Random, spec: RelationSpec) -> list[str]:
-    """The shapes of a scene of `count` objects, in random order: every shape kind once where there are enough
-    objects, the rest drawn at random. A question's answer is given to its object by a swap (`_give`), so which
-    shapes a scene holds does not depend on the answer."""
-    shapes = list(spec.shapes[:count]) if count >= len(spec.shapes) else rng.sample(spec.shapes, count)
-    shapes += [rng.choice(spec.shapes) for _ in range(count - len(shapes))]
-    rng.shuffle(shapes)
-    return shapes
+    """The shapes of a scene of `count` objects, each drawn independently of the others and of the question, so
+    which shapes a picture holds does not tell which question it comes with. A question's answer is then given to
+    its object by a swap (`_give`)."""
+    return [rng.choice(spec.shapes) for _ in range(count)]
 
 
 def _question(subtype: str, answer: str, objects: list[list], rng: random.Random, spec: RelationSpec):
@@ -177,16 +182,12 @@ def _question(subtype: str, answer: str, objects: list[list], rng: random.Random
         word = "nearest to" if subtype == "nearest" else "furthest from"
         return f"what shape is {word} the {objects[subject][0]} one", subject
     if subtype == "count":
-        same = int(answer)
-        subject = rng.randrange(count)
-        shape = rng.choice(spec.shapes)
-        others = [i for i in range(count) if i != subject]
-        rng.shuffle(others)
-        objects[subject][1] = shape
-        for i in others[: same - 1]:
-            objects[i][1] = shape
-        for i in others[same - 1:]:
-            objects[i][1] = rng.choice([s for s in spec.shapes if s != shape])
+        kinds = rng.sample(spec.shapes, len(COUNT_PATTERN))
+        shapes = [kind for kind, times in zip(kinds, COUNT_PATTERN) for _ in range(times)]
+        rng.shuffle(shapes)
+        for obj, shape in zip(objects, shapes):
+            obj[1] = shape
+        subject = rng.choice([i for i, shape in enumerate(shapes) if shapes.count(shape) == int(answer)])
         return f"how many shapes have the same shape as the {objects[subject][0]} one", subject
     # colour: the nearest shape left of the subject in its own row ("directly left of"); the one shape in any column
     # left of it would always be the scene's leftmost shape, which the picture alone gives away
@@ -252,8 +253,8 @@ def relation_example(index: int, spec: RelationSpec) -> dict:
     answers = answers_of(subtype, spec)
     answer = answers[(step // len(SUBTYPES[kind])) % len(answers)]
     fewest, most = spec.min_objects, spec.objects
-    if subtype == "count":  # a scene with at least as many shapes as the answer counts
-        fewest, most = max(fewest, int(answer)), max(most, int(answer))
+    if subtype == "count":
+        fewest = most = sum(COUNT_PATTERN)
     for _ in range(MAX_TRIES):
         count = rng.randint(fewest, most)
         cells = rng.sample(range(spec.grid * spec.grid), count)

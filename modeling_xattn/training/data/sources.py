@@ -554,8 +554,7 @@ def relation_spec(args) -> RelationSpec:
     """The relational diagnostic's knobs from the options, checked (an impossible value names its option)."""
     spec = RelationSpec(objects=args.relations_objects, min_objects=args.relations_min_objects,
                         num_colours=args.relations_colours, grid=args.relations_grid,
-                        questions=args.relations_questions, seed=3 * args.data_seed,
-                        count_answers=min(4, args.relations_objects))
+                        questions=args.relations_questions, seed=3 * args.data_seed)
     try:
         return spec.check()
     except ValueError as error:
