@@ -151,7 +151,7 @@ class XAttnConfig(PretrainedConfig):
         intermediate_size (`int`, defaults to 3072): width of the fusion feed-forward layers.
         hidden_dropout_prob (`float`, defaults to 0.1): dropout on every fusion sub-layer's output.
         attention_dropout_prob (`float`, defaults to 0.0): dropout on the fusion attention probabilities (off by
-            default: on CPUs it forces the slow non-fused attention path and cost 40% of a tiny training step).
+            default: on CPUs it forces the slower non-fused attention path; docs/performance.md has the cost).
         layer_norm_eps (`float`, defaults to 1e-12): epsilon of the fusion LayerNorms.
         fusion_type (`str`, defaults to `"cross_attention"`): `"cross_attention"` (text attends to image regions and
             image regions attend to text in every fusion layer) or `"concat"` (the paper's "without cross-attention"

@@ -24,8 +24,6 @@ import copy
 import dataclasses
 import inspect
 import math
-import os
-import re
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +37,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_xattn import PRESETS, XAttnConfig
+from .configuration_xattn import XAttnConfig
 
 logger = logging.get_logger(__name__)
 
@@ -49,10 +47,6 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 # Weights of the task heads. A checkpoint of one head loads into any other class: the other heads' weights are expected
 # to be absent or unused, so they are neither listed as missing nor as unexpected (see `from_pretrained`).
 HEAD_PREFIXES = ("classifier", "retrieval", "captioner")
-# How two-stage retrieval scores a shortlisted pair: the matching log-probability alone, or plus the embeddings'
-# cosine (BLIP's and LAVIS's re-ranking add the cosine of the unimodal embeddings to the matching head's logit; here
-# to its log-probability).
-RERANK_SCORES = ("itm", "itm+similarity")
 # CLIP's clamp of the learned logit scale: exp(t) <= 100, i.e. a temperature of at least 0.01.
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -596,44 +590,6 @@ class XAttnPreTrainedModel(PreTrainedModel):
         enable() if enabled else disable()
         return self
 
-    # ---------------------------------------------------------------- pretrained backbones
-    @classmethod
-    def from_pretrained_backbones(cls, config: XAttnConfig | None = None, text: str | None = None,
-                                  vision: str | None = None, **text_kwargs):
-        """Build a model from `config` (default: the "base" preset) and load pretrained towers into it.
-
-        Args:
-            text: a transformers ALBERT checkpoint, a Hub id (`"albert/albert-base-v2"`) or a local folder (as
-                published: `AlbertForMaskedLM` weights, whose pooler and masked-LM head the tower leaves out). Its
-                config replaces `config.text_config`, so the tower's shape always matches the weights; a checkpoint of
-                another model type is refused.
-            vision: `"imagenet"` for torchvision's DenseNet121 ImageNet weights (downloaded by torchvision), or a
-                local `.safetensors` file holding a torchvision DenseNet state dict (`features.*` keys; the
-                classifier is ignored; `scripts/export_densenet.py` writes one). Its DenseNet shape must be the
-                config's (DenseNet121 is the "base" preset's); a file of another shape is refused, naming both.
-        This is the only place the package downloads weights; `__init__` never does.
-        """
-        config = XAttnConfig.from_preset("base") if config is None else config
-        text_model = load_albert(text, **text_kwargs) if text is not None else None
-        if text_model is not None:
-            config.text_config = text_model.config
-            config.decoder_config.vocab_size = text_model.config.vocab_size
-        features = None
-        if vision is not None:
-            features = load_densenet_features(vision)
-            check_densenet_shape(features, config, vision)
-        model = cls(config)
-        base = model.base_model  # the XAttnModel, for the base model and every head
-        if text_model is not None:
-            if base.text_model is None:
-                raise ValueError("text= was given but config.modalities='image' has no text tower")
-            base.text_model.load_state_dict(text_model.state_dict())
-        if features is not None:
-            if base.vision_model is None:
-                raise ValueError("vision= was given but config.modalities='text' has no image tower")
-            base.vision_model.features.load_state_dict(features)
-        return model
-
     def lock_image_tower(self, freeze_bn_stats: bool = True):
         """Stop training DenseNet's weights (CBAM, the projection and the position embeddings still train), and with
         `freeze_bn_stats` its BatchNorm running statistics too, so a locked tower stays exactly as loaded (open_clip's
@@ -792,115 +748,6 @@ class XAttnModel(XAttnPreTrainedModel):
         fused = self.fuse(text_tokens, attention_mask, image_tokens, output_attentions)
         output = dataclasses.replace(fused, cbam_spatial_attention=spatial)  # rebuilt, so to_tuple() keeps the order
         return output if return_dict else output.to_tuple()
-
-
-class _AlbertTower(AlbertModel):
-    """ALBERT without its pooler, loaded from a published checkpoint (`AlbertForMaskedLM` / `AlbertForPreTraining`
-    weights): the pooler, the masked-LM head and the sentence-order head are expected in the file and not used."""
-
-    _keys_to_ignore_on_load_unexpected = [r"^pooler\.", r"^predictions\.", r"^sop_classifier\."]
-
-
-def load_albert(source: str, **kwargs) -> AlbertModel:
-    """ALBERT's encoder from a Hub id or a local folder, refusing a checkpoint of another model type (an ALBERT
-    tower built from BERT weights would load without an error and compute nonsense) or one that lacks weights."""
-    from transformers import PretrainedConfig
-
-    config_dict, _ = PretrainedConfig.get_config_dict(source, **kwargs)
-    model_type = config_dict.get("model_type")
-    if model_type != "albert":
-        raise ValueError(f"text={source!r} is a {model_type or 'model of unknown type'} checkpoint, not ALBERT: the "
-                         "text tower is ALBERT (the paper's); use an ALBERT checkpoint such as albert/albert-base-v2")
-    with _quiet_transformers():
-        model, info = _AlbertTower.from_pretrained(source, add_pooling_layer=False, output_loading_info=True, **kwargs)
-    if info["missing_keys"] or info["mismatched_keys"]:
-        names = sorted(info["missing_keys"]) + sorted(str(key) for key in info["mismatched_keys"])
-        raise ValueError(f"text={source!r} does not hold a whole ALBERT encoder: {len(names)} weight(s) missing or "
-                         f"of another shape ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
-    return model
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' loading messages silenced (the load report lists the checkpoint's pretraining heads, which the
-    tower leaves out by design); what matters is checked from the loading info instead."""
-    previous, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(previous)
-        if bars:
-            logging.enable_progress_bar()
-
-
-# torchvision's original DenseNet files name a dense layer's modules "norm.1", "conv.2" (torchvision renames them
-# on load); a state dict saved from a torchvision model names them "norm1", "conv2".
-_OLD_DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
-                                  r"running_var|num_batches_tracked))$")
-
-
-def load_densenet_features(source: str) -> dict[str, torch.Tensor]:
-    """State dict of a DenseNet's `features` module, from `"imagenet"` or a local safetensors file."""
-    if source == "imagenet":
-        weights = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1
-        state = torchvision.models.densenet121(weights=weights).state_dict()
-    elif os.path.isfile(source) and source.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(source)
-    else:
-        raise ValueError(f"vision={source!r}: expected 'imagenet' or a path to a .safetensors DenseNet state dict")
-    features = {}
-    for key, value in state.items():
-        if key.startswith("features."):
-            match = _OLD_DENSE_LAYER_KEY.match(key)
-            features[(match.group(1) + match.group(2) if match else key)[len("features."):]] = value
-    if not features:
-        raise ValueError(f"vision={source!r}: no 'features.*' keys found; is this a torchvision DenseNet state dict?")
-    return features
-
-
-def densenet_shape(features: dict[str, torch.Tensor]) -> dict:
-    """The DenseNet a `features` state dict belongs to, in the config's terms: growth rate, layers per block, stem
-    channels, bottleneck multiple (DenseNet121: 32, (6, 12, 24, 16), 64, 4)."""
-    try:
-        blocks = sorted({int(key.split(".")[0][len("denseblock"):]) for key in features if key.startswith("denseblock")})
-        block_config = tuple(len({key.split(".")[1] for key in features if key.startswith(f"denseblock{block}.")})
-                             for block in blocks)
-        growth_rate, bottleneck = features["denseblock1.denselayer1.conv2.weight"].shape[:2]
-        return dict(growth_rate=int(growth_rate), block_config=block_config,
-                    num_init_features=int(features["conv0.weight"].shape[0]), bn_size=int(bottleneck // growth_rate))
-    except (KeyError, ValueError, IndexError):
-        raise ValueError("not a torchvision DenseNet state dict (no conv0 / denseblock1.denselayer1 weights)") from None
-
-
-def densenet_fields(config: XAttnConfig) -> dict:
-    """The DenseNet shape a config builds, as `densenet_shape` describes a state dict's."""
-    return dict(growth_rate=config.growth_rate, block_config=tuple(config.block_config),
-                num_init_features=config.num_init_features, bn_size=config.bn_size)
-
-
-def check_densenet_shape(features: dict[str, torch.Tensor], config: XAttnConfig, source: str = "vision") -> None:
-    """Refuse a DenseNet of another shape than the config builds, naming both (and the preset that builds it)."""
-    try:
-        found = densenet_shape(features)
-    except ValueError as error:
-        raise ValueError(f"vision={source!r}: {error}") from None
-    wanted = densenet_fields(config)
-    if found == wanted:
-        return
-    presets = [name for name in PRESETS if densenet_fields(XAttnConfig.from_preset(name)) == found]
-
-    def describe(shape):
-        return (f"growth {shape['growth_rate']}, blocks {'-'.join(map(str, shape['block_config']))}, "
-                f"{shape['num_init_features']} stem channels, bottleneck x{shape['bn_size']}")
-
-    raise ValueError(
-        f"vision={source!r} holds a DenseNet ({describe(found)}) that the config does not build ({describe(wanted)})"
-        + (f"; the {presets[0]!r} preset builds it" if presets else
-           "; set growth_rate, block_config, num_init_features and bn_size to the file's"))
 
 
 # ======================================================================================================= heads
@@ -1229,8 +1076,8 @@ class XAttnForSequenceClassification(XAttnPreTrainedModel):
 
 
 class _RetrievalMixin:
-    """Retrieval API for models holding `self.xattn` and `self.retrieval`: unimodal embeddings, the matching score,
-    and two-stage gallery search (images and texts encoded once, embeddings shortlist, cross-attention re-ranks)."""
+    """Retrieval API for models holding `self.xattn` and `self.retrieval`: the losses, unimodal embeddings and the
+    matching score (two-stage gallery search over them is `modeling_xattn.training.gallery`)."""
 
     def _retrieval_losses(self, image_tokens, text_tokens, text_mask, image_ids=None, input_ids=None, rows=None):
         """Formula 2 on the unimodal embeddings and the matching loss on the given pairs and sampled in-batch
@@ -1278,120 +1125,6 @@ class _RetrievalMixin:
                              image_hidden_states=image_hidden_states, return_dict=True)
         return self.retrieval.itm(encoded.pooler_output).float().softmax(-1)[:, 1]
 
-    # ---------------------------------------------------------------- gallery search (two-stage)
-    @torch.inference_mode()
-    def encode_gallery_images(self, pixel_values: torch.Tensor, batch_size: int = 64, progress: bool = False):
-        """Encode every image once, in batches: region tokens `(N, R, D)` for re-ranking and embeddings `(N, P)`.
-        `progress`: a bar (in images) with an estimate of the time left."""
-        tokens, embeds = [], []
-        bar = _progress(len(pixel_values), "encoding images", "image", progress)
-        for chunk in pixel_values.split(batch_size):
-            image_tokens, _ = self.xattn.encode_image(chunk.to(self.device))
-            tokens.append(image_tokens)
-            embeds.append(self.retrieval.embed_image(image_tokens))
-            bar.update(len(chunk))
-        bar.close()
-        return torch.cat(tokens), torch.cat(embeds)
-
-    @torch.inference_mode()
-    def encode_gallery_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256,
-                             progress: bool = False):
-        """Encode every text once, in batches: tokens `(M, L, D)` (before fusion), their mask, embeddings `(M, P)`.
-        `progress`: a bar (in texts) with an estimate of the time left."""
-        tokens, embeds = [], []
-        bar = _progress(len(input_ids), "encoding texts", "text", progress)
-        for ids, mask in zip(input_ids.split(batch_size), attention_mask.split(batch_size)):
-            text_tokens = self.xattn.encode_text(ids.to(self.device), mask.to(self.device))
-            tokens.append(text_tokens)
-            embeds.append(self.retrieval.embed_text(text_tokens, mask.to(self.device)))
-            bar.update(len(ids))
-        bar.close()
-        return torch.cat(tokens), attention_mask.to(self.device), torch.cat(embeds)
-
-    @torch.inference_mode()
-    def pair_scores(self, image_tokens, text_tokens, text_mask, image_index, text_index, batch_size: int = 256,
-                    reuse: bool = False, progress: bool | str = False):
-        """Matching log-probability of each (image_index[n], text_index[n]) pair through the fusion layers.
-        `progress`: a bar in pairs (its rate is pairs/s) with an estimate of the time left; a string names it.
-
-        With `reuse`, the first fusion layer's projections of each image and each text that takes part are computed
-        once (`cross_projections`) and gathered for every pair instead of being recomputed per pair, and the pairs
-        are scored in image order, so that the pairs of one image share a batch. The scores are the same either way
-        (tested). It is off by default: on a CPU the gathering cost as much as it saved (README, Performance), and
-        it holds every taking-part image's and text's projections in memory at once."""
-        if len(image_index) == 0:  # nothing shortlisted (k = 0): no fusion call on an empty batch
-            return torch.zeros(0, device=image_tokens.device)
-        if reuse:
-            order = torch.argsort(image_index * len(text_tokens) + text_index)
-            image_index, text_index = image_index[order], text_index[order]
-            images_used, image_slot = torch.unique(image_index, return_inverse=True)
-            texts_used, text_slot = torch.unique(text_index, return_inverse=True)
-            layer = self.xattn.layers[0]
-            projected = {**_in_chunks(lambda i: layer.cross_projections(image=image_tokens[i]), images_used, batch_size),
-                         **_in_chunks(lambda i: layer.cross_projections(text=text_tokens[i]), texts_used, batch_size)}
-        scores = []
-        bar = _progress(len(image_index), progress if isinstance(progress, str) else "re-ranking", "pair",
-                        bool(progress))
-        for start in range(0, len(image_index), batch_size):
-            images, texts = image_index[start:start + batch_size], text_index[start:start + batch_size]
-            first_layer = None
-            if reuse:
-                slots = {"image": image_slot[start:start + batch_size], "text": text_slot[start:start + batch_size]}
-                first_layer = {name: value.index_select(_batch_axis(name), slots[name.split("_")[0]])
-                               for name, value in projected.items()}
-            fused = self.xattn.fuse(text_tokens[texts], text_mask[texts], image_tokens[images],
-                                    first_layer_projections=first_layer)
-            scores.append(self.retrieval.itm(fused.pooler_output).float().log_softmax(-1)[:, 1])
-            bar.update(len(images))
-        bar.close()
-        scores = torch.cat(scores)
-        if reuse:  # back to the order of the pairs given
-            scores = torch.empty_like(scores).scatter_(0, order, scores)
-        return scores
-
-    @torch.inference_mode()
-    def rank(self, images: tuple, texts: tuple, direction: str = "i2t", k: int = 128, exhaustive: bool = False,
-             batch_size: int = 256, reuse: bool = False, progress: bool = False,
-             score: str = "itm+similarity") -> tuple[torch.Tensor, int]:
-        """Two-stage retrieval: the unimodal embeddings shortlist each query's top `k`, the cross-attention matching
-        score re-ranks the shortlist. `images` = `encode_gallery_images(...)`, `texts` = `encode_gallery_texts(...)`.
-
-        Returns a `(num_images, num_texts)` score matrix, higher = better (rows are the queries for `"i2t"`,
-        columns for `"t2i"`): shortlisted pairs hold their matching log-probability (`score="itm"`) or that plus the
-        cosine of the pair's embeddings (`score="itm+similarity"`, the default; BLIP and LAVIS add the cosine to the
-        matching logit), the others
-        their embedding similarity minus 1e4 (ranked after the shortlist, in embedding order); and the number of pairs
-        scored by cross-attention. `exhaustive=True` scores every pair; with `k >=` the gallery size both give the same
-        matrix.
-        `reuse`: see `pair_scores`. `progress`: a bar over the pairs scored (pairs/s, time left).
-        """
-        if direction not in ("i2t", "t2i"):
-            raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
-        if score not in RERANK_SCORES:
-            raise ValueError(f"score must be one of {RERANK_SCORES}, got {score!r}")
-        image_tokens, image_embeds = images
-        text_tokens, text_mask, text_embeds = texts
-        similarity = self.retrieval.similarity(image_embeds, text_embeds).float()  # (N, M)
-        queries = similarity if direction == "i2t" else similarity.T
-        if exhaustive or k >= queries.shape[1]:
-            shortlist = torch.ones_like(queries, dtype=torch.bool)
-        else:
-            top = queries.topk(k, dim=1).indices
-            shortlist = torch.zeros_like(queries, dtype=torch.bool).scatter_(1, top, True)
-        if direction == "t2i":
-            shortlist = shortlist.T
-        image_index, text_index = shortlist.nonzero(as_tuple=True)
-        scores = similarity - 1e4
-        matching = self.pair_scores(image_tokens, text_tokens, text_mask, image_index, text_index, batch_size, reuse,
-                                    progress and f"re-ranking {direction}")
-        if score == "itm+similarity":  # the embeddings are L2-normalised: their dot product is the cosine
-            with full_precision(image_embeds):
-                cosine = image_embeds.float() @ text_embeds.float().T  # (N, M), as `similarity`
-            matching = matching + cosine[image_index, text_index]
-        scores[image_index, text_index] = matching
-        return scores, len(image_index)
-
-
 
 class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
     """Image-text matching: unimodal embeddings trained with Formula 2 for fast shortlisting, and a cross-attention
@@ -1406,7 +1139,7 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, return_loss=None,
-                image_ids=None, return_dict=None, **kwargs) -> XAttnRetrievalOutput | tuple:
+                return_dict=None, **kwargs) -> XAttnRetrievalOutput | tuple:
         r"""
         pixel_values / input_ids / attention_mask: a batch of matching (image i, text i) pairs.
         labels (`(batch_size,)`, *optional*): which image each pair shows (any integer id). Pairs with equal labels
@@ -1415,10 +1148,8 @@ class XAttnForImageTextRetrieval(_RetrievalMixin, XAttnPreTrainedModel):
             loss, as for every transformers model (and so under `Trainer`).
         return_loss (`bool`, *optional*): compute the loss without labels (each pair its own image), or not at all
             (`False`). Defaults to "when labels are given".
-        image_ids: the former name of `labels`, still accepted.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        labels = image_ids if labels is None else labels
         return_loss = labels is not None if return_loss is None else return_loss
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         image_tokens, _ = self.xattn.encode_image(pixel_values)
@@ -1505,27 +1236,6 @@ class _CaptionGenerationMixin(GenerationMixin):
             encoder_attention_mask=memory_mask,
             **model_kwargs,
         )
-
-
-def _batch_axis(name: str) -> int:
-    """The batch axis of a `cross_projections` output: the second for stacked keys/values `(2, B, ...)`, the first
-    for queries `(B, ...)`."""
-    return 1 if "key_value" in name else 0
-
-
-def _progress(total: int, desc: str, unit: str, enabled: bool):
-    """A progress bar (transformers' tqdm, so `transformers.utils.logging.disable_progress_bar()` silences it) that
-    shows the rate and the time left; a no-op bar when not `enabled`."""
-    return logging.tqdm(total=total, desc=desc, unit=unit, disable=not enabled, unit_scale=True, dynamic_ncols=True)
-
-
-def _in_chunks(project, index: torch.Tensor, batch_size: int) -> dict:
-    """`project(index_chunk)` over `index` in chunks, each output concatenated along its batch axis."""
-    parts: dict[str, list] = {}
-    for chunk in index.split(batch_size):
-        for name, value in project(chunk).items():
-            parts.setdefault(name, []).append(value)
-    return {name: torch.cat(values, dim=_batch_axis(name)) for name, values in parts.items()}
 
 
 _CACHE_ARGS = ("cache", "past_key_values")

@@ -25,6 +25,21 @@ CORPUS = [
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
+# Two tiers, as transformers has them: `pytest tests` runs the fast tier; a test marked `@slow` (it launches processes,
+# builds a wheel, compiles, drives a browser or trains for long) runs only with RUN_SLOW=1
+# (`RUN_SLOW=1 pytest -m slow tests` runs the slow tier alone).
+RUN_SLOW = os.environ.get("RUN_SLOW", "").strip().lower() in ("1", "true", "yes", "on")
+slow = pytest.mark.slow
+
+
+def pytest_collection_modifyitems(config, items):
+    if RUN_SLOW:
+        return
+    fast = [item for item in items if item.get_closest_marker("slow") is None]
+    if len(fast) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("slow") is not None])
+        items[:] = fast
+
 
 def load_script(name: str):
     """Import scripts/<name>.py under a private module name: `scripts/evaluate.py` must not shadow the `evaluate`
@@ -40,6 +55,29 @@ def load_script(name: str):
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# The shared tiny model's run: the main job's command at the smallest sizes (a few seconds).
+TINY_DATA = ["--synthetic_samples", "60", "--synthetic_test_samples", "12"]
+TINY_RUN = TINY_DATA + ["--vocab_size", "120", "--max_steps", "2", "--batch_size", "8", "--report_to", "none",
+                        "--no_progress"]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """The shared tiny model, trained once per test session. Read it, never write into it: a module that evaluates
+    or changes a model takes its own copy (`trained_copy`)."""
+    folder = tmp_path_factory.mktemp("tiny-trained")
+    load_script("train").main([*TINY_RUN, "--output_dir", str(folder)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_copy(tiny_trained, tmp_path_factory):
+    """The module's own copy of the shared tiny model's folder."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_trained, tmp_path_factory.mktemp("trained") / "model"))
 
 
 def kill_tree(pid: int) -> None:

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import load_script
+from conftest import load_script, slow
 
 import modeling_xattn.training.apps.benchmark as library
 
@@ -19,6 +19,7 @@ def report(tmp_path_factory):
     return folder, result
 
 
+@slow
 def test_fusion_is_compared_at_matched_compute(report):
     _, result = report
     fusion = result["results"]["fusion"]
@@ -46,6 +47,7 @@ def test_retrieval_counts_pair_evaluations(report):
         assert abs(hits - round(hits)) < 1e-6 and 0 <= round(hits) <= queries
 
 
+@slow
 def test_on_a_machine_that_runs_every_flop_alike_the_figures_are_flop_ratios(monkeypatch, tmp_path):
     """An injected timer: each measured call "takes" its FLOPs (torch's counter) at 1 GFLOP/s. Then the fusion ratio
     is the FLOP ratio (1: matched compute), the MFU of a training step is exactly 100%, and re-ranking saves time in
@@ -100,6 +102,7 @@ def test_json_and_markdown_are_written(report):
     assert "| fusion fwd+bwd vs LxmertXLayer |" in table and saved["machine"] in table
 
 
+@slow
 def test_memory_probe_reports_its_own_peak_not_its_parents():
     # Linux carries ru_maxrss over from a parent at fork and exec; the probe must report the child's own peak.
     # Make this process's resident memory far larger than a tiny probe needs, then probe.

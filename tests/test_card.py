@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import load_script, slow
 from huggingface_hub import ModelCard
 
 from modeling_xattn.training.data.sources import dataset_identity
@@ -19,17 +19,14 @@ from modeling_xattn.training.tasks import pipeline_tag
 from modeling_xattn.training.towers import DENSENET121_HUB_ID, hub_base_models
 
 REPO = Path(__file__).resolve().parents[1]
-train = load_script("train")
 evaluate = load_script("evaluate")
 export_densenet = load_script("export_densenet")
 DATA = ["--synthetic_samples", "60", "--synthetic_test_samples", "12"]
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("card")
-    train.main([*DATA, "--batch_size", "8", "--vocab_size", "150", "--max_steps", "2", "--report_to", "none",
-                "--no_progress", "--output_dir", str(folder)])
+def evaluated(trained_copy):
+    folder = trained_copy
     evaluate.main(["--model", str(folder), *DATA, "--split", "test", "--no_progress", "--no_java", "--top_k", "0",
                    "--num_beams", "1", "--max_new_tokens", "4"])
     return folder
@@ -107,6 +104,7 @@ def test_a_local_albert_base_v2_folder_is_named_by_its_hub_id(tmp_path):
     assert hub_base_models(options) == []
 
 
+@slow
 def test_an_installed_wheel_writes_the_same_card(evaluated, tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                             str(tmp_path / "wheel"), str(REPO)], capture_output=True, text=True, timeout=300)

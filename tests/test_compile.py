@@ -7,11 +7,13 @@ import json
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import load_script, slow
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.training import loop
 from modeling_xattn.training.compilation import compiled_graphs
 from modeling_xattn.training.tasks import LOSS_KEYS, loss_weights
+
+pytestmark = slow  # every test here launches processes or compiles
 
 train = load_script("train")
 

@@ -12,23 +12,19 @@ import torch
 from PIL import Image
 
 gradio = pytest.importorskip("gradio", reason="the demo's optional dependency: pip install -e '.[demo]'")
-from conftest import SHARED_SAMPLE, load_script  # noqa: E402
+from conftest import SHARED_SAMPLE, load_script, slow
 from gradio_client import Client, handle_file  # noqa: E402
 
 from modeling_xattn.training.apps.demo import MAX_UPLOAD_MB, XAttnDemo, build_demo, serve  # noqa: E402
 from modeling_xattn.training.data.synthetic import synthetic_dataset  # noqa: E402
 from modeling_xattn.training.inference import load_model, rank_gallery  # noqa: E402
 
-train = load_script("train")
 demo_script = load_script("demo")
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo-model")
-    train.main(["--synthetic_samples", "60", "--vocab_size", "120", "--max_steps", "2", "--batch_size", "8",
-                "--report_to", "none", "--no_progress", "--output_dir", str(folder)])
-    return folder
+def model_folder(trained_copy):
+    return trained_copy
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +188,7 @@ def browser_or_skip():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+@slow
 def test_page_in_a_headless_browser(served, photos, tmp_path):
     """Load the page, upload a real photo (the COCO sample's first, or one the test writes), press Caption and find
     the caption in the page; then an unreadable upload, whose message must appear in the page."""

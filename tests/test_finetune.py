@@ -16,12 +16,12 @@ import urllib.error
 import pytest
 import torch
 import torchvision
-from conftest import load_script
+from conftest import load_script, slow
 from safetensors.torch import load_file, save_file
 from transformers import AlbertConfig, AlbertForMaskedLM, AutoTokenizer, BertConfig, BertModel
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask, train_albert_tokenizer
-from modeling_xattn.modeling_xattn import load_densenet_features
+from modeling_xattn.training.backbones import from_pretrained_backbones, load_densenet_features
 from modeling_xattn.training.data.synthetic import synthetic_dataset
 from modeling_xattn.training.main import cpu_has_bf16, cpu_precision
 
@@ -99,6 +99,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@slow
 def test_finetune_recipe_from_published_towers_keeps_locked_towers_exact(towers, tmp_path, capfd):
     out = tmp_path / "run"
     result = train.main(["--recipe", "finetune", "--text_backbone", str(towers["albert"]), "--vision_backbone",
@@ -164,6 +165,7 @@ def test_a_tokenizer_larger_than_the_text_tower_is_refused(towers, tmp_path):
         train.main(["--text_backbone", str(tower), *QUICK, "--output_dir", str(tmp_path / "run2")])
 
 
+@slow
 def test_unreachable_towers_say_how_to_bring_them(tmp_path, monkeypatch):
     # a Hub id where the Hub cannot be reached (offline mode, as on this machine)
     command = [sys.executable, str(train.__file__), "--recipe", "finetune", *QUICK, "--output_dir", str(tmp_path)]
@@ -198,8 +200,8 @@ def test_pretrained_towers_at_the_new_layers_rate_are_warned_about(towers, tmp_p
 
 
 def test_published_albert_folder_loads_quietly_and_whole(towers, capfd):
-    model = XAttnForMultiTask.from_pretrained_backbones(XAttnConfig.from_preset("tiny"),
-                                                         text=str(towers["small_albert"]))
+    model = from_pretrained_backbones(XAttnForMultiTask, XAttnConfig.from_preset("tiny"),
+                                         text=str(towers["small_albert"]))
     printed = "".join(capfd.readouterr())
     assert "LOAD REPORT" not in printed and "Loading weights" not in printed
     assert model.config.text_config.hidden_size == 32 and model.config.decoder_config.vocab_size == 600

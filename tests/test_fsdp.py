@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
-from conftest import kill_after_checkpoint, kill_tree, load_script
+from conftest import kill_after_checkpoint, kill_tree, load_script, slow
+
+pytestmark = slow  # every test here launches processes
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train.py"

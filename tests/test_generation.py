@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_batch
+from conftest import make_batch, slow
 
 from modeling_xattn import XAttnConfig, XAttnForConditionalGeneration, XAttnForMultiTask
 
@@ -33,6 +33,7 @@ def test_static_cache_gives_the_tokens_of_the_dynamic_cache_and_of_none(captione
     assert captioner.generation_config.cache_implementation is None  # the call's setting did not stick
 
 
+@slow
 def test_static_cache_with_a_prompt_and_a_compiled_decoding_step(tiny_config):
     """A VQA-style prompt (padded) makes the memory longer; the compiled step is transformers' own (here forced onto
     the CPU with a light backend; on a GPU it compiles by itself, with CUDA graphs)."""

@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from conftest import slow
+
+pytestmark = slow  # every test here launches processes
 
 REPO = Path(__file__).resolve().parents[1]
 

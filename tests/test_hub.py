@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, slow
 from hub_server import serve
 from safetensors.torch import save_file
 
@@ -31,10 +31,8 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trained")
-    train.main(DATA + ["--vocab_size", "120", "--max_steps", "2", "--batch_size", "8", "--report_to", "none",
-                       "--no_progress", "--output_dir", str(folder)])
+def trained(trained_copy):
+    folder = trained_copy
     evaluation.main(["--model", str(folder), "--split", "test", "--no_progress", "--num_beams", "1",
                      "--max_new_tokens", "5", "--top_k", "4", *DATA])
     return folder
@@ -72,6 +70,7 @@ PULL = textwrap.dedent("""
 """)
 
 
+@slow
 def test_push_then_pull_a_pinned_revision(hub, trained, tmp_path):
     state, endpoint = hub
     commit, _ = push(trained, "user/xattn-tiny", endpoint, tmp_path / "push_home")
@@ -110,6 +109,7 @@ def test_push_then_pull_a_pinned_revision(hub, trained, tmp_path):
         assert torch.equal(model.generate(pixels, max_new_tokens=5), got["captions"])
 
 
+@slow
 def test_wrong_revision_fails_clearly(hub, trained, tmp_path):
     state, endpoint = hub
     push(trained, "user/xattn-rev", endpoint, tmp_path / "home")
@@ -122,6 +122,7 @@ def test_wrong_revision_fails_clearly(hub, trained, tmp_path):
     assert re.search(r"Revision|revision", result.stderr) and "0" * 40 in result.stderr
 
 
+@slow
 def test_push_to_a_branch_and_as_a_pull_request(hub, trained, tmp_path):
     state, endpoint = hub
     main_commit, _ = push(trained, "user/xattn-pr", endpoint, tmp_path / "home")
@@ -175,6 +176,7 @@ def test_train_pushes_when_asked(hub, tmp_path, monkeypatch):
     assert "model.safetensors" in repo.commits[result["pushed"]["commit"]].files
 
 
+@slow
 def test_tracker_logs_are_pushed_only_when_asked(hub, tmp_path):
     state, endpoint = hub
     folder = tmp_path / "model"

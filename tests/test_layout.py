@@ -20,7 +20,7 @@ LAYERS = {
         "modeling_xattn.training.data.relations",
         "modeling_xattn.training.data.options", "modeling_xattn.training.data.views", "modeling_xattn.training.distributed",
         "modeling_xattn.training.options", "modeling_xattn.training.compilation", "modeling_xattn.training.sharding",
-        "modeling_xattn.training.towers"],
+        "modeling_xattn.training.backbones", "modeling_xattn.training.gallery", "modeling_xattn.training.towers"],
     2: ["modeling_xattn.training.data.shards", "modeling_xattn.training.data.sources",
         "modeling_xattn.training.data.streaming", "modeling_xattn.training.collate", "modeling_xattn.training.tasks"],
     3: ["modeling_xattn.training.metrics", "modeling_xattn.training.caption_metric", "modeling_xattn.training.hub",
@@ -223,16 +223,3 @@ def test_no_function_of_the_training_library_is_longer_than_80_lines():
     assert not long, f"split these into phases: {long}"
 
 
-def test_names_that_moved_still_resolve_with_a_warning():
-    import importlib
-
-    for former in ("evaluation", "collate", "loop"):
-        module = importlib.import_module(f"modeling_xattn.training.{former}")
-        assert module.MOVED, former
-        for name, home in module.MOVED.items():
-            home, new_name = home if isinstance(home, tuple) else (home, name)
-            with pytest.warns(FutureWarning, match=f"{former}.{name} is now {home}.{new_name}"):
-                value = getattr(module, name)
-            assert value is getattr(importlib.import_module(home), new_name), (former, name)
-        with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
-            module.no_such_name

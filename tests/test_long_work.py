@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import load_script
+from conftest import TINY_DATA, TINY_RUN, load_script
 
 from modeling_xattn.training.data.synthetic import synthetic_dataset
 from modeling_xattn.training.evaluation import PREDICTION_FILES, evaluate_model, image_id
@@ -15,15 +15,12 @@ from modeling_xattn.training.plots import curve_panels, plot_ablation_curves
 
 train = load_script("train")
 evaluation = load_script("evaluate")
-DATA = ["--synthetic_samples", "60", "--synthetic_test_samples", "12"]
-TINY = DATA + ["--vocab_size", "120", "--max_steps", "2", "--batch_size", "8", "--report_to", "none", "--no_progress"]
+DATA, TINY = TINY_DATA, TINY_RUN
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trained")
-    train.main(TINY + ["--output_dir", str(folder)])
-    return folder
+def trained(trained_copy):
+    return trained_copy
 
 
 def digest(path) -> str:

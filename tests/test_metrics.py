@@ -3,6 +3,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import slow
 from modeling_xattn.training.metrics import (
     caption_metrics,
     classification_metrics,
@@ -21,6 +22,7 @@ REFERENCES = [
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the COCO toolkit needs Java")
 
 
+@slow
 @needs_java
 def test_caption_metrics_equal_the_toolkits_own_scorers():
     from pycocoevalcap.bleu.bleu import Bleu
@@ -45,6 +47,7 @@ def test_caption_metrics_equal_the_toolkits_own_scorers():
     assert 0 < ours["CIDEr"] < 10  # toolkit scale, not x100
 
 
+@slow
 @needs_java
 def test_caption_metrics_as_an_evaluate_module():
     import evaluate

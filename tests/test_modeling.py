@@ -14,6 +14,7 @@ from modeling_xattn import (
     XAttnForSequenceClassification,
     XAttnModel,
 )
+from modeling_xattn.training.backbones import from_pretrained_backbones
 
 HEADS = [XAttnModel, XAttnForSequenceClassification, XAttnForImageTextRetrieval, XAttnForConditionalGeneration,
          XAttnForMultiTask]
@@ -263,7 +264,7 @@ def test_shared_image_ids_are_never_negatives():
     model = build(XAttnForImageTextRetrieval, config)
     batch = make_batch(config)
     with torch.no_grad():
-        same = model(**batch, return_loss=True, image_ids=torch.tensor([7, 7, 7]))
+        same = model(**batch, labels=torch.tensor([7, 7, 7]))
         distinct = model(**batch, return_loss=True)
     # no negatives: every pair matches (y = 1), so Formula 2 is the mean distance over all B x B pairs
     distance = -same.logits_per_image
@@ -359,11 +360,11 @@ def test_pretrained_backbones_from_local_paths(tmp_path):
     densenet = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2)
     save_file(densenet.state_dict(), str(tmp_path / "densenet.safetensors"))
 
-    model = XAttnForMultiTask.from_pretrained_backbones(config, text=str(tmp_path / "albert"),
-                                                         vision=str(tmp_path / "densenet.safetensors"))
+    model = from_pretrained_backbones(XAttnForMultiTask, config, text=str(tmp_path / "albert"),
+                                      vision=str(tmp_path / "densenet.safetensors"))
     for name, value in albert.state_dict().items():
         assert torch.equal(model.xattn.text_model.state_dict()[name], value), name
     for name, value in densenet.features.state_dict().items():
         assert torch.equal(model.xattn.vision_model.features.state_dict()[name], value), name
     with pytest.raises(ValueError, match="safetensors"):
-        XAttnModel.from_pretrained_backbones(config, vision=str(tmp_path / "weights.pt"))
+        from_pretrained_backbones(XAttnModel, config, vision=str(tmp_path / "weights.pt"))

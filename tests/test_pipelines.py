@@ -15,6 +15,7 @@ from hub_server import serve
 from PIL import Image
 from transformers import pipeline
 
+from conftest import slow
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.pipeline_xattn import CUSTOM_PIPELINES
 
@@ -112,6 +113,7 @@ def test_saved_config_lists_the_pipelines_and_the_folder_carries_their_code(fold
     assert (folder / "pipeline_xattn.py").exists()
 
 
+@slow
 def test_pipelines_from_a_folder_in_a_fresh_process(folder, processor, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="warning")
@@ -120,6 +122,7 @@ def test_pipelines_from_a_folder_in_a_fresh_process(folder, processor, tmp_path)
     assert "MISSING" not in stderr and "UNEXPECTED" not in stderr  # each pipeline loads its head quietly
 
 
+@slow
 def test_pipelines_from_the_hub_at_a_pinned_revision(folder, processor, tmp_path):
     server, state, endpoint = serve()
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_SAMPLE, load_script
+from conftest import SHARED_SAMPLE, load_script, slow
 from PIL import Image
 
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
@@ -281,6 +281,7 @@ def coco_model(tmp_path_factory):
     return folder
 
 
+@slow
 @needs_coco
 def test_real_coco_photos_train_evaluate_and_caption(coco_model, tmp_path, capsys):
     results = json.loads((coco_model / "train_results.json").read_text())

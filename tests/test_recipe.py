@@ -12,6 +12,7 @@ from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.modeling_xattn import MAX_LOGIT_SCALE, XAttnRetrievalHead
 from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.views import CaptionPerPhoto, RandomResizedCrops, crop_fraction
+from modeling_xattn.training.gallery import encode_gallery_images, encode_gallery_texts, rank
 from modeling_xattn.training.main import build_config, build_model, parse_args
 from modeling_xattn.training.optimization import decay_excluded, learning_rate_factor, parameter_groups
 from modeling_xattn.training.options import RECIPES
@@ -192,10 +193,10 @@ def test_gated_reranking_reuses_projections_exactly():
             if name.endswith(".gate"):
                 param.fill_(0.7)
     batch = make_batch(model.config, batch_size=3)
-    images = model.encode_gallery_images(batch["pixel_values"])
-    texts = model.encode_gallery_texts(batch["input_ids"], batch["attention_mask"])
-    plain, _ = model.rank(images, texts, exhaustive=True)
-    reused, _ = model.rank(images, texts, exhaustive=True, reuse=True)
+    images = encode_gallery_images(model, batch["pixel_values"])
+    texts = encode_gallery_texts(model, batch["input_ids"], batch["attention_mask"])
+    plain, _ = rank(model, images, texts, exhaustive=True)
+    reused, _ = rank(model, images, texts, exhaustive=True, reuse=True)
     torch.testing.assert_close(plain, reused)
 
 
@@ -291,18 +292,18 @@ def test_reranking_adds_the_embeddings_cosine_to_the_matching_score():
     torch.manual_seed(0)
     model = tiny(fusion_gate=True, fusion_gate_init=0.5).eval()
     batch = make_batch(model.config, batch_size=4)
-    images = model.encode_gallery_images(batch["pixel_values"])
-    texts = model.encode_gallery_texts(batch["input_ids"], batch["attention_mask"])
+    images = encode_gallery_images(model, batch["pixel_values"])
+    texts = encode_gallery_texts(model, batch["input_ids"], batch["attention_mask"])
     cosine = images[1].float() @ texts[2].float().T
     for direction in ("i2t", "t2i"):
-        alone, pairs = model.rank(images, texts, direction=direction, k=2, score="itm")
-        summed, summed_pairs = model.rank(images, texts, direction=direction, k=2)  # the default
+        alone, pairs = rank(model, images, texts, direction=direction, k=2, score="itm")
+        summed, summed_pairs = rank(model, images, texts, direction=direction, k=2)  # the default
         assert pairs == summed_pairs == 8
         shortlisted = alone > -5e3
         torch.testing.assert_close(summed[shortlisted], alone[shortlisted] + cosine[shortlisted])
         assert torch.equal(summed[~shortlisted], alone[~shortlisted])  # the rest keep the embeddings' order
     with pytest.raises(ValueError, match="score must be one of"):
-        model.rank(images, texts, score="similarity")
+        rank(model, images, texts, score="similarity")
 
 
 def test_gates_are_read_by_layer_and_direction():
@@ -328,11 +329,12 @@ def test_matching_is_judged_against_each_photos_hardest_other_caption(monkeypatc
     probability = {(0, 0): 0.9, (1, 2): 0.4, (2, 4): 0.8, (0, 3): 0.2, (1, 0): 0.6, (2, 1): 0.1}
     asked = []
 
-    def pair_scores(image_tokens, text_tokens, text_mask, images, texts, batch_size, *rest):
+    def pair_scores(scored_model, image_tokens, text_tokens, text_mask, images, texts, batch_size, *rest):
+        assert scored_model is model
         asked.extend(zip(images.tolist(), texts.tolist()))
         return torch.tensor([probability[pair] for pair in zip(images.tolist(), texts.tolist())]).log()
 
-    monkeypatch.setattr(model, "pair_scores", pair_scores)
+    monkeypatch.setattr("modeling_xattn.training.evaluation.pair_scores", pair_scores)
     monkeypatch.setattr(model.retrieval, "similarity", lambda images, texts: similarity)
     encoded = ((torch.zeros(3, 2, 4), torch.zeros(3, 4)), (torch.zeros(6, 2, 4), torch.ones(6, 2), torch.zeros(6, 4)))
     result = matching_against_hardest(model, encoded, owner, captions, batch_size=4)

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import load_script, slow
 from modeling_xattn.training.data.options import data_options
 from modeling_xattn.training.data.relations import (
     RELATIONS,
@@ -249,6 +249,7 @@ def test_the_splits_share_no_scene():
     assert relation_example(ROWS_PER_SEED + 3, SPEC)["question_id"] == str(ROWS_PER_SEED + 3)
 
 
+@slow
 def test_the_study_command_at_tiny_sizes(tmp_path):
     ablation = load_script("ablation")
     summary = ablation.main([

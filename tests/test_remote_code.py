@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import torch
-from conftest import make_batch
+from conftest import make_batch, slow
 from safetensors.torch import save_file
 
 from modeling_xattn import XAttnConfig, XAttnForConditionalGeneration, XAttnForMultiTask
@@ -50,6 +50,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@slow
 def test_remote_code_round_trip_in_a_fresh_offline_process(tmp_path, processor):
     from PIL import Image
 

@@ -5,23 +5,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_SAMPLE, load_script
+from conftest import SHARED_SAMPLE, load_script, slow
+from modeling_xattn.training.gallery import encode_gallery_images, encode_gallery_texts, pair_scores, rank
 
 ablation = load_script("ablation")
 evaluation = load_script("evaluate")
 predict = load_script("predict")
-train = load_script("train")
 visualize = load_script("visualize")
 
 DATA = ["--synthetic_samples", "80", "--synthetic_test_samples", "24"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    train.main(DATA + ["--vocab_size", "150", "--max_steps", "3", "--batch_size", "8", "--report_to", "none", "--no_progress",
-                       "--output_dir", str(folder)])
-    return folder
+def trained(trained_copy):
+    return trained_copy
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +32,7 @@ def images(tmp_path_factory):
     return folder
 
 
+@slow
 def test_evaluate_writes_json_and_markdown(trained, tmp_path):
     payload = evaluation.main(["--model", str(trained), "--split", "test", "--no_progress", "--output_dir",
                                str(tmp_path), "--num_beams", "2", "--max_new_tokens", "8", "--top_k", "5", *DATA])
@@ -70,14 +68,14 @@ def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
 
     data = synthetic_dataset(6, seed=5)
     batch = processor(images=list(data["image"]), captions=[c for cs in data["captions"] for c in cs])
-    images = model.encode_gallery_images(batch["pixel_values"], batch_size=4)
-    texts = model.encode_gallery_texts(batch["caption_input_ids"], batch["caption_attention_mask"], batch_size=5)
+    images = encode_gallery_images(model, batch["pixel_values"], batch_size=4)
+    texts = encode_gallery_texts(model, batch["caption_input_ids"], batch["caption_attention_mask"], batch_size=5)
     for direction in ("i2t", "t2i"):
-        exhaustive, pairs = model.rank(images, texts, direction=direction, exhaustive=True)
-        covered, covered_pairs = model.rank(images, texts, direction=direction, k=30)
+        exhaustive, pairs = rank(model, images, texts, direction=direction, exhaustive=True)
+        covered, covered_pairs = rank(model, images, texts, direction=direction, k=30)
         assert pairs == covered_pairs == 6 * 30
         assert torch.equal(exhaustive, covered)
-        short, short_pairs = model.rank(images, texts, direction=direction, k=2)
+        short, short_pairs = rank(model, images, texts, direction=direction, k=2)
         assert short_pairs == 2 * (6 if direction == "i2t" else 30)
         # the re-ranked pairs score as they do in the exhaustive matrix
         reranked = short > -5e3
@@ -88,9 +86,9 @@ def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
         similarity = model.retrieval.similarity(images[1], texts[2])
         curve = recall_at_1_by_k(exhaustive, similarity, owner, direction, ks=(1, 2, 4))
         for k, value in curve.items():
-            ranked, _ = model.rank(images, texts, direction=direction, k=k)
+            ranked, _ = rank(model, images, texts, direction=direction, k=k)
             assert value == retrieval_metrics(ranked, owner, ks=(1,))[f"{direction}_R@1"]
-        embeddings_only, none_scored = model.rank(images, texts, direction=direction, k=0)  # evaluate --top_k 0
+        embeddings_only, none_scored = rank(model, images, texts, direction=direction, k=0)  # evaluate --top_k 0
         assert none_scored == 0
         similarity = model.retrieval.similarity(images[1], texts[2])
         torch.testing.assert_close(embeddings_only, similarity - 1e4)
@@ -98,15 +96,16 @@ def test_two_stage_equals_exhaustive_when_k_covers_the_gallery(trained):
     # order, give the scores of projecting every pair afresh (pairs given out of order, in uneven batches)
     pairs = torch.randperm(6 * 30, generator=torch.Generator().manual_seed(0))[:50]
     image_index, text_index = pairs // 30, pairs % 30
-    reused = model.pair_scores(images[0], texts[0], texts[1], image_index, text_index, batch_size=7, reuse=True)
-    afresh = model.pair_scores(images[0], texts[0], texts[1], image_index, text_index, batch_size=7, reuse=False)
+    reused = pair_scores(model, images[0], texts[0], texts[1], image_index, text_index, batch_size=7, reuse=True)
+    afresh = pair_scores(model, images[0], texts[0], texts[1], image_index, text_index, batch_size=7, reuse=False)
     torch.testing.assert_close(reused, afresh, rtol=1e-5, atol=1e-5)
     assert reused.std() > 0  # fifty different pairs, not one score repeated
     # batched gallery encoding equals one big batch
-    one = model.encode_gallery_images(batch["pixel_values"], batch_size=64)
+    one = encode_gallery_images(model, batch["pixel_values"], batch_size=64)
     torch.testing.assert_close(images[1], one[1])
 
 
+@slow
 def test_ablation_runs_every_configuration(tmp_path):
     summary = ablation.main(["--output_dir", str(tmp_path), "--max_steps", "2", "--test_samples", "12",
                              "--num_beams", "1", "--no_progress", "--synthetic_samples", "80", "--",
@@ -182,6 +181,7 @@ def test_predict_every_command(trained, images, capsys):
     assert json.loads(capsys.readouterr().out)["command"] == "rank-captions"
 
 
+@slow
 def test_readme_evaluation_from_python_runs_as_written(trained, tmp_path, monkeypatch, capsys):
     """The notebook evaluation of docs/evaluation.md, on an imagefolder of labelled, captioned rows the test writes."""
     import re

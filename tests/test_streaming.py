@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_SAMPLE, kill_after_checkpoint, load_script
+from conftest import SHARED_SAMPLE, kill_after_checkpoint, load_script, slow
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -124,6 +124,7 @@ def test_two_processes_read_disjoint_rows(embedded_shards, tmp_path, shards):
     assert 0 <= held_out < 2 * 4 * 2  # only what ends an epoch: the shorter process's unfilled batch, drop_last
 
 
+@slow
 def test_stream_position_resumes_at_the_next_row(embedded_shards):
     straight = stream_of(embedded_shards, buffer=0)
     expected = [batch for batch in straight.batches()]
@@ -172,6 +173,7 @@ STREAM = ["--dataset", "webdataset", "--streaming", "--batch_size", "8", "--voca
           "--no_progress", "--learning_rate", "3e-4", "--max_eval_samples", "16"]
 
 
+@slow
 def test_killed_streaming_run_resumes_to_the_same_weights(embedded_shards, tmp_path):
     """SIGKILL after the step-4 checkpoint; the resumed run reads on from the checkpoint's row (source order, no
     shuffle buffer: exactly the rows the uninterrupted run read), across the end of the stream into a second epoch,
@@ -198,6 +200,7 @@ def test_killed_streaming_run_resumes_to_the_same_weights(embedded_shards, tmp_p
         assert torch.equal(expected[key], got[key]), key
 
 
+@slow
 def test_two_processes_stream_and_end_with_identical_weights(embedded_shards, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
@@ -211,6 +214,7 @@ def test_two_processes_stream_and_end_with_identical_weights(embedded_shards, tm
     assert results["global_step"] == 30 and results["num_processes"] == 2
 
 
+@slow
 def test_hub_datasets_stream(embedded_shards, tmp_path):
     """Two Hub dataset repos streamed from the Hub test server: a repo of shards, and an imagefolder of PNG photos
     with `metadata.jsonl` (read through the column options), each at a pinned commit."""

@@ -13,7 +13,7 @@ from transformers import AutoModelForPreTraining, AutoProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train.py"
-from conftest import kill_after_checkpoint, load_script  # noqa: E402
+from conftest import kill_after_checkpoint, load_script, slow
 
 train = load_script("train")
 
@@ -56,6 +56,7 @@ def run_script(args, env=None, cwd=REPO):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
 
 
+@slow
 @pytest.mark.parametrize("augmentation", [["--random_crop_scale", "0.5"], []], ids=["seeded crops", "cached photos"])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, augmentation):
     # the default recipe's warm-up and cosine schedule; with seeded random crops, or without them, where the photos
@@ -92,6 +93,7 @@ def test_interrupted_save_never_hides_the_last_complete_checkpoint(tmp_path):
     assert latest_checkpoint(str(checkpoints)) == str(checkpoints / "step_4")
 
 
+@slow
 def test_two_processes_really_run(tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
@@ -104,6 +106,7 @@ def test_two_processes_really_run(tmp_path):
     assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
 
 
+@slow
 def test_two_nodes_end_with_identical_weights(tmp_path):
     """`torchrun --nnodes 2`: two "machines" on 127.0.0.1, one process each, gloo; the run checks at the end that both
     replicas hold the same weights (and would stop if they did not)."""
@@ -123,6 +126,7 @@ def test_two_nodes_end_with_identical_weights(tmp_path):
     assert json.loads((out / "train_results.json").read_text())["num_processes"] == 2
 
 
+@slow
 def test_compiled_channels_last_steps_match_eager(tmp_path, capsys):
     """`--torch_compile` (Accelerate's dynamo plugin; aot_eager here: inductor's C++ build takes minutes on two cores)
     with `--channels_last`: the same losses as eager, step by step. A compiled run pads to the maximum lengths, which

@@ -82,12 +82,11 @@ def test_caption_models_train_and_report_eval_loss_on_caption_only_sets(model_cl
     assert "eval_loss" in metrics and metrics["eval_loss"] > 0
 
 
-def test_the_collators_former_argument_names_make_the_same_batch(processor):
+def test_the_collator_takes_a_model_class_its_name_or_an_instance(processor):
     rows = list(synthetic_dataset(4, seed=5))
-    with pytest.warns(FutureWarning, match="now targets='caption'"):
-        former = XAttnCollator(processor, task="captioning", head="retrieval")(rows)
     batch = XAttnCollator(processor, targets="caption", model=XAttnForImageTextRetrieval)(rows)
-    assert former.keys() == batch.keys() and all(torch.equal(former[key], batch[key]) for key in batch)
+    named = XAttnCollator(processor, targets="caption", model="XAttnForImageTextRetrieval")(rows)
+    assert named.keys() == batch.keys() and all(torch.equal(named[key], batch[key]) for key in batch)
     instance = XAttnForImageTextRetrieval(tiny(processor))  # as transformers' collators take a model
     assert XAttnCollator(processor, targets="caption", model=instance).model == "XAttnForImageTextRetrieval"
     with pytest.raises(ValueError, match="model must be one of"):

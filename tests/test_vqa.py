@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from conftest import load_script
+from conftest import load_script, slow
 from test_sources import vqa_files, write_jpeg
 
 from modeling_xattn.training.data.vqa import (
@@ -82,6 +82,7 @@ def test_evaluate_vqa_on_the_official_files_writes_the_official_results_file(tmp
     assert "| vqa | vqa_accuracy |" in (model / "eval_results.md").read_text()
 
 
+@slow
 def test_the_best_checkpoint_by_the_tasks_own_metric(tmp_path):
     """--metric_for_best_model cider captions --caption_eval_samples validation photos at each evaluation (the COCO
     toolkit scores them); vqa_accuracy is the official accuracy; a name the run does not report stops it at once."""

@@ -41,20 +41,3 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
                    export_densenet, make_shards, predict, push_to_hub, visualize
 """
 
-
-def moved_names(module: str, moves: dict):
-    """A module's `__getattr__` for the names that moved out of it (issue 33's restructuring), kept for one release:
-    `moves` maps a former name to its new module, or to `(new module, new name)`; the name is read from there with a
-    `FutureWarning`. The new module is imported only when a former name is used, so it is no dependency of the old."""
-
-    def __getattr__(name):
-        if name not in moves:
-            raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        import importlib
-        import warnings
-
-        home, new_name = moves[name] if isinstance(moves[name], tuple) else (moves[name], name)
-        warnings.warn(f"{module}.{name} is now {home}.{new_name}", FutureWarning, stacklevel=2)
-        return getattr(importlib.import_module(home), new_name)
-
-    return __getattr__

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 
 import torch
 from PIL import Image
 
 from modeling_xattn.modeling_xattn import caption_labels
-from modeling_xattn.training import moved_names
 from modeling_xattn.training.data.schema import (
     BATCH_TARGETS,
     NO_TARGET,
@@ -26,13 +24,6 @@ from modeling_xattn.training.data.schema import (
     vqa_soft_scores,
 )
 from modeling_xattn.training.data.views import crop_fraction
-
-
-# The collator's former `task=` and `head=` values, and what they are now.
-FORMER_TASKS = {"multitask": "statement+caption", "classification": "statement", "vqa": "question",
-                "vqa+captions": "question+caption", "retrieval": "caption", "captioning": "caption"}
-FORMER_HEADS = {"multitask": "XAttnForMultiTask", "classification": "XAttnForSequenceClassification",
-                "retrieval": "XAttnForImageTextRetrieval", "captioning": "XAttnForConditionalGeneration"}
 
 
 class XAttnCollator:
@@ -69,8 +60,6 @@ class XAttnCollator:
             (captions of one image are never each other's negatives);
         `XAttnForConditionalGeneration`: the caption as `decoder_input_ids`/`decoder_attention_mask` and as
             `labels` (padding -100).
-
-    `task=` and `head=` are the former names of `targets=` and `model=`, taken with a `FutureWarning`.
     """
 
     MODELS = ("XAttnForMultiTask", "XAttnForSequenceClassification", "XAttnForImageTextRetrieval",
@@ -80,15 +69,7 @@ class XAttnCollator:
     def __init__(self, processor, targets: str = "statement+caption", answer_vocab: list[str] | None = None,
                  counter: BadRowCounter | None = None, caption_index: int = 0, image_dir: str | None = None,
                  model: str | type = "XAttnForMultiTask", with_row_index: bool = False, pad_to_max_length: bool = False,
-                 photo_cache: PhotoCache | None = None, task: str | None = None, head: str | None = None):
-        if task is not None:
-            warnings.warn(f"XAttnCollator(task={task!r}) is now targets={FORMER_TASKS.get(task, task)!r}",
-                          FutureWarning, stacklevel=2)
-            targets = FORMER_TASKS.get(task, task)
-        if head is not None:
-            warnings.warn(f"XAttnCollator(head={head!r}) is now model={FORMER_HEADS.get(head, head)!r}",
-                          FutureWarning, stacklevel=2)
-            model = FORMER_HEADS.get(head, head)
+                 photo_cache: PhotoCache | None = None):
         if isinstance(model, torch.nn.Module):  # a model instance, as transformers' collators take one
             model = type(model)
         model = getattr(model, "__name__", model)
@@ -224,7 +205,7 @@ class PhotoCache:
     """Each photo's processed pixel values, kept after the first time it is read, up to `max_bytes` in all (the
     photos read after that are processed every time). A photo is known by its file's path, or by a hash of its bytes
     for a photo stored in the rows; an image given as an object is not cached. What a training step spends on
-    reading, decoding and resizing its photos (on Flickr8k at 64 px, about 8% of the step) is then spent once per
+    reading, decoding and resizing its photos (docs/performance.md says how much) is then spent once per
     photo, not once per epoch and caption. The values are exactly those the processor makes, so a run with the
     cache is the run without it."""
 
@@ -254,8 +235,3 @@ class PhotoCache:
             self.entries[key] = (mode, pixels.clone())
             self.used += size
 
-
-# Names that lived here before the dataset views moved beside the data.
-MOVED = dict.fromkeys(("CaptionPairs", "CaptionPerPhoto", "EpochSeeded", "RandomResizedCrops"),
-                      "modeling_xattn.training.data.views")
-__getattr__ = moved_names(__name__, MOVED)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from modeling_xattn.training import moved_names
 from modeling_xattn.training.collate import XAttnCollator
 from modeling_xattn.training.data.schema import BadRowCounter
 from modeling_xattn.training.data.vqa import overall_accuracy, vqa_accuracy
+from modeling_xattn.training.gallery import pair_scores
 from modeling_xattn.training.inference import (
     RERANK_BUDGET_SECONDS,
     batches,
@@ -265,7 +265,7 @@ def matching_against_hardest(model, encoded, owner, captions: list[str], batch_s
     images = torch.cat([index, index]).to(image_tokens.device)
     texts = torch.cat([first[kept], hardest]).to(image_tokens.device)
     photos = len(index)
-    scores = model.pair_scores(image_tokens, text_tokens, text_mask, images, texts,
+    scores = pair_scores(model, image_tokens, text_tokens, text_mask, images, texts,
                                batch_size or rerank_batch_size_for(model)).exp().float().cpu()
     matched, other = scores[:photos], scores[photos:]
     accuracy = 50.0 * float((matched > 0.5).float().mean() + (other <= 0.5).float().mean())
@@ -427,17 +427,6 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
         metrics.update({f"val_i2t_{k}": v for k, v in recall_at_k(similarity, positives).items()})
     model.train()
     return metrics
-
-
-# Names that lived here before inference (loading, generating, ranking) and the results table moved out.
-MOVED = {
-    **dict.fromkeys(("load_model", "SHORTLIST_SIZES", "RERANK_BATCH_SIZE_CPU",
-                     "RERANK_BATCH_SIZE_ACCELERATOR", "shortlist_sizes", "choose_shortlist", "rerank_pairs",
-                     "measure_pair_rate", "synchronize", "generation_overrides"), "modeling_xattn.training.inference"),
-    **dict.fromkeys(("markdown_table", "PAPER_NAMES", "recall_at_1_by_k"), "modeling_xattn.training.metrics"),
-    "TASKS": ("modeling_xattn.training.tasks", "EVALUATED_TASKS"),
-}
-__getattr__ = moved_names(__name__, MOVED)
 
 
 __all__ = ["CAPTIONS_PER_IMAGE", "EVALUATION_FILES", "PREDICTION_FILES", "caption_samples", "coco_references",

@@ -15,20 +15,21 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from modeling_xattn.training.gallery import encode_gallery_images, encode_gallery_texts, pair_scores, rank
 from modeling_xattn.training.hub import inference_device, load_pretrained, load_processor
 
 
 # Two-stage retrieval's defaults. `--top_k auto` takes the largest shortlist of SHORTLIST_SIZES whose re-ranking fits
-# RERANK_BUDGET_SECONDS at the pairs/s measured on the device at hand. On 2 CPU cores, 1,000 photos x 5,000
-# captions, the small preset: k = 32 at 64 px and 8 at 128 px, R@1 within a point of k = 128 (docs/performance.md).
+# RERANK_BUDGET_SECONDS at the pairs/s measured on the device at hand (docs/performance.md has the shortlists it
+# chooses and their recall against the largest).
 SHORTLIST_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
 RERANK_BUDGET_SECONDS = 90.0
 
 
-# Pairs per fusion call while re-ranking: on 2 CPU cores 64 scored the most pairs/s (3,200, against 2,500 at 256 and
-# 1,850 at 1,024; docs/performance.md); a GPU wants larger batches (512, not measured here).
+# Pairs per fusion call while re-ranking: on CPUs the batch that scored the most pairs/s (docs/performance.md); an
+# accelerator wants larger batches.
 RERANK_BATCH_SIZE_CPU = 64
 
 
@@ -79,9 +80,9 @@ def generate_captions(model, processor, pixel_values, num_beams=None, max_new_to
 def encode_gallery(model, processor, pixel_values, captions: list[str], batch_size=64, text_batch_size=256,
                    progress=False):
     """Images and captions of a gallery, each encoded once in batches: `(images, texts)` as `model.rank` takes them."""
-    images = model.encode_gallery_images(pixel_values, batch_size, progress=progress)
+    images = encode_gallery_images(model, pixel_values, batch_size, progress=progress)
     tokens = processor(captions=captions)
-    texts = model.encode_gallery_texts(tokens["caption_input_ids"], tokens["caption_attention_mask"], text_batch_size,
+    texts = encode_gallery_texts(model, tokens["caption_input_ids"], tokens["caption_attention_mask"], text_batch_size,
                                        progress=progress)
     return images, texts
 
@@ -95,7 +96,7 @@ def rank_gallery(model, processor, pixel_values, captions: list[str], direction=
     Returns `(scores (num_images, num_captions), pairs scored by cross-attention, encoded)`."""
     if encoded is None:
         encoded = encode_gallery(model, processor, pixel_values, captions, batch_size, progress=progress)
-    scores, pairs = model.rank(*encoded, direction=direction, k=top_k, exhaustive=exhaustive,
+    scores, pairs = rank(model, *encoded, direction=direction, k=top_k, exhaustive=exhaustive,
                                batch_size=rerank_batch_size or rerank_batch_size_for(model), progress=progress,
                                score=rerank_score)
     return scores, pairs, encoded
@@ -145,10 +146,10 @@ def measure_pair_rate(model, encoded, batch_size: int | None = None, timed_batch
     count = batch_size * (timed_batches + 1)
     images = torch.arange(count, device=image_tokens.device) % len(image_tokens)
     texts = (torch.arange(count, device=image_tokens.device) * 7) % len(text_tokens)
-    model.pair_scores(image_tokens, text_tokens, text_mask, images[:batch_size], texts[:batch_size], batch_size)
+    pair_scores(model, image_tokens, text_tokens, text_mask, images[:batch_size], texts[:batch_size], batch_size)
     synchronize(image_tokens.device)
     started = time.perf_counter()
-    model.pair_scores(image_tokens, text_tokens, text_mask, images[batch_size:], texts[batch_size:], batch_size)
+    pair_scores(model, image_tokens, text_tokens, text_mask, images[batch_size:], texts[batch_size:], batch_size)
     synchronize(image_tokens.device)
     return (count - batch_size) / max(time.perf_counter() - started, 1e-9)
 

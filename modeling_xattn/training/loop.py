@@ -18,7 +18,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
 
-from modeling_xattn.training import moved_names
 from modeling_xattn.training.checkpoints import TrainingState, save_checkpoint_atomically, write_json
 from modeling_xattn.training.compilation import compiled_graphs, is_compiled
 from modeling_xattn.training.data.schema import BadRowCounter
@@ -338,13 +337,3 @@ def _write_outputs(run: Run, metrics: dict, weights=None, graphs=None) -> None:
     write_run_records(args, run.tasks, model, run.state, metrics, run.counter, _minutes(run.state, run.started) * 60,
                       accelerator.num_processes, graphs, run.launch)
 
-
-# Names that lived here before the set-up moved to main.py and the run's outputs to publishing.py.
-MOVED = {
-    **dict.fromkeys(("train", "parse_args", "make_accelerator", "cpu_precision", "cpu_has_bf16", "check_best_metric",
-                     "build_data", "build_optimization", "STREAM_EVALUATION_PERIOD"), "modeling_xattn.training.main"),
-    "run_summary": "modeling_xattn.training.publishing",
-    "validation_metrics": "modeling_xattn.training.tasks",
-    "logging_dir": "modeling_xattn.training.options",
-}
-__getattr__ = moved_names(__name__, MOVED)

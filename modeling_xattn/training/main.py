@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 from modeling_xattn.configuration_xattn import XAttnConfig
 from modeling_xattn.modeling_xattn import XAttnForMultiTask
 from modeling_xattn.processing_xattn import XAttnProcessor, train_albert_tokenizer
+from modeling_xattn.training.backbones import from_pretrained_backbones
 from modeling_xattn.training.checkpoints import latest_checkpoint, list_checkpoints, quiet_tied_weights_notice
 from modeling_xattn.training.collate import PhotoCache, XAttnCollator
 from modeling_xattn.training.compilation import compiled_graphs, is_compiled
@@ -80,29 +81,7 @@ def train(args) -> dict:
     """Train, evaluate and write the Hub-ready folder for parsed options (`parse_args`); returns the final metrics,
     the folder, the process count, the step reached and the push's commit (when `--push_to_hub`)."""
     accelerator, on_accelerator, launch = make_accelerator(args)
-    compiled = launch["torch_compile"] != "no"
-    if args.memory_saving and compiled:
-        # the checkpointed ALBERT layer calls are patched in and out around each forward, which torch.compile's
-        # tracing re-applies and then cannot undo (it stops at the first step)
-        raise SystemExit("--memory_saving and --torch_compile cannot be combined (nor the launcher's dynamo backend):"
-                         " pick one (memory_saving trades speed for memory, torch_compile memory-neutral speed)")
-    if args.fsdp and compiled:
-        raise SystemExit("--fsdp and --torch_compile are not combined here, nor --fsdp and the launcher's dynamo "
-                         "backend (the sharded model is not prepared by Accelerate, which is what compiles it): leave "
-                         "out one of them (--no-torch_compile overrides the launcher)")
-    if args.fsdp and (accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP):
-        raise SystemExit("--fsdp shards the model over the processes of a torchrun launch (torchrun "
-                         "--nproc_per_node N scripts/train.py --fsdp); it has "
-                         + ("one process" if accelerator.num_processes == 1 else
-                            "an Accelerate FSDP config already: leave out one of the two"))
-    if args.logging_steps < 1:
-        raise SystemExit(f"--logging_steps {args.logging_steps}: give 1 or more (the losses are read every N steps)")
-    for name in ("min_word_count", "vocab_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"--{name} {getattr(args, name)}: give 1 or more")
-    if args.photo_cache_gb < 0:
-        raise SystemExit(f"--photo_cache_gb {args.photo_cache_gb}: give 0 (off) or more")
-    check_best_metric(args)
+    validate(args, launch, accelerator)
     claim_output_dir(args, accelerator)
     tokenizer, notes = check_towers(args)  # before the data: a tower that does not fit stops the run at once
     for note in notes:
@@ -210,9 +189,9 @@ def make_accelerator(args) -> tuple[Accelerator, bool, dict]:
 
 def cpu_precision(model_size: str) -> tuple[str | None, str | None]:
     """The precision a CPU run takes when neither our flag nor the launcher sets one: bf16 autocast for the base
-    preset on a CPU with native bf16 (AVX512-BF16 or AMX), where its training step measured 0.56x of fp32's time
-    (2 cores of an AMD EPYC, batch 8, 224 px); fp32 otherwise (the small preset at 64 px measured 2.35x slower in
-    bf16: its matrices are too small for the conversions to pay). docs/performance.md has the figures."""
+    preset on a CPU with native bf16 (AVX512-BF16 or AMX), where its training step measured faster than fp32's;
+    fp32 otherwise (the small preset measured slower in bf16: its matrices are too small for the conversions to pay).
+    docs/performance.md has the figures."""
     if model_size != "base" or not cpu_has_bf16():
         return None, None
     return "bf16", "default: the base preset on a CPU with native bf16"
@@ -249,10 +228,44 @@ def _setting_source(flag, option: str, variable: str) -> str:
     return "accelerate launch" if os.environ.get(variable) else "default"
 
 
-def check_best_metric(args) -> None:
-    """What `--metric_for_best_model` needs, checked before any data is read: a metric some task reports (the run's
-    own tasks are checked once known), a caption metric's validation captions, Java for METEOR, one process per
-    model copy (the main process captions alone: a sharded model cannot)."""
+def validate(args, launch: dict, accelerator) -> None:
+    """Every check of the options against each other and against the launch, before any file or data is read: a
+    combination that cannot run stops with a message naming the option to change. (The towers' files are checked
+    next, by `check_towers`, and the data's knobs where the data is read, each naming its option too.)"""
+    compiled = launch["torch_compile"] != "no"
+    if args.memory_saving and compiled:
+        # the checkpointed ALBERT layer calls are patched in and out around each forward, which torch.compile's
+        # tracing re-applies and then cannot undo (it stops at the first step)
+        raise SystemExit("--memory_saving and --torch_compile cannot be combined (nor the launcher's dynamo backend):"
+                         " pick one (memory_saving trades speed for memory, torch_compile memory-neutral speed)")
+    if args.fsdp and compiled:
+        raise SystemExit("--fsdp and --torch_compile are not combined here, nor --fsdp and the launcher's dynamo "
+                         "backend (the sharded model is not prepared by Accelerate, which is what compiles it): leave "
+                         "out one of them (--no-torch_compile overrides the launcher)")
+    if args.fsdp and (accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP):
+        raise SystemExit("--fsdp shards the model over the processes of a torchrun launch (torchrun "
+                         "--nproc_per_node N scripts/train.py --fsdp); it has "
+                         + ("one process" if accelerator.num_processes == 1 else
+                            "an Accelerate FSDP config already: leave out one of the two"))
+    if args.logging_steps < 1:
+        raise SystemExit(f"--logging_steps {args.logging_steps}: give 1 or more (the losses are read every N steps)")
+    for name in ("min_word_count", "vocab_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"--{name} {getattr(args, name)}: give 1 or more")
+    if args.photo_cache_gb < 0:
+        raise SystemExit(f"--photo_cache_gb {args.photo_cache_gb}: give 0 (off) or more")
+    if args.streaming and not args.max_steps:
+        raise SystemExit("--streaming needs --max_steps: a stream has no length to count epochs by")
+    if args.streaming and args.caption_matching:
+        raise SystemExit("--caption_matching pairs captions across a whole split, which a stream never holds")
+    if args.dataset == "relations":
+        try:
+            relation_spec(args)  # the generator's knobs, each named by its option
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+    # what --metric_for_best_model needs: a metric some task reports (the run's own tasks are checked once known), a
+    # caption metric's validation captions, Java for METEOR, one process per model copy (the main process captions
+    # alone: a sharded model cannot)
     key = best_metric_key(args.metric_for_best_model)
     if key not in validation_metrics(REGISTRY):
         raise SystemExit(f"--metric_for_best_model {args.metric_for_best_model}: no validation reports it; choose one "
@@ -277,10 +290,6 @@ def build_data(args, accelerator, on_accelerator) -> Run:
     streaming = None
     try:
         if args.streaming:
-            if not args.max_steps:
-                raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs by")
-            if args.caption_matching:
-                raise ValueError("--caption_matching pairs captions across a whole split, which a stream never holds")
             # the tokenizer, tasks and class names come from the stream's first rows; validation is read once
             streaming = StreamingData(args)  # its bad rows are counted by the collator, as any source's
             train_data, val_data = streaming.probe, streaming.validation
@@ -390,8 +399,8 @@ def build_model(args, config, tokenizer):
     name (a tokenizer smaller than the text tower's vocabulary gets the ids it lacks suppressed in generation)."""
     if args.text_backbone or args.vision_backbone:
         try:
-            model = XAttnForMultiTask.from_pretrained_backbones(config, text=args.text_backbone,
-                                                                 vision=args.vision_backbone)
+            model = from_pretrained_backbones(XAttnForMultiTask, config, text=args.text_backbone,
+                                              vision=args.vision_backbone)
         except OSError as error:  # (the files were checked beforehand: what remains is a download that failed)
             raise SystemExit(f"the pretrained towers could not be loaded: {str(error).splitlines()[0]}. Where the "
                              "internet cannot be reached, give local files: --text_backbone FOLDER (hf download "

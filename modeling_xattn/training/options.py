@@ -46,21 +46,18 @@ class ModelArguments:
         5, "without --vocab_size, the words the trained tokenizer keeps whole: those seen at least this many times")
     model_size: Literal["tiny", "small", "base"] | None = option(
         None,
-        "preset: tiny, small, base (the paper's: DenseNet121, albert-base-v2's shape). Recipe default and paper: tiny; "
-        "finetune: base")
+        "preset: tiny, small, base (the paper's: DenseNet121, albert-base-v2's shape)")
     image_size: int | None = option(None, "image side in pixels (default: the preset's: tiny and small 64, base 224)")
     fusion_type: Literal["cross_attention", "concat"] = option("cross_attention")
     modalities: Literal["both", "image", "text"] = option("both")
     no_cbam: bool = option(False)
     text_backbone: str | None = option(
         None,
-        "pretrained ALBERT: Hub id or folder (albert/albert-base-v2), or none (a tower from random weights). Recipe "
-        "finetune: albert/albert-base-v2; the others: none")
+        "pretrained ALBERT: Hub id or folder (albert/albert-base-v2), or none (a tower from random weights)")
     vision_backbone: str | None = option(
         None,
         "'imagenet' (torchvision's DenseNet121 download) or a .safetensors DenseNet state dict (scripts/"
-        "export_densenet.py writes one; DenseNet121 needs --model_size base), or none (random weights). Recipe "
-        "finetune: imagenet; the others: none")
+        "export_densenet.py writes one; DenseNet121 needs --model_size base), or none (random weights)")
     freeze_text: bool = option(False, "lock ALBERT's weights (its projection still trains)")
     freeze_vision: bool = option(
         False,
@@ -89,47 +86,46 @@ class OptimisationArguments:
     num_answers: int = option(3129, "VQA answer vocabulary size (most frequent)")
     recipe: Literal["default", "paper", "finetune"] = option(
         "default",
-        "default: the choices that measured best on real held-out photos (README, Real photographs); paper: the "
-        "paper's literal choices (Formula 2 as written, Adam with its coupled weight decay 1e-4 on every weight, "
-        "Formula 5, no augmentation, plain cross-attention, mean pooling); finetune: the base preset from albert-base-v2"
-        " and ImageNet DenseNet121 with albert-base-v2's tokenizer, the towers at 1e-5 and the new layers at 1e-4 "
-        "after a warm-up, cosine decay, 224 px (README, Fine-tuning on a GPU). An option given explicitly overrides "
-        "the recipe's value")
+        "default: the choices that measured best on real held-out photos (docs/flickr8k.md); paper: the paper's "
+        "literal choices (Formula 2 as written, Adam with its coupled weight decay on every weight, Formula 5, no "
+        "augmentation, plain cross-attention, mean pooling); finetune: the base preset from albert-base-v2 and ImageNet "
+        "DenseNet121 with albert-base-v2's tokenizer, the towers slower than the new layers, after a warm-up, cosine "
+        "decay (README, Fine-tuning on a GPU). Each option a recipe sets lists the recipes' values in its help; an "
+        "option given explicitly overrides the recipe's value")
     contrastive_loss: Literal["margin", "margin_squared", "infonce", "sigmoid"] | None = option(
         None,
         "retrieval loss: margin (the paper's Formula 2 as written), margin_squared (Hadsell's squared form), infonce "
-        "(CLIP's) or sigmoid (SigLIP's pairwise loss). Recipe default: infonce; paper: margin")
+        "(CLIP's) or sigmoid (SigLIP's pairwise loss)")
     contrastive_margin: float = option(1.0, "m of Formula 2")
     contrastive_temperature: float = option(0.07, "InfoNCE temperature (its initial value when learned)")
     learnable_temperature: bool | None = option(
         None,
-        "learn InfoNCE's temperature (CLIP: logit scale from ln(1/0.07), clamped at ln 100, no weight decay). Recipe "
-        "default: on; paper: off", nargs="?", const=True)
+        "learn InfoNCE's temperature (CLIP: logit scale from ln(1/0.07), clamped at ln 100, no weight decay)",
+        nargs="?", const=True)
     fusion_gate: bool | None = option(
         None,
-        "tanh-gated cross-attention initialised closed (Flamingo): the full model starts as the concatenation model. "
-        "Recipe default: on; paper: off", nargs="?", const=True)
+        "tanh-gated cross-attention initialised closed (Flamingo): the full model starts as the concatenation model",
+        nargs="?", const=True)
     fusion_gate_init: float = option(
         0.0,
         "initial g of the gates (0: closed, exactly the concatenation model at the start)")
     retrieval_pooling: Literal["mean", "attention"] | None = option(
         None,
-        "pooling of the retrieval embeddings. Recipe default: attention; paper: mean")
+        "pooling of the retrieval embeddings")
     lambda_ce: float = option(1.0)
     lambda_cl: float = option(1.0)
     lambda_seq: float = option(1.0)
     lambda_itm: float | None = option(
         None,
-        "weight of the image-text matching loss, which trains the head that re-ranks retrieval shortlists. Recipe "
-        "default: 1; paper: 0 (the paper has no such loss)")
+        "weight of the image-text matching loss, which trains the head that re-ranks retrieval shortlists (the paper "
+        "has no such loss)")
     itm_negatives: Literal["hard", "random"] = option(
         "hard",
         "the matching loss's in-batch negatives: hard (drawn by contrastive similarity, ALBEF's and BLIP's) or random "
         "(uniform among the real negatives)")
     caption_label_smoothing: float | None = option(
         None,
-        "label smoothing of the caption loss. Recipe default and paper: 0 (Formula 3 as written); finetune: 0.1 "
-        "(BLIP's)")
+        "label smoothing of the caption loss (0: Formula 3 as written; finetune's is BLIP's)")
     caption_dropout: float | None = option(
         None,
         "dropout of the caption decoder (its hidden and attention dropout; the preset's: 0.1, BERT's and BLIP's "
@@ -138,27 +134,27 @@ class OptimisationArguments:
     optimizer: Literal["adamw", "adam"] | None = option(
         None,
         "adamw: Adam with decoupled weight decay; adam: torch's Adam, which adds the decay to the gradient, so that "
-        "Adam's normalisation drives weights with small gradients to zero at the learning rate per step (see README)."
-        " Recipe default: adamw; paper: adam")
+        "Adam's normalisation drives weights with small gradients to zero at the learning rate per step "
+        "(docs/flickr8k.md)")
     learning_rate: float | None = option(
         None,
         "peak learning rate of the layers the run trains from scratch (and of the towers without "
-        "--backbone_learning_rate). Recipe default and paper: 1e-3 (the paper's); finetune: 1e-4")
+        "--backbone_learning_rate)")
     backbone_learning_rate: float | None = option(
         None,
-        "peak learning rate of ALBERT and DenseNet (default: --learning_rate). Recipe finetune: 1e-5 (BLIP's and "
-        "ALBEF's fine-tuning rate)")
-    weight_decay: float | None = option(None, "Recipe default: 0.05 (decoupled); paper: 1e-4")
+        "peak learning rate of ALBERT and DenseNet (default: --learning_rate; finetune's is BLIP's and ALBEF's "
+        "fine-tuning rate)")
+    weight_decay: float | None = option(None, "weight decay (decoupled under --optimizer adamw)")
     decay_exclusions: bool | None = option(
         None,
-        "no weight decay on biases, norms, embeddings, gates, the logit scale and pooling queries. Recipe default: "
-        "on; paper: off (decay on every weight)", nargs="?", const=True)
+        "no weight decay on biases, norms, embeddings, gates, the logit scale and pooling queries (off: decay on every "
+        "weight)", nargs="?", const=True)
     random_crop_scale: float | None = option(
         None,
         "training photos are cropped to a random area in [scale, 1] of the photo and aspect 3/4-4/3, then resized "
         "(RandomResizedCrop, seeded per example and epoch; no flips: captions say left and right; not applied to "
-        "streamed data); 1 = no augmentation. Recipe default: 1 (crops measured fewer distinct captions, see README);"
-        " paper: 1; finetune: 0.5 (BLIP's and ALBEF's crops)")
+        "streamed data); 1 = no augmentation (docs/flickr8k.md says why the default recipe does not crop; finetune's "
+        "crops are BLIP's and ALBEF's)")
     caption_sampling: Literal["pairs", "one_per_photo"] = option(
         "pairs",
         "pairs: an epoch is every image-caption pair (5 examples for a photo with 5 captions); one_per_photo: an "
@@ -171,29 +167,28 @@ class OptimisationArguments:
         "DeepSpeed config says otherwise)")
     num_epochs: int | None = option(
         None,
-        "an epoch is one pass over every image-caption pair. Recipe default and paper: 2 (the main job reaches its "
-        "README figures in 2 epochs, under 5 minutes on 2 CPU cores); finetune: 5 (BLIP's COCO captioning)")
+        "an epoch is one pass over every image-caption pair (finetune's epochs are BLIP's COCO captioning's)")
     max_steps: int | None = option(None, "stop after this many optimiser steps")
     max_train_minutes: float | None = option(None, "stop (and evaluate, save) after this many minutes")
     lr_decay_beta: float | None = option(
         None,
         "Formula 5: lr *= beta after an evaluation whose loss is not below the previous one's (1 = off); it "
-        "multiplies the schedule's rate. Recipe default: 1; paper: 0.5")
+        "multiplies the schedule's rate")
     lr_scheduler: Literal["constant", "cosine"] | None = option(
         None,
         "cosine: from the peak to 0 over --max_steps, or over --max_train_minutes of training when that ends first. "
-        "Recipe default: constant (after warm-up; it measured better than cosine on Flickr8k at 8 minutes, see "
-        "README); paper: constant; finetune: cosine (BLIP's, ALBEF's)")
+        "constant: the peak after the warm-up (docs/flickr8k.md compares the two; finetune's cosine is BLIP's and "
+        "ALBEF's)")
     warmup_steps: int | None = option(
-        None, "linear warm-up of the learning rate. Recipe default: 100; paper: 0; finetune: 1000")
+        None, "linear warm-up of the learning rate")
     max_grad_norm: float | None = option(
         None,
-        "clip the gradients' global norm (0: off). Recipe default: 1; paper: 0 (no clipping)")
+        "clip the gradients' global norm (0: off)")
     mixed_precision: Literal["no", "fp16", "bf16"] | None = option(
         None,
         "autocast precision (default: what `accelerate launch --mixed_precision` or its config file says; without a "
-        "launcher, no, except bf16 for the base preset on a CPU with native bf16, where it measured 1.8x faster; the "
-        "small preset measured 2.35x slower in bf16, docs/performance.md)")
+        "launcher, no, except bf16 for the base preset on a CPU with native bf16, where it measured faster, and the "
+        "small preset slower: docs/performance.md)")
     seed: int = option(42)
     cpu: bool = option(False, "train on the CPU even where a GPU is present")
     fsdp: bool = option(
@@ -325,12 +320,30 @@ def parser_for(groups, description: str | None = None) -> HfArgumentParser:
     get their `--no-` forms."""
     parser = HfArgumentParser(groups, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipe_options = {f.name for group in groups if group in TRAINING_GROUPS for f in fields(group)}
     for group in parser._action_groups:
+        for action in group._group_actions:
+            if action.dest in recipe_options and action.dest != "recipe":
+                action.help = recipe_help(action.dest, action.help)
         for name in NEGATABLE:
             if any(action.dest == name for action in group._group_actions):
                 group.add_argument(f"--no-{name}", f"--no_{name}", dest=name, action="store_false", default=None,
                                    help=f"the opposite of --{name}")
     return parser
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def recipe_help(name: str, help_text: str | None) -> str | None:
+    """An option's help with the value each recipe gives it, read from `RECIPES` (nothing where no recipe sets it)."""
+    values = [f"{recipe} {_shown(values[name])}" for recipe, values in RECIPES.items() if name in values]
+    if not values:
+        return help_text
+    return f"{help_text + '. ' if help_text else ''}Recipes: {', '.join(values)}"
 
 
 def parse_options(groups, argv=None, description: str | None = None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer, PretrainedConfig
 
 from modeling_xattn.configuration_xattn import PRESETS, XAttnConfig
-from modeling_xattn.modeling_xattn import densenet_fields, densenet_shape, load_densenet_features
+from modeling_xattn.training.backbones import densenet_fields, densenet_shape, load_densenet_features
 
 # The shape torchvision's DenseNet121 (its ImageNet weights, `--vision_backbone imagenet`) has.
 DENSENET121 = dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4)

@@ -31,6 +31,7 @@ from modeling_xattn.modeling_xattn import (
 )
 from modeling_xattn.processing_xattn import make_image_processor
 from modeling_xattn.training.data.synthetic import synthetic_dataset
+from modeling_xattn.training.gallery import rank
 from modeling_xattn.training.inference import (
     RERANK_BATCH_SIZE_ACCELERATOR,
     RERANK_BATCH_SIZE_CPU,
@@ -316,7 +317,7 @@ def bench_retrieval(args, device) -> dict:
     def ranker(key, **kwargs):
         def run():
             with autocast(device, args.precision):
-                scores[key] = model.rank(images, texts, batch_size=1024, **kwargs)
+                scores[key] = rank(model, images, texts, batch_size=1024, **kwargs)
 
         return run
 

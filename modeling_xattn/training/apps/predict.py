@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from modeling_xattn.processing_xattn import to_rgb
 from modeling_xattn.training.data.schema import load_image
+from modeling_xattn.training.gallery import encode_gallery_images, encode_gallery_texts, rank
 from modeling_xattn.training.inference import generate_captions, load_model, rank_gallery
 from modeling_xattn.training.options import option, parser_for
 
@@ -115,7 +116,7 @@ def main(argv=None, description: str | None = None):
                 key = "label" if args.command == "classify" else "answer"
                 results.append({"image": name, key: ranked[0][0], "probabilities": dict(ranked[: args.top_k])})
         elif args.command == "rank-images":
-            tokens, embeds = model.encode_gallery_images(processor(images=images)["pixel_values"])
+            tokens, embeds = encode_gallery_images(model, processor(images=images)["pixel_values"])
             gallery += list(zip(names, embeds, tokens))
         else:  # rank-captions
             scores, _, _ = rank_gallery(model, processor, processor(images=images)["pixel_values"], args.captions,
@@ -128,9 +129,9 @@ def main(argv=None, description: str | None = None):
     progress.close()
     if args.command == "rank-images" and gallery:
         query = processor(captions=[args.text])
-        texts = model.encode_gallery_texts(query["caption_input_ids"], query["caption_attention_mask"])
+        texts = encode_gallery_texts(model, query["caption_input_ids"], query["caption_attention_mask"])
         images_encoded = (torch.stack([g[2] for g in gallery]), torch.stack([g[1] for g in gallery]))
-        scores, _ = model.rank(images_encoded, texts, direction="t2i", k=args.top_k)
+        scores, _ = rank(model, images_encoded, texts, direction="t2i", k=args.top_k)
         order = scores[:, 0].argsort(descending=True)[: args.top_k]
         results = [{"image": gallery[i][0], "score": float(scores[i, 0])} for i in order]
     if args.json:

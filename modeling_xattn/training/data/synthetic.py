@@ -131,8 +131,8 @@ def synthetic_dataset(num_samples: int = 4000, image_size: int = 64, objects: in
     - from the image alone nothing says which colours will be named (chance, 1/3);
     - with both, each colour word has to be grounded in the image regions (is there a region of this colour?) and the
       two answers combined: a word-to-region look-up, which is what text-to-image cross-attention does.
-    The statement is about colours, a per-pixel feature a tiny model can ground within the main job's minutes;
-    README's "The embedded dataset" says why not shapes.
+    The statement is about colours, a per-pixel feature a tiny model can ground within the main job's minutes
+    (docs/data.md, "The embedded dataset").
     Five reference captions per image (as COCO has) describe every shape in reading order in five phrasings
     ("a red circle, a blue square and a green cross", "red circle at the top left. ...", "there are three shapes:
     ...", "a picture of ... on a dark background", "the red shape is a circle, ..."), so most images have a distinct
