@@ -1370,8 +1370,8 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
                 losses["seq"] = decoded.loss
                 caption_logits = decoded.logits
 
-        weights = {"ce": config.lambda_ce, "cl": config.lambda_cl, "itm": config.lambda_itm, "seq": config.lambda_seq}
-        loss = sum(weights[name] * value for name, value in losses.items()) if losses else None  # Formula 4 (+ ITM)
+        # Formula 4 (+ ITM): each loss weighted by the config's lambda of the same name
+        loss = sum(getattr(config, f"lambda_{name}") * value for name, value in losses.items()) if losses else None
         output = XAttnMultiTaskOutput(
             loss=loss, loss_ce=losses.get("ce"), loss_cl=losses.get("cl"), loss_itm=losses.get("itm"),
             loss_seq=losses.get("seq"),

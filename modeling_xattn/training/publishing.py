@@ -68,36 +68,12 @@ def eval_result_list(eval_results: dict | None) -> list:
 
 
 # What the card shows of each task: the lines that use the loaded model, the pipeline that serves it.
-USAGE = {
-    "captioning": ('ids = model.generate(processor(images=image)["pixel_values"])  # generation_config.json\n'
-                   "print(processor.batch_decode(ids, skip_special_tokens=True))",
-                   'captioner = pipeline("image-to-text", model="<repo>", revision="<commit>", trust_remote_code=True)\n'
-                   'print(captioner("photo.jpg"))'),
-    "classification": ('inputs = processor(images=image, text="a statement about the photo")\n'
-                       "print(dict(zip(model.config.id2label.values(), model(**inputs).logits.softmax(-1)[0].tolist())))",
-                       'classifier = pipeline("image-text-classification", model="<repo>", revision="<commit>", '
-                       'trust_remote_code=True)\nprint(classifier("photo.jpg", text="a statement about the photo"))'),
-    "vqa": ('inputs = processor(images=image, text="what is the man holding?")\n'
-            "print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])",
-            'answerer = pipeline("image-text-classification", model="<repo>", revision="<commit>", '
-            'trust_remote_code=True)  # (transformers 5 has no VQA pipeline)\n'
-            'print(answerer("photo.jpg", text="what is the man holding?"))'),
-    "retrieval": ('captions = processor(captions=["a dog on the beach", "a red bus"])\n'
-                  "images = model.get_image_features(processor(images=image)[\"pixel_values\"])\n"
-                  'print(images @ model.get_text_features(captions["caption_input_ids"], '
-                  'captions["caption_attention_mask"]).T)',
-                  'ranker = pipeline("zero-shot-image-classification", model="<repo>", revision="<commit>", '
-                  'trust_remote_code=True)\nprint(ranker("photo.jpg", candidate_labels=["a dog on the beach", '
-                  '"a red bus"]))'),
-}
-
-
 def usage_lines(tasks) -> tuple[str, str]:
     """The card's code for the trained `tasks`: using the loaded model, and the pipelines that serve it."""
     tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    chosen = [task for task in USAGE_ORDER if task in tasks]
-    return ("\n".join(USAGE[task][0] for task in chosen) or "print(model(**processor(images=image, text=\"...\")))",
-            "\n".join(USAGE[task][1] for task in chosen))
+    chosen = [REGISTRY[task] for task in USAGE_ORDER if task in tasks]
+    return ("\n".join(task.usage for task in chosen) or "print(model(**processor(images=image, text=\"...\")))",
+            "\n".join(task.pipeline_usage for task in chosen))
 
 
 def card_metadata(card: dict, model_name: str, eval_results: dict | None = None):

@@ -22,7 +22,10 @@ class Task:
     losses (each as `val_<key>`, what `--metric_for_best_model` may name), `hub_task` and `hub_name` its Hub task type
     and name (the model card's pipeline tag and model-index), `pipeline` and `pipeline_input` the pipeline of this
     package that serves it and what it is called with (the run summary's example), `auto` whether `--tasks auto`
-    trains it where the data has its target, `evaluated` whether `evaluate_model` scores it."""
+    trains it where the data has its target, `evaluated` whether `evaluate_model` scores it; `usage` and
+    `pipeline_usage` the model card's code that uses it (the loaded model, the pipeline), `usage_rank` where that code
+    comes among a model's tasks, `pipeline_rank` which task's pipeline tag a model of several tasks takes (lowest
+    first)."""
 
     name: str
     target: str
@@ -37,6 +40,10 @@ class Task:
     pipeline_input: str
     auto: bool = True
     evaluated: bool = True
+    usage: str = ""
+    pipeline_usage: str = ""
+    usage_rank: int = 0
+    pipeline_rank: int = 0
 
 
 CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")  # the COCO toolkit's
@@ -46,7 +53,14 @@ REGISTRY = {task.name: task for task in (
     Task("classification", target="statement", head="classifier", losses=("loss_ce",), weights=("lambda_ce",),
          metrics=("accuracy", "macro_f1"), validation=("accuracy",),
          hub_task="visual-question-answering", hub_name="Image-text classification",
-         pipeline="image-text-classification", pipeline_input=STATEMENT_INPUT),
+         pipeline="image-text-classification", pipeline_input=STATEMENT_INPUT,
+         usage=('inputs = processor(images=image, text="a statement about the photo")\n'
+                'print(dict(zip(model.config.id2label.values(), '
+                'model(**inputs).logits.softmax(-1)[0].tolist())))'),
+         pipeline_usage=('classifier = pipeline("image-text-classification", model="<repo>", revision="<commit>", '
+                         'trust_remote_code=True)\n'
+                         'print(classifier("photo.jpg", text="a statement about the photo"))'),
+         usage_rank=1, pipeline_rank=3),
     # ranking captions for a photo is what the zero-shot-image-classification pipeline serves
     Task("retrieval", target="caption", head="retrieval", losses=("loss_cl", "loss_itm"),
          weights=("lambda_cl", "lambda_itm"),
@@ -54,21 +68,41 @@ REGISTRY = {task.name: task for task in (
          validation=("i2t_R@1", "i2t_R@5", "i2t_R@10", "i2t_mean_rank", "i2t_median_rank"),
          hub_task="zero-shot-image-classification", hub_name="Image-text retrieval",
          pipeline="zero-shot-image-classification",
-         pipeline_input='"photo.jpg", candidate_labels=["a dog on the beach", "a red bus"]'),
+         pipeline_input='"photo.jpg", candidate_labels=["a dog on the beach", "a red bus"]',
+         usage=('captions = processor(captions=["a dog on the beach", "a red bus"])\n'
+                'images = model.get_image_features(processor(images=image)["pixel_values"])\n'
+                'print(images @ model.get_text_features(captions["caption_input_ids"], '
+                'captions["caption_attention_mask"]).T)'),
+         pipeline_usage=('ranker = pipeline("zero-shot-image-classification", model="<repo>", revision="<commit>", '
+                         'trust_remote_code=True)\n'
+                         'print(ranker("photo.jpg", candidate_labels=["a dog on the beach", "a red bus"]))'),
+         usage_rank=3, pipeline_rank=2),
     # the loop's validation captions only when --metric_for_best_model names a caption metric
     Task("captioning", target="caption", head="captioner", losses=("loss_seq",), weights=("lambda_seq",),
          metrics=CAPTION_SCORES, validation=CAPTION_SCORES, hub_task="image-to-text", hub_name="Image captioning",
-         pipeline="image-to-text", pipeline_input='"photo.jpg"'),
+         pipeline="image-to-text", pipeline_input='"photo.jpg"',
+         usage=('ids = model.generate(processor(images=image)["pixel_values"])  # generation_config.json\n'
+                'print(processor.batch_decode(ids, skip_special_tokens=True))'),
+         pipeline_usage=('captioner = pipeline("image-to-text", model="<repo>", revision="<commit>", '
+                         'trust_remote_code=True)\n'
+                         'print(captioner("photo.jpg"))'),
+         usage_rank=0, pipeline_rank=0),
     # VQA: answers as classes on the classifier (soft scores), trained only when asked for
     Task("vqa", target="question", head="classifier", losses=("loss_ce",), weights=("lambda_ce",),
          metrics=("vqa_accuracy",), validation=("vqa_accuracy",),
          hub_task="visual-question-answering", hub_name="Visual question answering",
-         pipeline="image-text-classification", pipeline_input=STATEMENT_INPUT, auto=False),
+         pipeline="image-text-classification", pipeline_input=STATEMENT_INPUT, auto=False,
+         usage=('inputs = processor(images=image, text="what is the man holding?")\n'
+                'print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])'),
+         pipeline_usage=('answerer = pipeline("image-text-classification", model="<repo>", revision="<commit>", '
+                         'trust_remote_code=True)  # (transformers 5 has no VQA pipeline)\n'
+                         'print(answerer("photo.jpg", text="what is the man holding?"))'),
+         usage_rank=2, pipeline_rank=1),
 )}
 # The pipeline tag of a model that trained several tasks: the first of these it trained.
-PIPELINE_PRECEDENCE = ("captioning", "vqa", "retrieval", "classification")
+PIPELINE_PRECEDENCE = tuple(sorted(REGISTRY, key=lambda name: REGISTRY[name].pipeline_rank))
 # The order a model's uses are shown in (the model card's code, the run summary's pipeline): the first it trained.
-USAGE_ORDER = ("captioning", "classification", "vqa", "retrieval")
+USAGE_ORDER = tuple(sorted(REGISTRY, key=lambda name: REGISTRY[name].usage_rank))
 
 
 def pipeline_tag(tasks) -> str:
