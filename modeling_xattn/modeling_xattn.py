@@ -44,9 +44,13 @@ logger = logging.get_logger(__name__)
 # The attention implementations the fusion layers run (`attn_implementation=` at load time or
 # `model.set_attn_implementation`); ALBERT and the caption decoder follow the same choice.
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
-# Weights of the task heads. A checkpoint of one head loads into any other class: the other heads' weights are expected
-# to be absent or unused, so they are neither listed as missing nor as unexpected (see `from_pretrained`).
-HEAD_PREFIXES = ("classifier", "retrieval", "captioner")
+# The task heads (their weights' prefixes) and the config fields that weigh their losses in Formula 4. A checkpoint of
+# one head loads into any other class: the other heads' weights are expected to be absent or unused, so they are
+# neither listed as missing nor as unexpected, and a head whose weights are all 0 was never trained (`from_pretrained`).
+HEAD_LOSS_WEIGHTS = {"classifier": ("lambda_ce",), "retrieval": ("lambda_cl", "lambda_itm"),
+                     "captioner": ("lambda_seq",)}
+# Heads added with `register_head`: each reads the pooled fused statement, as the classifier does.
+STATEMENT_HEADS: dict[str, type] = {}
 # CLIP's clamp of the learned logit scale: exp(t) <= 100, i.e. a temperature of at least 0.01.
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -503,8 +507,8 @@ class XAttnPreTrainedModel(PreTrainedModel):
     # no single item count to normalise by: Trainer must divide the loss by the accumulation steps itself (forward
     # takes **kwargs, which would otherwise tell Trainer that the model consumes `num_items_in_batch`).
     accepts_loss_kwargs = False
-    _keys_to_ignore_on_load_missing = [rf"^{prefix}\." for prefix in HEAD_PREFIXES]
-    _keys_to_ignore_on_load_unexpected = [rf"^{prefix}\." for prefix in HEAD_PREFIXES]
+    _keys_to_ignore_on_load_missing = [rf"^{prefix}\." for prefix in HEAD_LOSS_WEIGHTS]
+    _keys_to_ignore_on_load_unexpected = [rf"^{prefix}\." for prefix in HEAD_LOSS_WEIGHTS]
 
     def post_init(self):
         super().post_init()
@@ -539,10 +543,9 @@ class XAttnPreTrainedModel(PreTrainedModel):
         loaded._default_caption_length()  # the loaded generation_config.json replaced the one post_init filled
         absent = list(getattr(loaded, "_heads_not_in_checkpoint", ()))
         config = loaded.config
-        weighted_zero = {"classifier": config.lambda_ce == 0, "captioner": config.lambda_seq == 0,
-                         "retrieval": config.lambda_cl == 0 and config.lambda_itm == 0}
-        untrained = [name for name, zero in weighted_zero.items()
-                     if zero and name not in absent and getattr(loaded, name, None) is not None]
+        untrained = [name for name, weights in HEAD_LOSS_WEIGHTS.items()
+                     if all(getattr(config, weight, 1.0) == 0 for weight in weights) and name not in absent
+                     and getattr(loaded, name, None) is not None]
         notes = []
         if absent:
             notes.append(f"the checkpoint holds no {', '.join(absent)} weights: "
@@ -560,7 +563,7 @@ class XAttnPreTrainedModel(PreTrainedModel):
         head is remembered for `from_pretrained`'s one-line note instead of a "corrupted checkpoint" warning."""
         if missing_keys is not None:
             state = self.state_dict()
-            absent = [prefix for prefix in HEAD_PREFIXES
+            absent = [prefix for prefix in HEAD_LOSS_WEIGHTS
                       if (keys := [k for k in state if k.startswith(prefix + ".")]) and set(keys) <= set(missing_keys)]
             self._heads_not_in_checkpoint = absent
             # The sources were initialised as missing weights; declaring them present makes the targets tie to them.
@@ -1306,6 +1309,9 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         self.classifier = XAttnClassificationHead(config)
         self.retrieval = XAttnRetrievalHead(config) if config.modalities == "both" else None
         self.captioner = XAttnCaptionHead(config) if config.use_image else None
+        self._statement_heads = tuple(STATEMENT_HEADS)
+        for name in self._statement_heads:
+            self.add_module(name, STATEMENT_HEADS[name](config))
         self._tied_weights_keys = dict(_CAPTIONER_TIED_WEIGHTS) if self.captioner is not None else {}
         self.post_init()
 
@@ -1333,7 +1339,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         image_tokens = spatial = None
         if config.use_image:
             image_tokens, spatial = self.xattn.encode_image(pixel_values)
-        losses = {}
+        losses, registered_outputs = {}, {}
         logits = similarity = caption_logits = image_embeds = text_embeds = None
 
         if (labels is not None and input_ids is None and config.use_text and not torch.compiler.is_compiling()
@@ -1343,9 +1349,15 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         if input_ids is not None or not config.use_text:
             mask = attention_mask if attention_mask is not None or input_ids is None else torch.ones_like(input_ids)
             text_tokens = self.xattn.encode_text(input_ids, mask) if config.use_text else None
-            logits = self.classifier(self.xattn.fuse(text_tokens, mask, image_tokens).pooler_output)
+            pooled = self.xattn.fuse(text_tokens, mask, image_tokens).pooler_output
+            logits = self.classifier(pooled)
             if labels is not None and config.lambda_ce != 0:  # weighted 0: off; rows of -100 are masked out
                 losses["ce"] = self.classifier.loss(logits, labels, config.problem_type)
+            for name in self._statement_heads:  # `register_head`'s: logits_<name>, loss_<name>
+                weighted = labels is not None and getattr(config, f"lambda_{name}", 1.0) != 0
+                registered_outputs[f"logits_{name}"], loss = getattr(self, name)(pooled, labels if weighted else None)
+                if loss is not None:
+                    losses[name] = loss
 
         if caption_input_ids is not None:
             caption_mask = torch.ones_like(caption_input_ids) if caption_attention_mask is None else caption_attention_mask
@@ -1371,14 +1383,34 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
                 caption_logits = decoded.logits
 
         # Formula 4 (+ ITM): each loss weighted by the config's lambda of the same name
-        loss = sum(getattr(config, f"lambda_{name}") * value for name, value in losses.items()) if losses else None
+        loss = sum(getattr(config, f"lambda_{name}", 1.0) * value for name, value in losses.items()) if losses else None
         output = XAttnMultiTaskOutput(
             loss=loss, loss_ce=losses.get("ce"), loss_cl=losses.get("cl"), loss_itm=losses.get("itm"),
             loss_seq=losses.get("seq"),
             logits=logits, logits_per_image=similarity, caption_logits=caption_logits, image_embeds=image_embeds,
             text_embeds=text_embeds,
         )
+        for name in self._statement_heads:
+            output[f"logits_{name}"] = registered_outputs[f"logits_{name}"]
+            if name in losses:
+                output[f"loss_{name}"] = losses[name]
         return output if return_dict else output.to_tuple()
+
+
+def register_head(name: str, head_class: type) -> None:
+    """Add a task head to `XAttnForMultiTask` (to the models built after this call). `head_class(config)` is an
+    `nn.Module` whose `forward(pooled, labels)` takes the pooled fused statement `(batch, hidden_size)` (what the
+    classifier reads) and the batch's `labels`, or None when they are absent or its weight is 0, and returns
+    `(logits, loss)` (loss None without labels). The model output carries them as `logits_<name>` and `loss_<name>`;
+    Formula 4 weighs the loss by the config's `lambda_<name>` (1.0 where the config has none). Its task is a `Task`
+    of the training library's registry with `head=name`, `losses=("loss_<name>",)`."""
+    if name in HEAD_LOSS_WEIGHTS or name in STATEMENT_HEADS or not name.isidentifier():
+        raise ValueError(f"register_head: {name!r} is taken or not a Python name")
+    STATEMENT_HEADS[name] = head_class
+    HEAD_LOSS_WEIGHTS[name] = (f"lambda_{name}",)
+    for keys in (XAttnPreTrainedModel._keys_to_ignore_on_load_missing,
+                 XAttnPreTrainedModel._keys_to_ignore_on_load_unexpected):
+        keys.append(rf"^{name}\.")
 
 
 # The Auto classes each model answers to (transformers has no Auto class for image-text retrieval; the multi-task model
@@ -1414,4 +1446,5 @@ __all__ = [
     "XAttnRetrievalOutput",
     "XAttnCaptionOutput",
     "XAttnMultiTaskOutput",
+    "register_head",
 ]

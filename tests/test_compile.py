@@ -11,7 +11,7 @@ from conftest import load_script, slow
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.training import loop
 from modeling_xattn.training.compilation import compiled_graphs
-from modeling_xattn.training.tasks import LOSS_KEYS, loss_weights
+from modeling_xattn.training.tasks import loss_keys, loss_weights
 
 pytestmark = slow  # every test here launches processes or compiles
 
@@ -61,7 +61,7 @@ def losses_and_gradients(model, run, batch):
     torch.manual_seed(1)  # dropout and the matching negatives' draw
     out = run(**batch)
     out.loss.backward()
-    losses = {key: getattr(out, key).detach() for key in ("loss", *LOSS_KEYS) if getattr(out, key) is not None}
+    losses = {key: getattr(out, key).detach() for key in ("loss", *loss_keys()) if getattr(out, key) is not None}
     gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return losses, gradients

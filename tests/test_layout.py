@@ -20,9 +20,10 @@ LAYERS = {
         "modeling_xattn.training.data.relations",
         "modeling_xattn.training.data.options", "modeling_xattn.training.data.views", "modeling_xattn.training.distributed",
         "modeling_xattn.training.options", "modeling_xattn.training.compilation", "modeling_xattn.training.sharding",
-        "modeling_xattn.training.backbones", "modeling_xattn.training.gallery", "modeling_xattn.training.towers"],
+        "modeling_xattn.training.backbones", "modeling_xattn.training.gallery", "modeling_xattn.training.towers",
+        "modeling_xattn.training.tasks"],
     2: ["modeling_xattn.training.data.shards", "modeling_xattn.training.data.sources",
-        "modeling_xattn.training.data.streaming", "modeling_xattn.training.collate", "modeling_xattn.training.tasks"],
+        "modeling_xattn.training.data.streaming", "modeling_xattn.training.collate"],
     3: ["modeling_xattn.training.metrics", "modeling_xattn.training.caption_metric", "modeling_xattn.training.hub",
         "modeling_xattn.training.inference",
         "modeling_xattn.training.plots", "modeling_xattn.training.optimization", "modeling_xattn.training.checkpoints",
@@ -171,23 +172,25 @@ def test_every_task_is_declared_once_and_matches_the_model():
     import dataclasses
 
     from modeling_xattn import XAttnConfig, XAttnForMultiTask
-    from modeling_xattn.modeling_xattn import HEAD_PREFIXES, XAttnMultiTaskOutput
+    from modeling_xattn.modeling_xattn import HEAD_LOSS_WEIGHTS, XAttnMultiTaskOutput
     from modeling_xattn.pipeline_xattn import PIPELINES
     from modeling_xattn.training.data.schema import BATCH_TARGETS
-    from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, REGISTRY
+    from modeling_xattn.training.tasks import REGISTRY, evaluated_tasks, loss_keys
 
     config = XAttnConfig.from_preset("tiny")
     model = XAttnForMultiTask(config)
     outputs = {field.name for field in dataclasses.fields(XAttnMultiTaskOutput)}
     for name, task in REGISTRY.items():
-        assert task.head in HEAD_PREFIXES and isinstance(getattr(model, task.head), torch.nn.Module), name
+        assert task.head in HEAD_LOSS_WEIGHTS and isinstance(getattr(model, task.head), torch.nn.Module), name
         assert set(task.losses) <= outputs, name
-        assert all(isinstance(getattr(config, weight), float) for weight in task.weights), name
+        assert all(isinstance(getattr(config, weight), float) for weight in task.weight_names), name
+        assert set(task.weight_names) <= set(HEAD_LOSS_WEIGHTS[task.head]), name  # the weights its head reports
         assert any(task.target in targets for targets in BATCH_TARGETS.values()), name
         assert task.target in BATCH_TARGETS and task.pipeline in PIPELINES, name  # a batch of it alone; its pipeline
-    assert set(HEAD_PREFIXES) == {task.head for task in REGISTRY.values()}  # every head serves a task
-    assert set(LOSS_KEYS) == {field for field in outputs if field.startswith("loss_")}  # every loss has its task
-    assert EVALUATED_TASKS == ("classification", "retrieval", "captioning", "vqa")
+    assert set(HEAD_LOSS_WEIGHTS) == {task.head for task in REGISTRY.values()}  # every head serves a task
+    assert set(loss_keys()) == {field for field in outputs if field.startswith("loss_")}  # every loss has its task
+    assert evaluated_tasks() == ("classification", "retrieval", "captioning", "vqa")
+    assert all(callable(REGISTRY[name].evaluator()) for name in evaluated_tasks())  # every evaluator resolves
     from modeling_xattn.training.metrics import CAPTION_METRICS
 
     assert REGISTRY["captioning"].metrics == REGISTRY["captioning"].validation == CAPTION_METRICS  # what the toolkit gives

@@ -4,8 +4,8 @@ The Hub model is the package's top level (`configuration_xattn`, `modeling_xattn
 `pipeline_xattn`: they import only each other, as custom code on the Hub must). This subpackage is split by job, and
 its dependencies point one way (`tests/test_layout.py` checks it, with no import cycle):
 
-    model  <-  data (options, schema, views, vqa, synthetic), options, towers, sharding, compilation,
-    distributed  <-  data (sources, shards, streaming), collate, tasks  <-  inference, metrics, optimization,
+    model  <-  data (options, schema, views, vqa, synthetic), tasks, options, towers, sharding, compilation,
+    distributed  <-  data (sources, shards, streaming), collate  <-  inference, metrics, optimization,
     checkpoints, logs, plots, hub  <-  evaluation, publishing  <-  loop  <-  main  <-  apps  <-  scripts/
 
     data/          the data layer, importing nothing above it: options (what to read, as a stream or whole),
@@ -16,8 +16,9 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
                    normalisation and accuracy)
     options        every command's options as typed dataclasses, the recipes (`TrainingOptions`: a run's all)
     collate        rows -> model batches (`XAttnCollator(targets=..., model=...)`), the cache of processed photos
-    tasks          the task registry (every per-task fact: target, head, losses, metrics, Hub task, pipeline), the
-                   tasks a run trains, its batches' targets, the rows that carry them
+    tasks          the task registry (every per-task fact: target, head, losses and their weights, evaluator,
+                   metrics, Hub task, pipeline, card usage), the tasks a run trains, its batches' targets, the rows
+                   that carry them
     towers         pretrained towers in a run: the checks of their files against the options, the locks
     inference      loading a saved model (the one loader), generating captions, two-stage gallery ranking and the
                    shortlist a time budget allows

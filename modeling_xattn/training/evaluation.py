@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from modeling_xattn.training.metrics import (
     retrieval_metrics,
 )
 from modeling_xattn.training.plots import plot_caption_samples
-from modeling_xattn.training.tasks import EVALUATED_TASKS, LOSS_KEYS, usable_rows
+from modeling_xattn.training.tasks import REGISTRY, evaluated_tasks, loss_keys, usable_rows
 
 logger = logging.getLogger(__name__)
 
@@ -309,35 +310,72 @@ def embedding_spread(image_embeds, text_embeds, owner) -> dict:
             "non_matching_mean_cosine": float(cosine[~own].mean())}
 
 
-def evaluate_model(model, processor, dataset, tasks=EVALUATED_TASKS, batch_size=32, num_beams=None, max_new_tokens=None,
+@dataclass
+class EvaluationSettings:
+    """How `evaluate_model` runs every task's evaluator: the batch size, captioning's decoding, retrieval's
+    re-ranking (`evaluate_retrieval`), whether the Java caption tokenizer runs, progress bars."""
+
+    batch_size: int = 32
+    num_beams: int | None = None
+    max_new_tokens: int | None = None
+    top_k: int | str | dict = "auto"
+    exhaustive: bool = False
+    java: bool = True
+    progress: bool = True
+    rerank_budget: float = RERANK_BUDGET_SECONDS
+    captions_per_image: int = CAPTIONS_PER_IMAGE
+    rerank_score: str = "itm+similarity"
+
+
+# Each task's evaluator (`Task.evaluate`): one signature, `(model, processor, rows, settings, counter, outputs)`,
+# `rows` those that carry the task's target; `{}` where the model has no head for it.
+def score_classification(model, processor, rows, settings: EvaluationSettings, counter, outputs) -> dict:
+    if model.config.problem_type == "multi_label_classification":  # a VQA classifier: answers, not classes
+        return {}
+    return evaluate_classification(model, processor, rows, settings.batch_size, settings.progress, counter)
+
+
+def score_vqa(model, processor, rows, settings: EvaluationSettings, counter, outputs) -> dict:
+    return evaluate_vqa(model, processor, rows, settings.batch_size, settings.progress, counter, outputs)
+
+
+def score_captioning(model, processor, rows, settings: EvaluationSettings, counter, outputs) -> dict:
+    if getattr(model, "captioner", None) is None:
+        return {}
+    metrics, _ = evaluate_captioning(model, processor, rows, settings.batch_size, settings.num_beams,
+                                     settings.max_new_tokens, settings.progress, settings.java, counter, outputs)
+    return metrics
+
+
+def score_retrieval(model, processor, rows, settings: EvaluationSettings, counter, outputs) -> dict:
+    return evaluate_retrieval(model, processor, rows, settings.batch_size, settings.top_k, settings.exhaustive,
+                              settings.progress, counter, settings.rerank_budget, outputs=outputs,
+                              captions_per_image=settings.captions_per_image, rerank_score=settings.rerank_score)
+
+
+def evaluate_model(model, processor, dataset, tasks=None, batch_size=32, num_beams=None, max_new_tokens=None,
                    top_k="auto", exhaustive=False, java=True, progress=True, counter=None,
                    rerank_budget=RERANK_BUDGET_SECONDS, outputs: dict | None = None,
                    captions_per_image: int = CAPTIONS_PER_IMAGE, rerank_score: str = "itm+similarity") -> dict:
-    """Every task of `tasks` the model has a head for, each on the rows that carry its target (a row without one is
-    not a bad row). Returns `{task: metrics}` for the tasks that gave a result. `outputs`, when given, receives what
-    the evaluation made besides its metrics (the captions, their references, the ranked lists), for
-    `write_predictions`."""
-    tasks = [t for t in tasks.split(",") if t] if isinstance(tasks, str) else list(tasks)
-    unknown = set(tasks) - set(EVALUATED_TASKS)
+    """Every task of `tasks` (default: every task with an evaluator) the model has a head for, each scored by its
+    registry evaluator on the rows that carry its target (a row without one is not a bad row), in registry order.
+    Returns `{task: metrics}` for the tasks that gave a result. `outputs`, when given, receives what the evaluation
+    made besides its metrics (the captions, their references, the ranked lists), for `write_predictions`."""
+    known = evaluated_tasks()
+    tasks = known if tasks is None else [t for t in tasks.split(",") if t] if isinstance(tasks, str) else list(tasks)
+    unknown = set(tasks) - set(known)
     if unknown:
-        raise ValueError(f"evaluate_model: unknown tasks {sorted(unknown)}; choose from {', '.join(EVALUATED_TASKS)}")
+        raise ValueError(f"evaluate_model: unknown tasks {sorted(unknown)}; choose from {', '.join(known)}")
+    settings = EvaluationSettings(batch_size, num_beams, max_new_tokens, top_k, exhaustive, java, progress,
+                                  rerank_budget, captions_per_image, rerank_score)
     counter = counter if counter is not None else BadRowCounter()
-    labelled = usable_rows(dataset, "statement", BadRowCounter())
-    captioned = usable_rows(dataset, "caption", BadRowCounter())
-    results = {}
-    if "classification" in tasks and len(labelled) and model.config.problem_type != "multi_label_classification":
-        results["classification"] = evaluate_classification(model, processor, labelled, batch_size, progress, counter)
-    if "vqa" in tasks:
-        questioned = usable_rows(dataset, "question", BadRowCounter())
-        if len(questioned):
-            results["vqa"] = evaluate_vqa(model, processor, questioned, batch_size, progress, counter, outputs)
-    if "captioning" in tasks and len(captioned) and getattr(model, "captioner", None) is not None:
-        results["captioning"], _ = evaluate_captioning(model, processor, captioned, batch_size, num_beams,
-                                                       max_new_tokens, progress, java, counter, outputs)
-    if "retrieval" in tasks and len(captioned):
-        results["retrieval"] = evaluate_retrieval(model, processor, captioned, batch_size, top_k, exhaustive,
-                                                  progress, counter, rerank_budget, outputs=outputs,
-                                                  captions_per_image=captions_per_image, rerank_score=rerank_score)
+    results, rows_by_target = {}, {}
+    for name in (name for name in known if name in tasks):
+        task = REGISTRY[name]
+        if task.target not in rows_by_target:
+            rows_by_target[task.target] = usable_rows(dataset, task.target, BadRowCounter())
+        if len(rows_by_target[task.target]):
+            results[name] = task.evaluator()(model, processor, rows_by_target[task.target], settings, counter, outputs)
     return {task: metrics for task, metrics in results.items() if metrics}
 
 
@@ -390,19 +428,20 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
         with accelerator.autocast():
             out = model(**batch)
         size = len(batch["pixel_values"])
-        for key in ("loss", *LOSS_KEYS):
-            value = getattr(out, key)
+        for key in ("loss", *loss_keys()):
+            value = out.get(key)
             if value is not None:
                 total = accelerator.gather_for_metrics(value.detach().float().reshape(1) * size).sum()
                 sums[key] = sums.get(key, 0.0) + float(total)
         count += int(accelerator.gather_for_metrics(torch.tensor([size], device=accelerator.device)).sum())
-        if out.logits is not None and "vqa_answer_accuracy" in batch:  # VQA: the official accuracy of the top answer
+        classified = out.logits is not None and unwrapped.config.lambda_ce != 0  # (0: the classifier is not trained)
+        if classified and "vqa_answer_accuracy" in batch:  # VQA: the official accuracy of the top answer
             answered = ~(batch["labels"] == -100).any(-1)  # rows without a question carry -100
             table = batch["vqa_answer_accuracy"][answered]
             scores = table.gather(1, out.logits[answered].argmax(-1, keepdim=True)).squeeze(1)
             vqa_sum += float(accelerator.gather_for_metrics(scores).sum())
             vqa_count += int(accelerator.gather_for_metrics(torch.tensor([len(scores)], device=accelerator.device)).sum())
-        if out.logits is not None and "labels" in batch and batch["labels"].dim() == 1:
+        if classified and "labels" in batch and batch["labels"].dim() == 1:
             predictions, labels = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
             mask = labels != -100
             correct += int((predictions[mask] == labels[mask]).sum())
@@ -429,8 +468,7 @@ def evaluate_multitask(model, dataloader, accelerator, max_batches=None) -> dict
     return metrics
 
 
-__all__ = ["CAPTIONS_PER_IMAGE", "EVALUATION_FILES", "PREDICTION_FILES", "caption_samples", "coco_references",
-           "embedding_spread", "evaluate_captioning", "evaluate_classification", "evaluate_model", "evaluate_multitask",
-           "evaluate_retrieval", "matching_against_hardest", "ranked_lists", "write_predictions"]
-
-
+__all__ = ["CAPTIONS_PER_IMAGE", "EVALUATION_FILES", "PREDICTION_FILES", "EvaluationSettings", "caption_samples",
+           "coco_references", "embedding_spread", "evaluate_captioning", "evaluate_classification", "evaluate_model",
+           "evaluate_multitask", "evaluate_retrieval", "matching_against_hardest", "ranked_lists", "score_captioning",
+           "score_classification", "score_retrieval", "score_vqa", "write_predictions"]

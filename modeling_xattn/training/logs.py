@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from modeling_xattn.training.tasks import LOSS_KEYS
+from modeling_xattn.training.tasks import loss_keys
 
 NO_BAD_STEP = 2**62  # "no non-finite loss since the last read", as a number a device minimum can compare
 
@@ -22,8 +22,8 @@ class RunningLosses:
 
     def add(self, out, step: int) -> None:
         """Add one batch's losses (`out.loss` and each task's), for optimiser step `step` (1-based)."""
-        for key in ("loss", *LOSS_KEYS):
-            value = getattr(out, key, None)
+        for key in ("loss", *loss_keys()):
+            value = out.get(key)
             if value is None:
                 continue
             value = value.detach().float()

@@ -57,9 +57,9 @@ from modeling_xattn.training.sharding import (
     vectorize_scalars,
 )
 from modeling_xattn.training.tasks import (
-    LOSS_WEIGHTS,
     REGISTRY,
     batch_targets,
+    loss_weight_specs,
     loss_weights,
     select_tasks,
     usable_rows,
@@ -374,7 +374,8 @@ def build_config(args, tasks, label_names, vocab_size: int, answers=None) -> XAt
         labels = dict(id2label=dict(enumerate(label_names)))
     overrides = dict(
         fusion_type=args.fusion_type, modalities=args.modalities, use_cbam=not args.no_cbam,
-        **loss_weights(tasks, {weight: getattr(args, weight) for weight in LOSS_WEIGHTS}),
+        # (a weight that is not an option, a task registered after the options were parsed, takes its default)
+        **loss_weights(tasks, {w.name: getattr(args, w.name, w.default) for w in loss_weight_specs()}),
         text_config={"vocab_size": vocab_size},
         decoder_config=({} if args.caption_dropout is None else {"hidden_dropout_prob": args.caption_dropout,
                                                                   "attention_probs_dropout_prob": args.caption_dropout}),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, make_dataclass
 from typing import Literal
 
 from transformers import HfArgumentParser
@@ -26,6 +26,7 @@ from modeling_xattn.training.data.options import (  # noqa: F401
     data_options,
     option,
 )
+from modeling_xattn.training.tasks import loss_weight_specs
 
 
 @dataclass
@@ -73,7 +74,7 @@ class ModelArguments:
 
 
 @dataclass
-class OptimisationArguments:
+class _TasksAndLosses:
     """Tasks, losses and the optimisation; an option left unset (None) takes `--recipe`'s value."""
 
     _argument_group_name = "optimisation (an option left unset takes --recipe's value)"
@@ -112,13 +113,22 @@ class OptimisationArguments:
     retrieval_pooling: Literal["mean", "attention"] | None = option(
         None,
         "pooling of the retrieval embeddings")
-    lambda_ce: float = option(1.0)
-    lambda_cl: float = option(1.0)
-    lambda_seq: float = option(1.0)
-    lambda_itm: float | None = option(
-        None,
-        "weight of the image-text matching loss, which trains the head that re-ranks retrieval shortlists (the paper "
-        "has no such loss)")
+
+
+# Formula 4's weights, one option per weight of the task registry (`--lambda_ce`, ...): a task's `LossWeight`s are its
+# options, so a new task needs no line here.
+_LossWeights = make_dataclass(
+    "_LossWeights",
+    [(weight.name, float if weight.default is not None else float | None, option(weight.default, weight.help))
+     for weight in loss_weight_specs()],
+    bases=(_TasksAndLosses,))
+
+
+@dataclass
+class OptimisationArguments(_LossWeights):
+    """Tasks, losses (Formula 4's weights from the task registry) and the optimisation; an option left unset (None)
+    takes `--recipe`'s value."""
+
     itm_negatives: Literal["hard", "random"] = option(
         "hard",
         "the matching loss's in-batch negatives: hard (drawn by contrastive similarity, ALBEF's and BLIP's) or random "

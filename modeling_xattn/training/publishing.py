@@ -28,7 +28,7 @@ from modeling_xattn.training.inference import load_model
 from modeling_xattn.training.metrics import markdown_table
 from modeling_xattn.training.options import logging_dir
 from modeling_xattn.training.plots import plot_training_curves
-from modeling_xattn.training.tasks import REGISTRY, USAGE_ORDER, pipeline_tag
+from modeling_xattn.training.tasks import REGISTRY, pipeline_tag, usage_order
 from modeling_xattn.training.towers import describe_towers, hub_base_models
 
 # package data, so that an installed wheel writes the same card (the checkout's top-level model_card.md links to it)
@@ -71,7 +71,7 @@ def eval_result_list(eval_results: dict | None) -> list:
 def usage_lines(tasks) -> tuple[str, str]:
     """The card's code for the trained `tasks`: using the loaded model, and the pipelines that serve it."""
     tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    chosen = [REGISTRY[task] for task in USAGE_ORDER if task in tasks]
+    chosen = [REGISTRY[task] for task in usage_order() if task in tasks]
     return ("\n".join(task.usage for task in chosen) or "print(model(**processor(images=image, text=\"...\")))",
             "\n".join(task.pipeline_usage for task in chosen))
 
@@ -195,7 +195,7 @@ def run_summary(args, result: dict, tasks) -> str:
     folder = args.output_dir
     metrics = {k: v for k, v in result["metrics"].items() if k.startswith("val_") and "rank" not in k}
     shown = ", ".join(f"{k[4:]} {v:.4g}" for k, v in sorted(metrics.items()))
-    serving = REGISTRY[next((task for task in USAGE_ORDER if task in tasks), "captioning")]
+    serving = REGISTRY[next((task for task in usage_order() if task in tasks), "captioning")]
     pipeline_task, example = serving.pipeline, serving.pipeline_input
     lines = [
         f"done: {result['global_step']} steps; the model (weights, code, processor, model card) is in {folder}",

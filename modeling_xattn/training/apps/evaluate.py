@@ -18,7 +18,7 @@ from modeling_xattn.training.evaluation import CAPTIONS_PER_IMAGE, caption_sampl
 from modeling_xattn.training.inference import RERANK_BUDGET_SECONDS, load_model, shortlist_sizes
 from modeling_xattn.training.metrics import markdown_table
 from modeling_xattn.training.options import DataArguments, option, parse_merged
-from modeling_xattn.training.tasks import EVALUATED_TASKS, usable_rows
+from modeling_xattn.training.tasks import evaluated_tasks, usable_rows
 
 
 @dataclass(kw_only=True)  # required options first is no constraint on the merged options
@@ -30,7 +30,7 @@ class EvaluateArguments:
     model: str = field(metadata={"help": "a saved folder or a Hub id"})
     revision: str | None = option(None, "Hub revision (pin a commit)")
     split: Literal["train", "validation", "test"] = option("validation")
-    tasks: str = option(",".join(EVALUATED_TASKS))
+    tasks: str = option(",".join(evaluated_tasks()))
     batch_size: int = option(32)
     num_beams: int | None = option(None, "default: the model's generation_config.json")
     max_new_tokens: int | None = option(None, "default: the model's generation_config.json")
