@@ -31,7 +31,12 @@ run `--retrieval_repeats` times, once by default, as exhaustive scoring is the s
 autocast (`--precision fp32` to compare) and the figures are labelled with the device; on a CPU it runs in fp32.
 """
 
-from modeling_xattn.training.apps.benchmark import main as run
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives in the clone, not in the package
+
+from benchmarks.run import main as run  # noqa: E402
 
 
 def main(argv=None) -> dict:

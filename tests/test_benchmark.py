@@ -5,16 +5,16 @@ import json
 import pytest
 from conftest import load_script, slow
 
-import modeling_xattn.training.apps.benchmark as library
+from benchmarks import common, memory, options
 
-benchmark = load_script("benchmark")  # the command line; its figures come from the library module
+benchmark = load_script("benchmark")  # the command line; its figures come from the benchmarks/ modules
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("benchmark")
     # every section but finetune, which trains the base preset (tests/test_gpu_figures.py runs it)
-    sections = ",".join(name for name in library.SECTIONS if name != "finetune")
+    sections = ",".join(name for name in options.SECTIONS if name != "finetune")
     result = benchmark.main(["--smoke", "--sections", sections, "--output_dir", str(folder)])
     return folder, result
 
@@ -55,10 +55,10 @@ def test_on_a_machine_that_runs_every_flop_alike_the_figures_are_flop_ratios(mon
     rate = 1e9
 
     def fake_measure(fn, device, repeats, warmup):
-        seconds = library.count_flops(fn) / rate
+        seconds = common.count_flops(fn) / rate
         return {"median_s": seconds, "times_s": [seconds]}
 
-    monkeypatch.setattr(library, "measure", fake_measure)
+    monkeypatch.setattr(common, "measure", fake_measure)  # every section times through common.measure
     results = benchmark.main(["--smoke", "--sections", "fusion,retrieval,training,precision", "--output_dir",
                               str(tmp_path)])["results"]
     precision = results["precision"]["tiny_batch2"]  # bf16 and channels-last do the same arithmetic: ratio 1
@@ -109,7 +109,7 @@ def test_memory_probe_reports_its_own_peak_not_its_parents():
     import torch
 
     ballast = torch.ones(3 * 2**30 // 4)  # 3 GiB, touched
-    args = library.parse_args(["--smoke", "--device", "cpu"])
-    probe = library.run_memory_probe(args, "default")
-    assert library.current_rss_bytes() > 3 * 2**30 > probe["peak_bytes"] >= probe["model_ready_bytes"] > 0
+    args = options.parse_args(["--smoke", "--device", "cpu"])
+    probe = memory.run_probe(args, "default")
+    assert memory.current_rss_bytes() > 3 * 2**30 > probe["peak_bytes"] >= probe["model_ready_bytes"] > 0
     del ballast

@@ -38,7 +38,8 @@ its dependencies point one way (`tests/test_layout.py` checks it, with no import
                    the end of the run
     main           the training job's set-up (accelerator, data, tokenizer, config, model, optimisation) and
                    `train(parse_args(argv))`, behind scripts/train.py
-    apps/          the jobs behind the other scripts, each named as its script: ablation, benchmark, demo, evaluate,
-                   export_densenet, make_shards, predict, push_to_hub, visualize
+    apps/          the jobs behind the other scripts, each named as its script: ablation, demo, evaluate,
+                   export_densenet, make_shards, predict, push_to_hub, visualize (scripts/benchmark.py runs the
+                   clone's benchmarks/, which is not part of the package)
 """
 
