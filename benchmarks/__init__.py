@@ -7,5 +7,6 @@ One module per section, each holding what it measures (`bench(args, device) -> d
 inference, precision, finetune, rerank_batch, step_profile, photo_cache. Beside them: `options` (the command's
 options), `common` (device, autocast, timer, FLOP counter, matmul peak, machine line), `steps` (the training step the
 training figures time), `memory` (the memory probe, a mode of its own: `python -m benchmarks.memory --mode saving`),
-`report` (the markdown table, merging runs) and `run` (the command).
+`sections` (the modules by name, in run and table order), `report` (the markdown table, merging runs) and `run` (the
+command).
 """

@@ -9,25 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import (
-    common,
-    finetune,
-    fusion,
-    generation,
-    inference,
-    photo_cache,
-    precision,
-    rerank_batch,
-    retrieval,
-    step_profile,
-    training,
-)
+from benchmarks import common
 from benchmarks.options import SECTIONS, parse_args
 from benchmarks.report import TARGETS, combine, markdown
-
-MODULES = {"fusion": fusion, "generation": generation, "retrieval": retrieval, "training": training,
-           "inference": inference, "precision": precision, "finetune": finetune, "rerank_batch": rerank_batch,
-           "step_profile": step_profile, "photo_cache": photo_cache}
+from benchmarks.sections import MODULES
 
 
 def main(argv=None, description: str | None = None) -> dict:
