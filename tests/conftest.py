@@ -80,6 +80,17 @@ def trained_copy(tiny_trained, tmp_path_factory):
     return Path(shutil.copytree(tiny_trained, tmp_path_factory.mktemp("trained") / "model"))
 
 
+def free_port() -> int:
+    """A TCP port that nothing on this machine listens on now, for a launch's rendezvous (`--master_port`). A fixed
+    port fails the launch whenever anything else holds it (another clone's test run, a training job): its torchrun
+    cannot bind and ends before training."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and every process it started: a launcher's workers too (torchrun starts each in a session
     of its own, so killing its process group would leave them training), as when a machine goes away."""

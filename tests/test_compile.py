@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import load_script, slow
+from conftest import free_port, load_script, slow
 from modeling_xattn import XAttnConfig, XAttnForMultiTask
 from modeling_xattn.training import loop
 from modeling_xattn.training.compilation import compiled_graphs
@@ -150,7 +150,8 @@ def test_two_processes_train_compiled(tmp_path):
 
     out = tmp_path / "ddp"
     script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29591",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()),
                str(script), "--synthetic_samples", "40", "--batch_size", "4", "--vocab_size", "150", "--report_to",
                "none", "--no_progress", "--max_steps", "2", "--eval_steps", "2", "--output_dir", str(out),
                "--torch_compile", "--torch_compile_backend", "aot_eager"]

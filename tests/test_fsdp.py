@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
-from conftest import kill_after_checkpoint, kill_tree, load_script, slow
+from conftest import free_port, kill_after_checkpoint, kill_tree, load_script, slow
 
 pytestmark = slow  # every test here launches processes
 
@@ -33,8 +33,9 @@ LOSS_TOLERANCE = 1e-5
 train = load_script("train")
 
 
-def torchrun(port: int, output_dir: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+def torchrun(output_dir: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(free_port()),
             str(SCRIPT), *OPTIONS, "--output_dir", str(output_dir), *extra]
 
 
@@ -54,19 +55,19 @@ def launch(command, timeout=300) -> str:
 
 def test_fsdp_resumes_exactly_follows_ddp_and_loads_in_a_plain_process(tmp_path):
     straight = tmp_path / "fsdp"
-    stdout = launch(torchrun(29571, straight, "--fsdp"))
+    stdout = launch(torchrun(straight, "--fsdp"))
     assert "processes: 2" in stdout
     results = json.loads((straight / "train_results.json").read_text())
     assert results["num_processes"] == 2 and results["global_step"] == 8
     assert results["card"]["command"].startswith("torchrun --nproc_per_node 2 scripts/train.py --synthetic_samples")
 
     killed = tmp_path / "killed"
-    last = kill_after_checkpoint(torchrun(29572, killed, "--fsdp"), killed, 3, env=ENV, cwd=REPO)
+    last = kill_after_checkpoint(torchrun(killed, "--fsdp"), killed, 3, env=ENV, cwd=REPO)
     assert 3 <= last < 8
     assert {"fsdp_model.safetensors", "fsdp_optimizer.bin"} <= {p.name for p in (killed / "checkpoints" / f"step_{last}").iterdir()}
     with pytest.raises(SystemExit, match="saved by a run with --fsdp; resume with --fsdp under torchrun"):
         train.main(OPTIONS + ["--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
-    resumed = launch(torchrun(29573, killed, "--fsdp", "--resume_from_checkpoint", "latest"))
+    resumed = launch(torchrun(killed, "--fsdp", "--resume_from_checkpoint", "latest"))
     assert f"at step {last}" in resumed
     expected, got = load_file(str(straight / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert expected.keys() == got.keys()
@@ -74,7 +75,7 @@ def test_fsdp_resumes_exactly_follows_ddp_and_loads_in_a_plain_process(tmp_path)
         assert torch.equal(expected[key], got[key]), key
 
     ddp = tmp_path / "ddp"
-    launch(torchrun(29574, ddp))
+    launch(torchrun(ddp))
     sharded_history, ddp_history = (json.loads((folder / "history.json").read_text()) for folder in (straight, ddp))
     assert [h["step"] for h in sharded_history] == [h["step"] for h in ddp_history] == list(range(1, 9))
     for sharded_step, ddp_step in zip(sharded_history, ddp_history):  # every loss, trained and validated

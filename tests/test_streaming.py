@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_SAMPLE, kill_after_checkpoint, load_script, slow
+from conftest import SHARED_SAMPLE, free_port, kill_after_checkpoint, load_script, slow
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -203,7 +203,8 @@ def test_killed_streaming_run_resumes_to_the_same_weights(embedded_shards, tmp_p
 @slow
 def test_two_processes_stream_and_end_with_identical_weights(embedded_shards, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()),
                str(TRAIN), *STREAM, "--data_dir", str(embedded_shards), "--max_steps", "30", "--eval_steps", "30",
                "--output_dir", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,

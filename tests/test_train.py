@@ -13,7 +13,7 @@ from transformers import AutoModelForPreTraining, AutoProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train.py"
-from conftest import kill_after_checkpoint, load_script, slow
+from conftest import free_port, kill_after_checkpoint, load_script, slow
 
 train = load_script("train")
 
@@ -96,7 +96,8 @@ def test_interrupted_save_never_hides_the_last_complete_checkpoint(tmp_path):
 @slow
 def test_two_processes_really_run(tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()),
                str(SCRIPT), *FAST, "--max_steps", "3", "--eval_steps", "3", "--output_dir", str(out)]
     # the labels of one task are dropped on purpose in no batch here; find_unused_parameters covers task subsets
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -111,10 +112,10 @@ def test_two_nodes_end_with_identical_weights(tmp_path):
     """`torchrun --nnodes 2`: two "machines" on 127.0.0.1, one process each, gloo; the run checks at the end that both
     replicas hold the same weights (and would stop if they did not)."""
     out = tmp_path / "nodes"
-    launches = []
+    launches, port = [], str(free_port())  # one rendezvous for both nodes
     for node in (0, 1):
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                   "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", "29547",
+                   "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", port,
                    str(SCRIPT), *FAST, "--max_steps", "3", "--eval_steps", "3", "--output_dir", str(out)]
         launches.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
