@@ -4,8 +4,8 @@ it also runs alone:
 
     python -m benchmarks.memory --mode saving --model_size base --batch_size 32 --device auto --precision bf16
 
-which prints one JSON line: `peak_bytes`, `model_ready_bytes` (after building the model and its batch) and
-`training_bytes` (their difference).
+from the clone's root, which prints one JSON line: `peak_bytes`, `model_ready_bytes` (after building the model and
+its batch) and `training_bytes` (their difference).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Literal
 import torch
 
 from benchmarks import common, steps
-from benchmarks.options import BenchmarkArguments
 from modeling_xattn.training.inference import synchronize
 from modeling_xattn.training.options import option, parse_options
 
@@ -30,11 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass
 class ProbeArguments:
-    """Which memory mode to probe (the model's preset, batch, device and precision are the benchmark's options)."""
+    """What to probe: the memory mode, and the training step's preset, batch, device and precision (the benchmark's
+    options of the same names)."""
 
     _argument_group_name = "memory probe"
 
     mode: Literal["default", "saving"] = option("default", "default, or saving: with `set_memory_saving`")
+    model_size: str = option("base", "preset")
+    batch_size: int = option(32)
+    device: str = option("auto", "auto, cpu or cuda")
+    precision: Literal["bf16", "fp32"] = option("bf16", "on CUDA: autocast dtype (CPU: fp32)")
 
 
 def current_rss_bytes() -> int:
@@ -82,8 +86,8 @@ def run_probe(args, mode: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    probe_args, args = parse_options((ProbeArguments, BenchmarkArguments), argv, __doc__)
-    result = probe(args, probe_args.mode)
+    (args,) = parse_options((ProbeArguments,), argv, __doc__)
+    result = probe(args, args.mode)
     print(json.dumps(result))
     return result
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from benchmarks.sections import MODULES
 from modeling_xattn.training.options import option, parse_options
 
-# The sections, in the order they run (`--sections`); each is the module of the same name.
-SECTIONS = ("fusion", "generation", "retrieval", "training", "inference", "precision", "finetune", "rerank_batch",
-            "step_profile", "photo_cache")
+SECTIONS = tuple(MODULES)  # `--sections`' default: every section, in this order
 
 
 @dataclass

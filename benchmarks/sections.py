@@ -1,5 +1,5 @@
-"""The section modules, by name: in the order they run (`--sections`, `options.SECTIONS`) and in the order the
-report's table shows them."""
+"""The section modules, by name: in the order they run when `--sections` does not name them (its default,
+`options.SECTIONS`; named, they run in the order named) and in the order the report's table shows them."""
 
 from __future__ import annotations
 

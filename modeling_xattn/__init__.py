@@ -20,6 +20,7 @@ from .modeling_xattn import (
     XAttnModel,
     XAttnPreTrainedModel,
     XAttnVisionEncoder,
+    register_head,
 )
 from .processing_xattn import XAttnProcessor, to_rgb, train_albert_tokenizer
 
@@ -59,6 +60,7 @@ __all__ = [
     "XAttnForMultiTask",
     "XAttnProcessor",
     "register",
+    "register_head",
     "to_rgb",
     "train_albert_tokenizer",
 ]

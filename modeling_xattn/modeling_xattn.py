@@ -1390,8 +1390,9 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
             logits=logits, logits_per_image=similarity, caption_logits=caption_logits, image_embeds=image_embeds,
             text_embeds=text_embeds,
         )
+        for key, value in registered_outputs.items():  # (only where the batch had statements)
+            output[key] = value
         for name in self._statement_heads:
-            output[f"logits_{name}"] = registered_outputs[f"logits_{name}"]
             if name in losses:
                 output[f"loss_{name}"] = losses[name]
         return output if return_dict else output.to_tuple()
@@ -1400,10 +1401,15 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
 def register_head(name: str, head_class: type) -> None:
     """Add a task head to `XAttnForMultiTask` (to the models built after this call). `head_class(config)` is an
     `nn.Module` whose `forward(pooled, labels)` takes the pooled fused statement `(batch, hidden_size)` (what the
-    classifier reads) and the batch's `labels`, or None when they are absent or its weight is 0, and returns
-    `(logits, loss)` (loss None without labels). The model output carries them as `logits_<name>` and `loss_<name>`;
-    Formula 4 weighs the loss by the config's `lambda_<name>` (1.0 where the config has none). Its task is a `Task`
-    of the training library's registry with `head=name`, `losses=("loss_<name>",)`."""
+    classifier reads) and the batch's `labels` (class ids `(batch,)`, or VQA's soft scores `(batch, answers)`; -100
+    marks a row without one), or None when they are absent or its weight is 0, and returns `(logits, loss)`: the loss
+    a mean over the labelled rows, 0 when the batch has none (never NaN), None without labels. The model output
+    carries them as `logits_<name>` and `loss_<name>` (for batches with statements); Formula 4 weighs the loss by the
+    config's `lambda_<name>` (1.0 where the config has none). Its task is a `Task` of the training library's registry
+    with `head=name`, `losses=("loss_<name>",)`, `weights=(LossWeight("lambda_<name>"),)`.
+
+    The saved folder's code files are this file and its siblings: a head registered from other code is in the weights
+    but not in the code a Hub user runs, so a head to publish is written and registered here."""
     if name in HEAD_LOSS_WEIGHTS or name in STATEMENT_HEADS or not name.isidentifier():
         raise ValueError(f"register_head: {name!r} is taken or not a Python name")
     STATEMENT_HEADS[name] = head_class

@@ -187,7 +187,7 @@ def test_every_task_is_declared_once_and_matches_the_model():
     from modeling_xattn.modeling_xattn import HEAD_LOSS_WEIGHTS, XAttnMultiTaskOutput
     from modeling_xattn.pipeline_xattn import PIPELINES
     from modeling_xattn.training.data.schema import BATCH_TARGETS
-    from modeling_xattn.training.tasks import REGISTRY, evaluated_tasks, loss_keys
+    from modeling_xattn.training.tasks import REGISTRY, check_weights, evaluated_tasks, loss_keys
 
     config = XAttnConfig.from_preset("tiny")
     model = XAttnForMultiTask(config)
@@ -197,6 +197,7 @@ def test_every_task_is_declared_once_and_matches_the_model():
         assert set(task.losses) <= outputs, name
         assert all(isinstance(getattr(config, weight), float) for weight in task.weight_names), name
         assert set(task.weight_names) <= set(HEAD_LOSS_WEIGHTS[task.head]), name  # the weights its head reports
+        check_weights(task)  # each loss weighed by the lambda of its name
         assert any(task.target in targets for targets in BATCH_TARGETS.values()), name
         assert task.target in BATCH_TARGETS and task.pipeline in PIPELINES, name  # a batch of it alone; its pipeline
     assert set(HEAD_LOSS_WEIGHTS) == {task.head for task in REGISTRY.values()}  # every head serves a task

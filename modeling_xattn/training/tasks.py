@@ -3,7 +3,8 @@ and their Formula 4 weights, its evaluator, and what evaluation reports for it; 
 target.
 
 Adding a task: its head in `modeling_xattn.py` (`register_head`), one `Task` below (or `register_task` from your own
-code), its tests and its docs. Training (the batches' targets, Formula 4's weights and their `--lambda_` options, the
+code, before `modeling_xattn.training.options` is imported for its `--lambda_` option to exist), its tests and its
+docs (docs/contributing.md). Training (the batches' targets, Formula 4's weights and their `--lambda_` options, the
 validation's keys), evaluation, the non-finite-loss report, the model card and the run summary read it from here."""
 
 from __future__ import annotations
@@ -137,12 +138,24 @@ REGISTRY = {task.name: task for task in (
 
 def register_task(task: Task) -> Task:
     """Add `task` to the registry (a task of your own code: its head registered with `modeling_xattn.register_head`).
-    Training, evaluation, Formula 4's weights and the model card then serve it as they serve the tasks above; its
-    weights become training options where it is registered before the options are parsed."""
+    Training, evaluation, Formula 4's weights and the model card then serve it as they serve the tasks above. Its
+    weights become `--lambda_` training options only where it is registered before `modeling_xattn.training.options`
+    is first imported (the options are made then); otherwise each takes its `LossWeight` default, which the saved
+    config records."""
     if task.name in REGISTRY or task.name == "auto":
         raise ValueError(f"a task named {task.name!r} is already registered")
+    check_weights(task)
     REGISTRY[task.name] = task
     return task
+
+
+def check_weights(task: Task) -> None:
+    """A task's weights are its losses' (`loss_<x>` is weighed by `lambda_<x>`, the field the model reads): a weight of
+    another name would be an option and a config field that changes nothing."""
+    expected = tuple(f"lambda_{loss.removeprefix('loss_')}" for loss in task.losses)
+    if not all(loss.startswith("loss_") for loss in task.losses) or set(task.weight_names) != set(expected):
+        raise ValueError(f"task {task.name!r}: losses {list(task.losses)} are weighed by {list(expected)}, "
+                         f"not {list(task.weight_names)}")
 
 
 def task_names() -> tuple[str, ...]:

@@ -99,8 +99,9 @@ def main(argv=None, description: str | None = None) -> dict:
         questions = len(usable_rows(dataset, "question", BadRowCounter()))
         raise SystemExit(f"nothing evaluated: the {args.split} split ({len(dataset)} rows: {labelled} with a "
                          f"label, {captioned} with captions, {questions} with a question) gave no result for --tasks "
-                         f"{args.tasks} and this model (VQA needs a model trained with --tasks vqa). "
-                         f"{counter.summary()}")
+                         f"{args.tasks} and this model"
+                         + (" (VQA needs a model trained with --tasks vqa)" if "vqa" in args.tasks and questions else "")
+                         + f". {counter.summary()}")
     os.makedirs(output_dir, exist_ok=True)
     if args.caption_samples and "captioning" in results:
         captioned = usable_rows(dataset, "caption", BadRowCounter())
