@@ -1357,7 +1357,7 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
                 weighted = labels is not None and getattr(config, f"lambda_{name}", 1.0) != 0
                 registered_outputs[f"logits_{name}"], loss = getattr(self, name)(pooled, labels if weighted else None)
                 if loss is not None:
-                    losses[name] = loss
+                    losses[name] = registered_outputs[f"loss_{name}"] = loss
 
         if caption_input_ids is not None:
             caption_mask = torch.ones_like(caption_input_ids) if caption_attention_mask is None else caption_attention_mask
@@ -1392,9 +1392,6 @@ class XAttnForMultiTask(_RetrievalMixin, _CaptionGenerationMixin, XAttnPreTraine
         )
         for key, value in registered_outputs.items():  # (only where the batch had statements)
             output[key] = value
-        for name in self._statement_heads:
-            if name in losses:
-                output[f"loss_{name}"] = losses[name]
         return output if return_dict else output.to_tuple()
 
 

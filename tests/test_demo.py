@@ -3,7 +3,6 @@ real headless Chromium (Debian's `chromium` + `chromium-driver`; the test skips,
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from PIL import Image
 
 gradio = pytest.importorskip("gradio", reason="the demo's optional dependency: pip install -e '.[demo]'")
-from conftest import SHARED_SAMPLE, load_script, slow
+from conftest import SHARED_SAMPLE, free_port, load_script, slow
 from gradio_client import Client, handle_file  # noqa: E402
 
 from modeling_xattn.training.apps.demo import MAX_UPLOAD_MB, XAttnDemo, build_demo, serve  # noqa: E402
@@ -39,12 +38,6 @@ def photos(tmp_path_factory):
     bad = folder / "broken.jpg"
     bad.write_bytes(b"this is not an image")
     return paths, str(bad)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -158,10 +158,6 @@ def check_weights(task: Task) -> None:
                          f"not {list(task.weight_names)}")
 
 
-def task_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
 def evaluated_tasks() -> tuple[str, ...]:
     """The tasks `evaluate_model` scores (those with an evaluator), in registry order."""
     return tuple(name for name, task in REGISTRY.items() if task.evaluate is not None)
